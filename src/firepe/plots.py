@@ -1,0 +1,63 @@
+"""Figures of the paper, drawn with matplotlib (Agg backend, PNG files).
+
+* :func:`bias_curves` -- learned bias of every head for one query over all keys (Fig. 4 / 8).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .positions.base import BiasEncoding  # noqa: E402
+
+
+@torch.no_grad()
+def bias_values(module: BiasEncoding, query_pos: int) -> torch.Tensor:
+    """``[H, query_pos + 1]`` bias of query ``query_pos`` (0-based) for keys ``0..query_pos``."""
+    if not isinstance(query_pos, int) or query_pos < 0:
+        raise ValueError(f"query_pos must be a non-negative integer, got {query_pos!r}.")
+    device = next((t.device for t in list(module.parameters()) + list(module.buffers())), torch.device("cpu"))
+    b = module.bias(torch.tensor([query_pos], device=device), torch.arange(query_pos + 1, device=device))
+    if b is None:
+        raise ValueError(f"{type(module).__name__} has no additive bias to plot.")
+    return b[:, 0, :].float().cpu()
+
+
+def bias_curves(module: BiasEncoding | Mapping[str, BiasEncoding], query_pos: int = 128,
+                path: str | Path = "fire_bias.png", title: str | None = None) -> Path:
+    """Plot the bias of every head for query ``query_pos`` over keys ``0..query_pos`` and save a PNG.
+
+    ``module`` is one bias encoding or a mapping ``{panel title: encoding}`` (e.g. one per layer).
+    Returns the path written. The x axis is the key position, as in the paper's Fig. 4.
+    """
+    panels = dict(module) if isinstance(module, Mapping) else {title or type(module).__name__: module}
+    if not panels:
+        raise ValueError("bias_curves needs at least one module.")
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    keys = torch.arange(query_pos + 1)
+    for ax, (name, mod) in zip(axes.flat, panels.items()):
+        values = bias_values(mod, query_pos)
+        for h, row in enumerate(values):
+            ax.plot(keys.numpy(), row.numpy(), lw=1.0, label=f"head {h}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("key position")
+        ax.set_ylabel(f"bias (query {query_pos})")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if len(panels) == 1 and values.shape[0] <= 16:
+        axes.flat[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

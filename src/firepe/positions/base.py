@@ -1,0 +1,112 @@
+"""The two interfaces every position encoding implements.
+
+* :class:`BiasEncoding` -- additive attention biases (Eq. 1 of the FIRE paper):
+  ``bias(q_pos, k_pos) -> Tensor[H, Q, K]`` added to the pre-softmax logits.
+* :class:`RotaryEncoding` -- rotary encodings: ``angles(pos) -> (cos, sin)`` of shape
+  ``[T, head_dim]``, applied to queries and keys by :func:`firepe.positions.apply_rotary`.
+
+Positions are always explicit 0-based integer vectors, never "the length": a KV cache
+passes ``q_pos = tensor([t])`` and long evaluation passes query blocks.
+Entries with ``k_pos > q_pos`` are never used by a causal model and are not specified.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "check_positions"]
+
+
+def check_positions(*positions: torch.Tensor, names: tuple[str, ...] | None = None) -> None:
+    """Raise ``ValueError`` unless every argument is a 1-D non-negative integer tensor on one device."""
+    names = names or tuple(f"positions[{i}]" for i in range(len(positions)))
+    device = None
+    for name, pos in zip(names, positions):
+        if not isinstance(pos, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of integer positions, got {type(pos).__name__}.")
+        if pos.dtype.is_floating_point or pos.dtype.is_complex or pos.dtype == torch.bool:
+            raise ValueError(
+                f"{name} must hold integer positions (torch.long), got dtype {pos.dtype}; "
+                "use torch.arange(n) rather than float positions."
+            )
+        if pos.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D vector of positions, got shape {tuple(pos.shape)}.")
+        if device is None:
+            device = pos.device
+        elif pos.device != device:
+            raise ValueError(
+                f"{names[0]} is on {device} but {name} is on {pos.device}; move both to the same device."
+            )
+    for name, pos in zip(names, positions):
+        if pos.numel() and pos.device.type != "meta" and int(pos.min()) < 0:
+            raise ValueError(f"{name} must be non-negative (0-based positions), got minimum {int(pos.min())}.")
+
+
+class PositionEncoding(nn.Module):
+    """Base class. ``kind`` is ``"bias"``, ``"rotary"`` or ``"none"``; ``name`` is the registry key."""
+
+    kind: str = "none"
+    name: str = ""
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        if not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}.")
+        if not isinstance(head_dim, int) or head_dim <= 0:
+            raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}.")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+
+    def _float_dtype(self) -> torch.dtype:
+        for t in list(self.parameters()) + list(self.buffers()):
+            if t.dtype.is_floating_point:
+                return t.dtype
+        return torch.get_default_dtype()
+
+
+class BiasEncoding(PositionEncoding):
+    """Additive relative bias ``B[h, q, k] = b_h(q_pos[q], k_pos[k])``.
+
+    Subclasses implement :meth:`compute_bias` (no input checks, used on hot paths);
+    :meth:`bias` validates its inputs first.
+    """
+
+    kind = "bias"
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Bias of shape ``[H, len(q_pos), len(k_pos)]`` for 0-based integer positions."""
+        check_positions(q_pos, k_pos, names=("q_pos", "k_pos"))
+        self.check_parameters()
+        return self.compute_bias(q_pos, k_pos)
+
+    def check_parameters(self) -> None:
+        """Raise ``ValueError`` when a learned quantity is not usable (e.g. non-finite)."""
+
+    def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return self.bias(q_pos, k_pos)
+
+    @staticmethod
+    def distance(q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``q_pos[:, None] - k_pos[None, :]`` as ``dtype`` (``[Q, K]``; negative where masked)."""
+        return (q_pos[:, None] - k_pos[None, :]).to(dtype)
+
+
+class RotaryEncoding(PositionEncoding):
+    """Rotary encodings: :meth:`angles` gives ``cos, sin`` of shape ``[T, head_dim]`` (HF layout:
+    the ``head_dim/2`` frequencies repeated twice, used with ``rotate_half``)."""
+
+    kind = "rotary"
+
+    def angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_positions(pos, names=("pos",))
+        return self.compute_angles(pos)
+
+    def compute_angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.angles(pos)

@@ -1,0 +1,217 @@
+"""FIRE: Functional Interpolation for Relative Positional Encoding (Li et al., ICLR 2024).
+
+Eq. (4) / (23) of the paper, for query position ``i`` and key position ``j`` (0-based, ``j <= i``)::
+
+    b(i, j) = f_theta( psi(i - j) / (psi(max(L, i)) + eps) ),   psi(x) = log(|c| x + 1)
+
+``f_theta: R -> R^H`` is a tiny MLP (one output per head), ``c`` and the threshold ``L`` are learned.
+``L`` is learned as a multiplier of its initial value, ``L = |L_multiplier * init_L|``, exactly as
+the paper's Appendix E module; parameter names match that module so its state dicts load
+(see :func:`load_appendix_e`).
+
+Ablations of Appendix B are options: ``log_transform=False`` gives ``psi(x) = x`` (Eq. 21),
+``threshold=False`` normalizes by ``psi(i)`` (Eq. 21-22), ``mlp_layers`` (0 = linear, 1, 2 hidden
+layers), ``activation`` and ``final_activation``; ``layer_shared=True`` (or the registry name
+``fire_s``) asks the model to share one FIRE module across all layers (FIRE-S, Sec. 4.6).
+
+Shift invariance: for ``i <= L`` (threshold on) the bias depends on ``i - j`` only; past ``L``
+(or always, with ``threshold=False``) it depends on ``i`` too -- that is progressive interpolation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .base import BiasEncoding
+from .registry import register
+
+
+class Step(nn.Module):
+    """Heaviside step ``1{x >= 0}`` (Theorem 3.1, T5 construction)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x >= 0).to(x.dtype)
+
+
+class Cos(nn.Module):
+    """``cos(x)`` (Theorem 3.1, Sandwich construction)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cos(x)
+
+
+class Power(nn.Module):
+    """``max(x, 0) ** exponent`` with one exponent per neuron (Theorem 3.1, Kerple-power construction)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("exponent", torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0).pow(self.exponent.to(x.dtype))
+
+
+ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
+    "relu": lambda width: nn.ReLU(),
+    "gelu": lambda width: nn.GELU(),
+    "identity": lambda width: nn.Identity(),
+    "step": lambda width: Step(),
+    "cos": lambda width: Cos(),
+    "power": Power,
+}
+
+
+def build_mlp(num_heads: int, width: int, layers: int, activation: str, final_activation: bool) -> nn.Sequential:
+    """``Linear(1, w), act, [Linear(w, w), act] * (layers - 1), Linear(w, H)``; ``layers = 0`` is
+    ``Linear(1, H)``. With ``final_activation`` the output also goes through ``act`` (Appendix B.4)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown FIRE activation {activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}.")
+    make = ACTIVATIONS[activation]
+    mods: list[nn.Module] = []
+    fan_in = 1
+    for _ in range(layers):
+        mods += [nn.Linear(fan_in, width), make(width)]
+        fan_in = width
+    mods.append(nn.Linear(fan_in, num_heads))
+    if final_activation:
+        mods.append(make(num_heads))
+    return nn.Sequential(*mods)
+
+
+@register("fire")
+class FIRE(BiasEncoding):
+    """FIRE bias ``[H, Q, K]``.
+
+    Args:
+        num_heads: heads ``H`` (MLP outputs).
+        head_dim: unused by the bias; accepted for the common interface.
+        mlp_width: hidden width (paper: 32).
+        mlp_layers: hidden layers (0 = linear map, paper default 2).
+        activation: ``relu`` (paper), ``gelu``; ``identity``, ``step``, ``cos``, ``power`` serve the
+            Theorem 3.1 constructions.
+        final_activation: apply the activation to the MLP output too (Appendix B.4).
+        log_transform: ``psi(x) = log(|c| x + 1)`` if true, else ``psi(x) = x``.
+        threshold: normalize by ``psi(max(L, i))`` if true, else by ``psi(i)``.
+        init_c: initial ``c`` (0.1). init_L: initial threshold (512).
+        learn_threshold: learn ``L`` (through ``L_multiplier``) or keep it fixed.
+        eps: added to the normalizer (Appendix E: 1e-6).
+        layer_shared: one module for all layers of a model (FIRE-S).
+    """
+
+    def __init__(self, num_heads: int, head_dim: int = 64, mlp_width: int = 32, mlp_layers: int = 2,
+                 activation: str = "relu", final_activation: bool = False, log_transform: bool = True,
+                 threshold: bool = True, init_c: float = 0.1, init_L: float = 512.0,
+                 learn_threshold: bool = True, eps: float = 1e-6, layer_shared: bool = False):
+        super().__init__(num_heads, head_dim)
+        if not isinstance(mlp_width, int) or isinstance(mlp_width, bool) or mlp_width <= 0:
+            raise ValueError(f"mlp_width must be a positive integer, got {mlp_width!r}.")
+        if not isinstance(mlp_layers, int) or isinstance(mlp_layers, bool) or mlp_layers < 0:
+            raise ValueError(f"mlp_layers must be an integer >= 0 (0 = linear), got {mlp_layers!r}.")
+        for name, v in (("init_c", init_c), ("init_L", init_L)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite positive number, got {v!r}.")
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}.")
+        self.mlp_width, self.mlp_layers, self.activation = mlp_width, mlp_layers, activation
+        self.log_transform, self.threshold, self.eps = log_transform, threshold, float(eps)
+        self.layer_shared = layer_shared
+        self.mlp = build_mlp(num_heads, mlp_width, mlp_layers, activation, final_activation)
+        self.c = nn.Parameter(torch.tensor(float(init_c))) if log_transform else None
+        self.register_buffer("init_L", torch.tensor(float(init_L)))
+        if threshold:
+            multiplier = torch.tensor(1.0)
+            if learn_threshold:
+                self.L_multiplier = nn.Parameter(multiplier)
+            else:
+                self.register_buffer("L_multiplier", multiplier)
+
+    @property
+    def L(self) -> torch.Tensor | None:
+        """Effective threshold ``|L_multiplier * init_L|`` (None without thresholding)."""
+        return (self.L_multiplier * self.init_L).abs() if self.threshold else None
+
+    def psi(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.c.abs() * x + 1) if self.log_transform else x
+
+    def check_parameters(self) -> None:
+        for name, value in (("c", self.c), ("L", self.L)):
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"FIRE {name} is not finite ({value.detach().cpu().tolist()}); "
+                                 "the checkpoint is corrupt or training diverged.")
+
+    def normalizer(self, q_pos: torch.Tensor) -> torch.Tensor:
+        """``psi(max(L, i)) + eps`` per query, shape ``[Q]``."""
+        qf = q_pos.to(self.init_L.dtype)
+        if self.threshold:
+            qf = torch.maximum(qf, self.L)
+        return self.psi(qf) + self.eps
+
+    def normalized_distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """MLP input ``psi(|i - j|) / (psi(max(L, i)) + eps)``, shape ``[Q, K]`` (in [0, 1] when causal)."""
+        dist = self.distance(q_pos, k_pos, self.init_L.dtype).abs()
+        return self.psi(dist) / self.normalizer(q_pos)[:, None]
+
+    def f(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP on a tensor of normalized distances ``[...]`` -> ``[..., H]``."""
+        return self.mlp(x.unsqueeze(-1))
+
+    def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return self.f(self.normalized_distance(q_pos, k_pos)).permute(2, 0, 1)
+
+
+@register("fire_s")
+class FIREShared(FIRE):
+    """FIRE-S: FIRE with one bias module shared by all layers (``layer_shared=True``)."""
+
+    def __init__(self, num_heads: int, head_dim: int = 64, **options):
+        options.setdefault("layer_shared", True)
+        super().__init__(num_heads, head_dim, **options)
+
+
+class FIREHeads(BiasEncoding):
+    """Single-head FIRE modules stacked along the head axis: head ``h`` has its own ``c``, ``L`` and
+    MLP. Used where Theorem 3.1 needs a per-head ``psi`` (Kerple-log with per-head ``r2``)."""
+
+    name = "fire_heads"
+
+    def __init__(self, heads: list[FIRE]):
+        if not heads or any(h.num_heads != 1 for h in heads):
+            raise ValueError("FIREHeads needs a non-empty list of single-head FIRE modules.")
+        super().__init__(len(heads), heads[0].head_dim)
+        self.heads = nn.ModuleList(heads)
+
+    def check_parameters(self) -> None:
+        for h in self.heads:
+            h.check_parameters()
+
+    def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h.compute_bias(q_pos, k_pos) for h in self.heads], dim=0)
+
+
+APPENDIX_E_KEYS = ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "c", "init_L", "L_multiplier")
+
+
+def appendix_e_key_map(prefix: str = "") -> dict[str, str]:
+    """Keys of the paper's Appendix E ``FIRE`` module (under ``prefix``) -> keys of :class:`FIRE`.
+
+    The names coincide by design (``mlp`` is an ``nn.Sequential`` with the same indices, ``c``,
+    ``init_L`` and ``L_multiplier`` keep their meaning); only the prefix is stripped.
+    """
+    return {prefix + k: k for k in APPENDIX_E_KEYS}
+
+
+def load_appendix_e(state_dict: Mapping[str, torch.Tensor], prefix: str = "", eps: float = 1e-6) -> FIRE:
+    """Build a :class:`FIRE` (one hidden layer, ReLU) holding the weights of an Appendix E state dict."""
+    mapping = appendix_e_key_map(prefix)
+    missing = [k for k in mapping if k not in state_dict]
+    if missing:
+        raise ValueError(f"not an Appendix E FIRE state dict: missing {', '.join(missing)}.")
+    sd = {ours: state_dict[theirs] for theirs, ours in mapping.items()}
+    width, num_heads = sd["mlp.0.weight"].shape[0], sd["mlp.2.weight"].shape[0]
+    fire = FIRE(num_heads=num_heads, mlp_width=width, mlp_layers=1, init_L=float(sd["init_L"]), eps=eps)
+    fire.load_state_dict(sd, strict=True)
+    return fire
