@@ -14,7 +14,7 @@ from .fire import FIRE, FIREHeads, FIREShared, load_appendix_e
 from .kerple import KerpleLog, KerplePower
 from .nope import NoPE
 from .registry import available, build, get, options, register, validate
-from .rope import YaRN, RoPE, RoPEPositionInterpolation, apply_rotary, apply_rotary_one, rotate_half
+from .rope import RoPE, RoPEPositionInterpolation, YaRN, apply_rotary, apply_rotary_one, rotate_half
 from .sandwich import Sandwich
 from .t5 import T5Bias, t5_bucket
 
