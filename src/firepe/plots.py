@@ -1,13 +1,17 @@
 """Figures of the paper, drawn with matplotlib (Agg backend, PNG files).
 
 * :func:`bias_curves` -- learned bias of every head for one query over all keys (Fig. 4 / 8).
+* :func:`perplexity_vs_length` -- log perplexity vs evaluation length per encoding (Fig. 1), from
+  the ``results.json`` that ``firepe compare`` writes (or the same dictionary).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -55,6 +59,32 @@ def bias_curves(module: BiasEncoding | Mapping[str, BiasEncoding], query_pos: in
         ax.axis("off")
     if len(panels) == 1 and values.shape[0] <= 16:
         axes.flat[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def perplexity_vs_length(summary: dict[str, Any] | str | Path, path: str | Path = "perplexity.png") -> Path:
+    """Fig. 1-style plot: log perplexity (y) against evaluation length (x, log2 scale), one line per
+    run, the training length marked by a dashed line."""
+    if not isinstance(summary, dict):
+        summary = json.loads(Path(summary).read_text())
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for run in summary["runs"]:
+        xs = [r["length"] for r in run["results"]]
+        ys = [r["log_ppl"] for r in run["results"]]
+        ax.plot(xs, ys, marker="o", lw=1.5, label=run["label"])
+    ax.axvline(summary["train_len"], color="gray", ls="--", lw=1, label=f"train length {summary['train_len']}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(summary["lengths"], [str(n) for n in summary["lengths"]])
+    ax.set_xlabel("evaluation sequence length")
+    ax.set_ylabel("validation log perplexity (nats/token)")
+    ax.set_title("Train short, test long")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,8 @@ class PositionEncoding(nn.Module):
 
     kind: str = "none"
     name: str = ""
+    #: a model shares one module across layers when this is true or the module has no parameters
+    layer_shared: bool = False
 
     def __init__(self, num_heads: int, head_dim: int):
         super().__init__()

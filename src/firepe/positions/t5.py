@@ -37,8 +37,10 @@ def t5_bucket(distance: torch.Tensor, num_buckets: int = 32, max_distance: int =
 class T5Bias(BiasEncoding):
     """``bias[h, q, k] = r[bucket(q_pos - k_pos), h]`` with ``r`` an ``nn.Embedding(num_buckets, H)``."""
 
-    def __init__(self, num_heads: int, head_dim: int, num_buckets: int = 32, max_distance: int = 128):
+    def __init__(self, num_heads: int, head_dim: int, num_buckets: int = 32, max_distance: int = 128,
+                 layer_shared: bool = True):
         super().__init__(num_heads, head_dim)
+        self.layer_shared = layer_shared  # T5 computes the bias once and reuses it in every layer
         if not isinstance(num_buckets, int) or num_buckets < 2:
             raise ValueError(f"num_buckets must be an integer >= 2, got {num_buckets!r}.")
         if not isinstance(max_distance, int) or max_distance <= num_buckets // 2:

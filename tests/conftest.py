@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def text_corpus(tmp_path):
+    """A small local corpus folder (several files, so the by-file split has a validation part)."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    base = "def f(x):\n    return x * {k} + {k}\n\nclass C{k}:\n    value = {k}\n"
+    for k in range(40):
+        (root / f"file{k:02d}.py").write_text(base.format(k=k) * 30)
+    return root
