@@ -15,7 +15,7 @@ from . import __version__
 
 # Defaults of the laptop comparison (`firepe compare` with no options): measured to finish in
 # well under 15 minutes on a 2-core CPU (see README).
-COMPARE_DEFAULTS = dict(preset="cpu", seq_len=128, batch_size=16, steps=600, lr=2e-3, warmup_steps=50,
+COMPARE_DEFAULTS = dict(preset="cpu", seq_len=128, batch_size=16, steps=800, lr=2e-3, warmup_steps=50,
                         max_train_tokens=4_000_000, val_tokens=32768)
 
 
@@ -62,7 +62,7 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
 
 
 def _configs(args, position: str = "nope"):
-    from .compare import parse_spec
+    from .compare import parse_spec, training_options
     from .data import DataConfig
     from .model import preset
     from .train import TrainConfig
@@ -70,9 +70,7 @@ def _configs(args, position: str = "nope"):
     overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_head", args.n_head),
                                    ("d_model", args.d_model)) if v is not None}
     spec = parse_spec(getattr(args, "position", position))
-    opts = dict(spec.options)
-    if spec.position in ("fire", "fire_s") and "init_L" not in opts and opts.get("threshold", True):
-        opts["init_L"] = args.seq_len / 4
+    opts = training_options(spec.position, spec.options, args.seq_len)
     model = preset(args.preset, position=spec.position, position_options=opts,
                    tie_embeddings=not args.untied, dropout=args.dropout, **overrides)
     train = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,

@@ -8,8 +8,9 @@ on the same validation tokens, and writes ``out/results.json``, ``out/results.cs
 Specs are ``name`` or ``name:key=value,key=value`` (``fire:mlp_layers=1,activation=gelu``), with an
 optional label prefix ``label=`` (``fire_lin=fire:mlp_layers=0``).
 
-FIRE's threshold: unless given, ``init_L`` is set to a quarter of the training length, the
-paper's ratio (512 for 2048); the positions-level default stays the paper's 512.
+FIRE defaults for training runs (:func:`training_options`): unless given, ``init_L`` is a quarter
+of the training length, the paper's ratio (512 for 2048; the positions-level default stays 512),
+and ``bias_mode="table"`` (the fast interpolated bias, max error ~3e-5, see the README).
 """
 
 from __future__ import annotations
@@ -79,6 +80,16 @@ def parse_spec(text: str) -> Spec:
     return Spec(label.strip(), name, options)
 
 
+def training_options(position: str, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """``options`` plus the FIRE defaults used by ``firepe train`` and ``firepe compare``."""
+    opts = dict(options)
+    if position in ("fire", "fire_s"):
+        if "init_L" not in opts and opts.get("threshold", True):
+            opts["init_L"] = seq_len / 4
+        opts.setdefault("bias_mode", "table")
+    return opts
+
+
 def _run_finished(run_dir: Path, steps: int) -> bool:
     ckpt = latest_checkpoint(run_dir) if (run_dir / "checkpoints").exists() else None
     return ckpt is not None and read_json(ckpt / "state.json").get("step", 0) >= steps
@@ -95,9 +106,7 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
     rows = []
     for spec in parsed:
-        opts = dict(spec.options)
-        if spec.position in ("fire", "fire_s") and "init_L" not in opts and opts.get("threshold", True):
-            opts["init_L"] = train_cfg.seq_len / 4
+        opts = training_options(spec.position, spec.options, train_cfg.seq_len)
         run_dir = out / spec.label
         mcfg = replace(model, position=spec.position, position_options=opts)
         if _run_finished(run_dir, train_cfg.steps):

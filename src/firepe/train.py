@@ -161,8 +161,10 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = GPT(self.model_cfg).to(self.device)
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        # No weight decay on position encodings (T5 buckets, FIRE's MLP), norms and biases.
+        pos_ids = {id(p) for m in self.model.position_modules() for p in m.parameters()}
+        decay = [p for p in self.model.parameters() if p.dim() >= 2 and id(p) not in pos_ids]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2 or id(p) in pos_ids]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=cfg.betas, fused=False)

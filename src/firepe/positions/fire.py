@@ -100,13 +100,32 @@ class FIRE(BiasEncoding):
         learn_threshold: learn ``L`` (through ``L_multiplier``) or keep it fixed.
         eps: added to the normalizer (Appendix E: 1e-6).
         layer_shared: one module for all layers of a model (FIRE-S).
+        bias_mode: how the ``[H, Q, K]`` bias is computed (same values, same gradients to the MLP,
+            ``c`` and ``L``):
+
+            * ``"reference"`` -- the MLP on every (i, j) pair, as Appendix E: an ``[Q, K, width]``
+              hidden tensor.
+            * ``"exact"`` (default) -- rows ``i <= L`` depend on ``i - j`` only: the MLP runs once
+              per distance and the results are gathered (bit-identical to the reference); rows
+              ``i > L`` run the MLP per pair.
+            * ``"table"`` (fast; ``firepe train/compare`` use it) -- rows ``i <= L`` as ``exact``; rows ``i > L`` read a per-head
+              table of ``f`` on ``table_size`` uniform points of [0, 1], built by autograd from the
+              MLP, with linear interpolation. ReLU MLPs are piecewise linear, so only grid cells
+              holding a kink differ from the exact value (measured max error in the README).
+        table_size: grid points of the interpolation table.
     """
 
     def __init__(self, num_heads: int, head_dim: int = 64, mlp_width: int = 32, mlp_layers: int = 2,
                  activation: str = "relu", final_activation: bool = False, log_transform: bool = True,
                  threshold: bool = True, init_c: float = 0.1, init_L: float = 512.0,
-                 learn_threshold: bool = True, eps: float = 1e-6, layer_shared: bool = False):
+                 learn_threshold: bool = True, eps: float = 1e-6, layer_shared: bool = False,
+                 bias_mode: str = "exact", table_size: int = 16384):
         super().__init__(num_heads, head_dim)
+        if bias_mode not in ("table", "exact", "reference"):
+            raise ValueError(f"bias_mode must be 'table', 'exact' or 'reference', got {bias_mode!r}.")
+        if not isinstance(table_size, int) or table_size < 2:
+            raise ValueError(f"table_size must be an integer >= 2, got {table_size!r}.")
+        self.bias_mode, self.table_size = bias_mode, table_size
         if not isinstance(mlp_width, int) or isinstance(mlp_width, bool) or mlp_width <= 0:
             raise ValueError(f"mlp_width must be a positive integer, got {mlp_width!r}.")
         if not isinstance(mlp_layers, int) or isinstance(mlp_layers, bool) or mlp_layers < 0:
@@ -160,7 +179,87 @@ class FIRE(BiasEncoding):
         return self.mlp(x.unsqueeze(-1))
 
     def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        return self.f(self.normalized_distance(q_pos, k_pos)).permute(2, 0, 1)
+        if self.bias_mode == "reference":
+            return self.f(self.normalized_distance(q_pos, k_pos)).permute(2, 0, 1)
+        dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # entries with k > q are masked anyway
+        max_d = int(dist.max()) if dist.numel() else 0
+        if self.bias_mode == "table":
+            return self._table_bias(q_pos, dist, max_d)
+        if not self.threshold:
+            long_rows = torch.ones_like(q_pos, dtype=torch.bool)
+            out = torch.empty(self.num_heads, *dist.shape, dtype=self.init_L.dtype, device=dist.device)
+        else:
+            long_rows = q_pos.to(self.init_L.dtype) > self.L
+            out = self.distance_table(max_d)[:, dist]
+        idx = torch.nonzero(long_rows).flatten()
+        if idx.numel() == 0:
+            return out
+        exact = self.f(self.psi(dist[idx].to(self.init_L.dtype)) / self.normalizer(q_pos[idx])[:, None])
+        return out.index_copy(1, idx, exact.permute(2, 0, 1).to(out.dtype))
+
+    def distance_table(self, max_distance: int) -> torch.Tensor:
+        """``[H, max_distance + 1]``: the bias of rows ``i <= L`` at distance ``d = 0..max_distance``."""
+        grid = torch.arange(max_distance + 1, device=self.init_L.device, dtype=self.init_L.dtype)
+        norm = self.psi(self.L) + self.eps
+        return self.f(self.psi(grid) / norm).T
+
+    def interpolation_table(self) -> torch.Tensor:
+        """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1]."""
+        grid = torch.linspace(0, 1, self.table_size, device=self.init_L.device, dtype=self.init_L.dtype)
+        return self.f(grid).T
+
+    def _table_bias(self, q_pos: torch.Tensor, dist: torch.Tensor, max_d: int) -> torch.Tensor:
+        """One lookup per (i, j) into ``[distance table | interpolation table]``: rows ``i <= L`` read
+        the exact distance entry (weight 0 on its neighbour), rows ``i > L`` interpolate."""
+        dtype = self.init_L.dtype
+        g = self.table_size
+        x = self.psi(dist.to(dtype)) / self.normalizer(q_pos)[:, None]
+        pos = x.clamp(0, 1) * (g - 1)
+        i0 = pos.detach().floor().clamp(max=g - 2).long()
+        w = pos - i0.to(dtype)
+        if self.threshold:
+            base = max_d + 1
+            table = torch.cat([self.distance_table(max_d), self.interpolation_table()], dim=1)
+            long_rows = (q_pos.to(dtype) > self.L)[:, None]
+            idx = torch.where(long_rows, i0 + base, dist)
+            w = torch.where(long_rows, w, torch.zeros((), dtype=dtype, device=w.device))
+        else:
+            table, idx = self.interpolation_table(), i0
+        return _LerpLookup.apply(table, idx, w)
+
+
+class _LerpLookup(torch.autograd.Function):
+    """``out[h, q, k] = T[h, idx] + (T[h, idx + 1] - T[h, idx]) * w[q, k]`` for a table ``T`` ``[H, M]``:
+    two gathers per element forward, scatter-add backward (no ``[Q, K, H]`` intermediate)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        heads, rows = table.shape
+        slope = torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
+        flat = idx.reshape(1, -1).expand(heads, -1)
+        out = torch.gather(table, 1, flat)
+        out.addcmul_(torch.gather(slope, 1, flat), w.reshape(1, -1).to(table.dtype))
+        ctx.save_for_backward(slope, idx, w)
+        return out.view(heads, *idx.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        slope, idx, w = ctx.saved_tensors
+        heads, rows = slope.shape
+        grad = grad.reshape(heads, -1)
+        flat = idx.reshape(1, -1).expand(heads, -1)
+        wf = w.reshape(1, -1).to(grad.dtype)
+        grad_table = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # d out / d T[idx] = 1 - w and d out / d T[idx + 1] = w: scatter both at idx, shift the second.
+            upper = grad * wf
+            at_idx = torch.zeros(heads, rows, dtype=grad.dtype, device=grad.device).scatter_add_(1, flat, grad)
+            at_next = torch.zeros(heads, rows, dtype=grad.dtype, device=grad.device).scatter_add_(1, flat, upper)
+            grad_table = at_idx - at_next
+            grad_table[:, 1:] += at_next[:, :-1]
+        if ctx.needs_input_grad[2]:
+            grad_w = (torch.gather(slope, 1, flat) * grad).sum(0).view(idx.shape).to(w.dtype)
+        return grad_table, None, grad_w
 
 
 @register("fire_s")

@@ -1,0 +1,75 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from firepe.cli import main
+
+TINY = ["--preset", "tiny", "--seq-len", "16", "--batch-size", "4", "--no-progress", "--val-tokens", "1024"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_eval_plot_bias(tmp_path, text_corpus, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--out", run, "--position", "fire:mlp_layers=1", "--steps", "4",
+                              "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0, err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["position_options"] == {"mlp_layers": 1, "init_L": 4.0, "bias_mode": "table"}
+    code, out, err = run_cli(["eval", run, "--lengths", "16,32,64", "--no-progress"], capsys)
+    assert code == 0, err
+    assert re.search(r"^\s+64\s+\d+\.\d+", out, re.M)
+    code, out, err = run_cli(["plot-bias", run, "--query", "20"], capsys)
+    assert code == 0 and (run / "bias_q20.png").exists()
+    # resume extends the budget
+    code, out, err = run_cli(["train", "--out", run, "--resume", "--steps", "6", "--corpus", text_corpus, *TINY],
+                             capsys)
+    assert code == 0 and "step 6" in out
+
+
+def test_compare_and_ablate(tmp_path, text_corpus, capsys):
+    out_dir = tmp_path / "cmp"
+    code, out, err = run_cli(["compare", "--out", out_dir, "--encodings", "nope,fire", "--steps", "3",
+                              "--max-factor", "4", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0, err
+    table = (out_dir / "results.md").read_text()
+    assert "| nope |" in table and "| fire |" in table and "64 (4x)" in table and "**" in table
+    assert (out_dir / "perplexity.png").exists()
+    summary = json.loads((out_dir / "results.json").read_text())
+    assert [r["length"] for r in summary["runs"][0]["results"]] == [16, 32, 64]
+    # a second call reuses the finished runs
+    code, out, err = run_cli(["compare", "--out", out_dir, "--encodings", "nope,fire", "--steps", "3",
+                              "--max-factor", "4", "--corpus", text_corpus, *TINY], capsys)
+    assert "already trained" in out
+    code, out, err = run_cli(["ablate", "--out", tmp_path / "abl", "--variants", "fire;lin=fire:mlp_layers=0",
+                              "--steps", "2", "--max-factor", "2", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0, err
+    assert "| lin |" in (tmp_path / "abl" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--out", "{tmp}/r", "--corpus", "{tmp}/missing"], "does not exist"),
+    (["train", "--out", "{tmp}/r", "--seq-len", "1"], "at least 2 tokens"),
+    (["train", "--out", "{tmp}/r", "--position", "fyre"], "unknown position encoding 'fyre'"),
+    (["train", "--out", "{tmp}/r", "--position", "fire:width=3"], "unknown option"),
+    (["eval", "{tmp}/nothing", "--lengths", "16"], "does not exist"),
+    (["train", "--out", "{tmp}/r", "--resume"], "does not exist"),
+])
+def test_errors_are_one_line(tmp_path, capsys, args, match):
+    code, out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
+    assert code == 2
+    assert err.startswith("firepe: error:") and err.count("\n") == 1, err
+    assert re.search(match, err)
+
+
+def test_empty_corpus_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["train", "--out", tmp_path / "r", "--corpus", tmp_path / "empty", *TINY], capsys)
+    assert code == 2 and "no non-empty UTF-8 text" in err
+    assert not (tmp_path / "r").exists() or not any(Path(tmp_path / "r").iterdir())
