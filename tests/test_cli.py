@@ -73,3 +73,29 @@ def test_empty_corpus_error(tmp_path, capsys):
     code, _, err = run_cli(["train", "--out", tmp_path / "r", "--corpus", tmp_path / "empty", *TINY], capsys)
     assert code == 2 and "no non-empty UTF-8 text" in err
     assert not (tmp_path / "r").exists() or not any(Path(tmp_path / "r").iterdir())
+
+
+def test_generate_and_eval_chunked(tmp_path, text_corpus, capsys):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--out", run, "--position", "fire", "--steps", "3", "--corpus", text_corpus, *TINY],
+                   capsys)[0] == 0
+    code, out, err = run_cli(["generate", run, "--prompt", "def f", "--max-new-tokens", "12", "--temperature", "0"],
+                             capsys)
+    assert code == 0, err
+    assert out.startswith("def f")
+    code, out, err = run_cli(["eval", run, "--lengths", "16,64", "--attention", "chunked", "--no-progress"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["generate", run, "--prompt", ""], capsys)
+    assert code == 2 and "prompt is empty" in err
+
+
+def test_bench_speed_writes_table_json_and_plot(tmp_path, capsys):
+    out_dir = tmp_path / "bench"
+    code, out, err = run_cli(["bench-speed", "--lengths", "32,64", "--encodings", "nope,alibi,fire_appendix_e,fire",
+                              "--scope", "both", "--heads", "2", "--head-dim", "8", "--preset", "tiny",
+                              "--repeats", "1", "--out", out_dir], capsys)
+    assert code == 0, err
+    report = json.loads((out_dir / "bench.json").read_text())
+    assert len(report["results"]) == 2 * 2 * 4
+    assert all("error" not in r and r["train_s"] > 0 and r["forward_s"] > 0 for r in report["results"])
+    assert "| 64 | fire |" in out and (out_dir / "bench.png").exists()

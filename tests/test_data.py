@@ -3,8 +3,16 @@ import json
 import pytest
 import torch
 
-from firepe.data import (BPETokenizer, ByteTokenizer, DataConfig, TokenData, build_tokenizer, encode_documents,
-                         load_corpus, stdlib_files)
+from firepe.data import (
+    BPETokenizer,
+    ByteTokenizer,
+    DataConfig,
+    TokenData,
+    build_tokenizer,
+    encode_documents,
+    load_corpus,
+    stdlib_files,
+)
 
 
 def test_stdlib_corpus_is_deterministic_and_excludes_tests():

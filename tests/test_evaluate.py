@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from firepe.evaluate import eval_tokens, evaluate_lengths, evaluate_run, parse_lengths
-from firepe.train import TrainConfig, Trainer
 from firepe.data import DataConfig
+from firepe.evaluate import eval_tokens, evaluate_lengths, evaluate_run, parse_lengths
 from firepe.model import preset
+from firepe.train import TrainConfig, Trainer
 
 
 class Unigram(nn.Module):

@@ -4,9 +4,9 @@ import torch
 from firepe import positions
 from firepe.model import GPT, GPTConfig, preset
 
-ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}), ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}),
-       ("alibi", {}), ("kerple_log", {}), ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {}),
-       ("fire_s", {})]
+ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
+       ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),
+       ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {}), ("fire_s", {})]
 
 
 def tiny(position, opts=None, **kw):

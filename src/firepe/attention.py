@@ -1,23 +1,35 @@
 """Attention with a position encoding, and the KV cache.
 
-``attend(q, k, v, enc, q_pos, k_pos)`` is the one entry point the model calls:
+Backends (``GPTConfig.attention``), all causal, all taking explicit positions:
 
-* rotary encodings rotate ``q`` and ``k`` (done by the caller, before caching ``k``);
-* NoPE and rotary attention use SDPA's ``is_causal`` when queries and keys are the same positions;
-* bias encodings fold the causal mask into the bias (``-inf`` where ``k_pos > q_pos``) and pass it
-  to :func:`torch.nn.functional.scaled_dot_product_attention` as a float mask (``dense`` backend).
+* ``dense`` (reference) -- :func:`attend`: SDPA; NoPE/rotary use ``is_causal`` when queries and keys
+  are the same positions; bias encodings fold the causal mask into the bias (``-inf`` where
+  ``k_pos > q_pos``) and pass a materialized ``[1, H, Q, K]`` float mask.
+* ``chunked`` -- :func:`attend_chunked`: query blocks of ``block`` rows; each block computes only
+  its bias rows against the keys it can see, so no ``n x n`` bias ever exists (evaluation at 32k+).
+  Under autograd each block is checkpointed (recomputed in backward), so training memory is
+  ``O(block * n * H)`` as well. Keys must be sorted ascending (as the model produces them).
+* ``flex`` -- :func:`attend_flex`: ``torch.nn.attention.flex_attention`` compiled, with a causal
+  block mask and the encoding's ``score_mod`` (FIRE reads its lookup tables; ALiBi its slopes;
+  other biases a materialized table). PyTorch has no FlexAttention backward on CPU: a CPU call
+  that needs gradients falls back to ``chunked`` (warned once).
 
 Shapes: ``q`` ``[B, H, Q, D]``, ``k, v`` ``[B, H, K, D]``, ``q_pos`` ``[Q]``, ``k_pos`` ``[K]``.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["causal_mask", "bias_mask", "attend", "KVCache"]
+__all__ = ["BACKENDS", "causal_mask", "bias_mask", "attend", "attend_chunked", "attend_flex", "KVCache"]
+
+BACKENDS = ("dense", "chunked", "flex")
 
 
 def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -45,6 +57,69 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         mask = causal_mask(q_pos, k_pos)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask(bias, q_pos, k_pos, q.dtype))
+
+
+BiasFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+def _block(q, k, v, bias_fn: BiasFn | None, q_pos, k_pos):
+    bias = bias_fn(q_pos, k_pos) if bias_fn is not None else None
+    return attend(q, k, v, bias, q_pos, k_pos, same_positions=False)
+
+
+def attend_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_fn: BiasFn | None,
+                   q_pos: torch.Tensor, k_pos: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """Causal attention in query blocks; ``bias_fn(q_pos_block, k_pos_visible)`` gives ``[H, b, k]``.
+
+    Block ``[s, e)`` attends to the keys with ``k_pos <= q_pos[e - 1]`` (a prefix, keys sorted).
+    """
+    if block < 1:
+        raise ValueError(f"attention block must be >= 1, got {block}.")
+    outs = []
+    n_keys = torch.searchsorted(k_pos, q_pos, right=True).tolist()
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    for s in range(0, q.shape[2], block):
+        e = min(s + block, q.shape[2])
+        kk = max(n_keys[s:e])
+        args = (q[:, :, s:e], k[:, :, :kk], v[:, :, :kk], bias_fn, q_pos[s:e], k_pos[:kk])
+        outs.append(checkpoint(_block, *args, use_reentrant=False) if grad else _block(*args))
+    return torch.cat(outs, dim=2)
+
+
+_FLEX = {}
+_WARNED = set()
+
+
+def _flex_fns():
+    if not _FLEX:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        _FLEX["attn"] = torch.compile(flex_attention, dynamic=False)
+        _FLEX["mask"] = create_block_mask
+    return _FLEX["attn"], _FLEX["mask"]
+
+
+def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod, q_pos: torch.Tensor,
+                k_pos: torch.Tensor, bias_fn: BiasFn | None = None, block: int = 1024) -> torch.Tensor:
+    """FlexAttention with a causal block mask; ``score_mod`` from the encoding (or None).
+
+    Positions must be contiguous ranges (``q_pos = k_pos[-Q:]``), as the model produces them.
+    """
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type == "cpu" and needs_grad:
+        if "cpu-backward" not in _WARNED:
+            _WARNED.add("cpu-backward")
+            warnings.warn("FlexAttention has no backward on CPU in PyTorch; using the chunked backend "
+                          "for this training step.", stacklevel=2)
+        return attend_chunked(q, k, v, bias_fn, q_pos, k_pos, block)
+    flex, create_block_mask = _flex_fns()
+    offset = k.shape[2] - q.shape[2]
+
+    def causal(b, h, qi, ki):
+        return ki <= qi + offset
+
+    mask = create_block_mask(causal, B=None, H=None, Q_LEN=q.shape[2], KV_LEN=k.shape[2], device=q.device)
+    return flex(q, k, v, score_mod=score_mod, block_mask=mask)
 
 
 @dataclass

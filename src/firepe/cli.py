@@ -103,7 +103,8 @@ def cmd_eval(args) -> None:
     from .evaluate import evaluate_run, parse_lengths
 
     res = evaluate_run(args.run, parse_lengths(args.lengths), val_tokens=args.val_tokens, device=args.device,
-                       progress=not args.no_progress, out=args.out)
+                       progress=not args.no_progress, out=args.out, attention=args.attention,
+                       batch_tokens=args.batch_tokens)
     print(f"{'length':>8} {'log ppl':>9} {'ppl':>10}")
     for r in res["results"]:
         print(f"{r['length']:>8} {r['log_ppl']:>9.4f} {r['ppl']:>10.3f}")
@@ -156,6 +157,39 @@ def cmd_plot_bias(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_generate(args) -> None:
+    import torch
+
+    from .data import DataConfig, load_tokenizer
+    from .train import load_run
+
+    model, cfg = load_run(args.run, device=args.device)
+    if args.attention:
+        model.set_attention(args.attention)
+    tok = load_tokenizer(Path(args.run), DataConfig(**cfg["data"]))
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise ValueError("--prompt is empty; give at least one character.")
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    prompt = torch.tensor([ids], device=args.device)
+    out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         generator=gen)
+    print(tok.decode(out[0].tolist()))
+
+
+def cmd_bench_speed(args) -> None:
+    from .bench import ROWS, run_bench
+    from .evaluate import parse_lengths
+
+    rows = [r for r in args.encodings.split(",") if r] if args.encodings else ROWS
+    scopes = ["layer", "model"] if args.scope == "both" else [args.scope]
+    settings = {"device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
+                "head_dim": args.head_dim, "preset": args.preset, "n_layer": args.n_layer,
+                "attention": args.attention, "block": args.block, "repeats": args.repeats,
+                "backward": not args.forward_only, "fire_layers": args.fire_mlp_layers, "threads": args.threads}
+    run_bench(rows, parse_lengths(args.lengths), scopes, settings, Path(args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="firepe", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"firepe {__version__}")
@@ -175,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", help="output prefix (default RUN/eval -> eval.json, eval.csv)")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--attention", choices=["dense", "chunked", "flex"],
+                   help="attention backend (chunked: no n x n bias; evaluation at 32k+ tokens)")
+    e.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward pass")
     e.set_defaults(func=cmd_eval)
 
     for name, helptext in (("compare", "the main job: train every encoding short, test long"),
@@ -198,6 +235,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--query", type=int, default=128)
     b.add_argument("--out", help="PNG path (default RUN/bias_q<query>.png)")
     b.set_defaults(func=cmd_plot_bias)
+
+    g = sub.add_parser("generate", help="sample from a trained model with a KV cache")
+    g.add_argument("run")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--attention", choices=["dense", "chunked", "flex"])
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("bench-speed", help="time and peak memory per encoding across lengths (Fig. 5)")
+    s.add_argument("--lengths", default="512,1024,2048,4096,8192")
+    s.add_argument("--encodings", help="comma-separated rows (default: every encoding, fire_appendix_e, "
+                                       "fire_exact, fire, fire_s)")
+    s.add_argument("--scope", choices=["layer", "model", "both"], default="both")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--heads", type=int, default=12)
+    s.add_argument("--head-dim", type=int, default=64)
+    s.add_argument("--preset", default="base", help="model preset of the model scope")
+    s.add_argument("--n-layer", type=int, default=2, help="layers of the model scope (0: the preset's)")
+    s.add_argument("--attention", choices=["dense", "chunked", "flex"], default="dense")
+    s.add_argument("--block", type=int, default=1024)
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--forward-only", action="store_true")
+    s.add_argument("--fire-mlp-layers", type=int, default=2)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--out", default="runs/bench")
+    s.set_defaults(func=cmd_bench_speed)
     return p
 
 

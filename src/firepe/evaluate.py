@@ -95,11 +95,13 @@ def write_results(out: Path, results: dict[str, Any]) -> tuple[Path, Path]:
 
 def evaluate_run(run_dir: str | Path, lengths: list[int], val_tokens: int | None = None,
                  device: str = "cpu", batch_tokens: int = 16384, progress: bool = True,
-                 out: str | Path | None = None) -> dict[str, Any]:
+                 out: str | Path | None = None, attention: str | None = None) -> dict[str, Any]:
     """Load ``run_dir``'s latest checkpoint, score every length, write ``RUN/eval.json`` and ``.csv``."""
     from .train import load_run
 
     model, cfg = load_run(run_dir, device=device)
+    if attention:
+        model.set_attention(attention)
     data_cfg = DataConfig(**cfg["data"])
     corpus = load_corpus(data_cfg)
     tok = load_tokenizer(Path(run_dir), data_cfg)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import positions
-from .attention import KVCache, attend
+from .attention import BACKENDS, KVCache, attend, attend_chunked, attend_flex
 from .positions.base import BiasEncoding, PositionEncoding, RotaryEncoding
 from .positions.rope import apply_rotary_one
 
@@ -37,6 +37,8 @@ class GPTConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     norm_eps: float = 1e-5
+    attention: str = "dense"        # dense | chunked | flex (see firepe.attention)
+    attention_block: int = 1024     # query block of the chunked backend
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model"):
@@ -46,6 +48,8 @@ class GPTConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}.")
         positions.validate(self.position, self.position_options)
+        if self.attention not in BACKENDS:
+            raise ValueError(f"unknown attention backend {self.attention!r}; valid: {', '.join(BACKENDS)}.")
 
     @property
     def head_dim(self) -> int:
@@ -98,10 +102,20 @@ class Attention(nn.Module):
             q, k = apply_rotary_one(q, cos[-T:], sin[-T:]), apply_rotary_one(k, cos[-T:], sin[-T:])
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        bias = ctx["biases"].get(id(enc)) if isinstance(enc, BiasEncoding) else None
-        if isinstance(enc, BiasEncoding) and id(enc) not in ctx["biases"]:
-            bias = ctx["biases"][id(enc)] = enc.compute_bias(ctx["q_pos"], ctx["k_pos"])
-        y = attend(q, k, v, bias, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"])
+        is_bias = isinstance(enc, BiasEncoding)
+        backend = ctx["backend"]
+        if backend == "dense":
+            bias = ctx["biases"].get(id(enc)) if is_bias else None
+            if is_bias and id(enc) not in ctx["biases"]:
+                bias = ctx["biases"][id(enc)] = enc.compute_bias(ctx["q_pos"], ctx["k_pos"])
+            y = attend(q, k, v, bias, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"])
+        elif backend == "chunked":
+            y = attend_chunked(q, k, v, enc.compute_bias if is_bias else None, ctx["q_pos"], ctx["k_pos"],
+                               ctx["block"])
+        else:
+            mod = enc.score_mod(ctx["q_pos"], ctx["k_pos"]) if is_bias else None
+            y = attend_flex(q, k, v, mod, ctx["q_pos"], ctx["k_pos"], enc.compute_bias if is_bias else None,
+                            ctx["block"])
         return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
 
 
@@ -174,7 +188,8 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         device = idx.device
         k_pos = torch.arange(start + T, device=device)
-        ctx = {"q_pos": k_pos[start:], "k_pos": k_pos, "same_positions": start == 0, "biases": {}}
+        ctx = {"q_pos": k_pos[start:], "k_pos": k_pos, "same_positions": start == 0, "biases": {},
+               "backend": self.cfg.attention, "block": self.cfg.attention_block}
         first = self.position_for(0)
         if isinstance(first, RotaryEncoding):
             ctx["angles"] = first.compute_angles(k_pos)
@@ -188,3 +203,48 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def set_attention(self, backend: str, block: int | None = None) -> GPT:
+        """Switch the attention backend (``dense``, ``chunked``, ``flex``) of a built model."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}.")
+        self.cfg.attention = backend
+        if block is not None:
+            self.cfg.attention_block = block
+        return self
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` after ``prompt`` ``[B, T]`` with a KV cache; returns ``[B, T + new]``.
+
+        ``temperature = 0`` is greedy decoding; ``top_k`` keeps the k most likely tokens. Each step
+        feeds one token: bias encodings compute one bias row for query position ``t``.
+        """
+        if prompt.dim() == 1:
+            prompt = prompt[None]
+        if prompt.shape[1] < 1:
+            raise ValueError("the prompt must hold at least one token.")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}.")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+        was_training = self.training
+        self.eval()
+        cache = KVCache.empty(self.cfg.n_layer)
+        logits, _ = self(prompt, cache=cache)
+        out = [prompt]
+        for _ in range(max_new_tokens):
+            last = logits[:, -1].float()
+            if temperature == 0:
+                nxt = last.argmax(-1, keepdim=True)
+            else:
+                last = last / temperature
+                if top_k is not None:
+                    kth = torch.topk(last, min(top_k, last.shape[-1])).values[:, -1:]
+                    last = last.masked_fill(last < kth, float("-inf"))
+                nxt = torch.multinomial(last.softmax(-1), 1, generator=generator)
+            out.append(nxt)
+            logits, _ = self(nxt, cache=cache)
+        self.train(was_training)
+        return torch.cat(out, dim=1)

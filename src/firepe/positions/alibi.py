@@ -41,3 +41,12 @@ class ALiBi(BiasEncoding):
     def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         dist = self.distance(q_pos, k_pos, self.slopes.dtype).abs()
         return -self.slopes[:, None, None] * dist
+
+    def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
+        q0, k0 = int(q_pos[0]), int(k_pos[0])  # positions are contiguous ranges in FlexAttention
+        slopes = self.slopes
+
+        def mod(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx + q0 - kv_idx - k0).abs()
+
+        return mod

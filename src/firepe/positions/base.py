@@ -91,6 +91,19 @@ class BiasEncoding(PositionEncoding):
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         return self.bias(q_pos, k_pos)
 
+    def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
+        """A FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` adding this bias; ``q_idx`` and
+        ``kv_idx`` index ``q_pos`` and ``k_pos``. The default reads a materialized ``[H, Q, K]`` bias;
+        encodings override it to compute the bias from a few small tensors (ALiBi, FIRE)."""
+        table = self.compute_bias(q_pos, k_pos)
+        if table is None:
+            return None
+
+        def mod(score, b, h, q_idx, kv_idx):
+            return score + table[h, q_idx, kv_idx]
+
+        return mod
+
     @staticmethod
     def distance(q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``q_pos[:, None] - k_pos[None, :]`` as ``dtype`` (``[Q, K]``; negative where masked)."""

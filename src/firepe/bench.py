@@ -1,0 +1,231 @@
+"""``firepe bench-speed``: time and peak memory of attention with each encoding (Fig. 5, extended).
+
+Rows are encodings, plus ``fire_appendix_e`` -- the paper's Appendix E formulation (the MLP on
+every (i, j) pair, ``bias_mode="reference"``) of the same FIRE configuration -- and ``fire_exact``.
+``fire`` and ``fire_s`` use the fast table mode. Scopes:
+
+* ``layer`` -- one attention layer: bias (or rotation) + causal SDPA on random ``q, k, v``
+  ``[batch, heads, n, head_dim]``;
+* ``model`` -- a whole GPT (``--preset``, ``--n-layer``) on random tokens.
+
+For each (row, length, scope) the forward time and the forward+backward time (median of
+``--repeats`` after one warm-up) and the peak memory are measured in a fresh subprocess, so the
+peak is that row's own: ``torch.cuda.max_memory_allocated`` on GPU, growth of the process's peak
+resident set size (``ru_maxrss``) on CPU. All rows of one run share the machine and settings, so
+their ratios are side by side. Results: a printed table, ``OUT/bench.json``, ``OUT/bench.csv`` and
+``OUT/bench.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROWS = ["nope", "rope", "alibi", "kerple_log", "t5", "fire_appendix_e", "fire_exact", "fire", "fire_s"]
+
+
+def row_spec(row: str, fire_layers: int) -> tuple[str, dict[str, Any]]:
+    fire = {"mlp_layers": fire_layers, "init_L": 512.0}
+    table = {
+        "fire_appendix_e": ("fire", {**fire, "bias_mode": "reference"}),
+        "fire_exact": ("fire", {**fire, "bias_mode": "exact"}),
+        "fire": ("fire", {**fire, "bias_mode": "table"}),
+        "fire_s": ("fire_s", {**fire, "bias_mode": "table"}),
+    }
+    return table.get(row, (row, {}))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _layer_fn(name, opts, n, args, device, dtype):
+    from . import positions
+    from .attention import attend, attend_chunked
+    from .positions.base import BiasEncoding, RotaryEncoding
+    from .positions.rope import apply_rotary_one
+
+    enc = positions.build(name, num_heads=args["heads"], head_dim=args["head_dim"], **opts).to(device)
+    shape = (args["batch"], args["heads"], n, args["head_dim"])
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    pos = torch.arange(n, device=device)
+
+    def run():
+        qq, kk = q, k
+        if isinstance(enc, RotaryEncoding):
+            cos, sin = enc.compute_angles(pos)
+            qq, kk = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
+        if args["attention"] == "chunked":
+            fn = enc.compute_bias if isinstance(enc, BiasEncoding) else None
+            return attend_chunked(qq, kk, v, fn, pos, pos, args["block"])
+        bias = enc.compute_bias(pos, pos) if isinstance(enc, BiasEncoding) else None
+        return attend(qq, kk, v, bias, pos, pos, same_positions=True)
+
+    return run, [q, k, v, *enc.parameters()]
+
+
+def _model_fn(name, opts, n, args, device, dtype):
+    from .model import GPT, preset
+
+    over = {"n_layer": args["n_layer"]} if args.get("n_layer") else {}
+    model = GPT(preset(args["preset"], position=name, position_options=opts, attention=args["attention"],
+                       attention_block=args["block"], **over)).to(device)
+    x = torch.randint(0, model.cfg.vocab_size, (args["batch"], n + 1), device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def run():
+        with autocast:
+            return model(x[:, :-1], x[:, 1:])[1]
+
+    return run, list(model.parameters())
+
+
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Measure one (row, length, scope); runs inside its own process."""
+    device = torch.device(job["device"])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[job["dtype"]]
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    name, opts = row_spec(job["row"], job["fire_layers"])
+    make = _layer_fn if job["scope"] == "layer" else _model_fn
+    base = _peak_bytes(device)
+    run, params = make(name, opts, job["length"], job, device, dtype if job["scope"] == "layer" else dtype)
+    result = {k: job[k] for k in ("row", "length", "scope")}
+    try:
+        with torch.no_grad():
+            run()
+            _sync(device)
+            times = []
+            for _ in range(job["repeats"]):
+                t0 = time.perf_counter()
+                run()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+        result["forward_s"] = statistics.median(times)
+        result["forward_peak_mb"] = (_peak_bytes(device) - base) / 2**20
+        if job["backward"]:
+            def step():
+                out = run()
+                out.float().sum().backward() if out.dim() else out.backward()
+                for p in params:
+                    p.grad = None
+            step()
+            _sync(device)
+            times = []
+            for _ in range(job["repeats"]):
+                t0 = time.perf_counter()
+                step()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            result["train_s"] = statistics.median(times)
+            result["train_peak_mb"] = (_peak_bytes(device) - base) / 2**20
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # report, keep the other rows
+        result["error"] = str(e).splitlines()[0][:200]
+    return result
+
+
+def run_bench(rows: list[str], lengths: list[int], scopes: list[str], settings: dict[str, Any],
+              out: Path, log=print) -> list[dict[str, Any]]:
+    results = []
+    for scope in scopes:
+        for n in lengths:
+            for row in rows:
+                job = {**settings, "row": row, "length": n, "scope": scope}
+                proc = subprocess.run([sys.executable, "-m", "firepe.bench", json.dumps(job)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0 or not proc.stdout.strip():
+                    res = {"row": row, "length": n, "scope": scope,
+                           "error": (proc.stderr.strip().splitlines() or ["worker failed"])[-1][:200]}
+                else:
+                    res = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append(res)
+                log(_fmt(res))
+    machine = (torch.cuda.get_device_name() if settings["device"].startswith("cuda")
+               else f"{platform.machine()} CPU, {settings['threads'] or torch.get_num_threads()} threads")
+    report = {"machine": machine, "torch": torch.__version__, "settings": settings, "results": results}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    with open(out / "bench.csv", "w", newline="") as f:
+        cols = ["scope", "length", "row", "forward_s", "train_s", "forward_peak_mb", "train_peak_mb", "error"]
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(results)
+    plot_bench(report, out / "bench.png")
+    log(format_bench(report))
+    return results
+
+
+def _fmt(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r['scope']:>5} n={r['length']:<6} {r['row']:<16} error: {r['error']}"
+    train = f"{r['train_s']:.4f}s" if "train_s" in r else "-"
+    return (f"{r['scope']:>5} n={r['length']:<6} {r['row']:<16} fwd {r['forward_s']:.4f}s  fwd+bwd {train}  "
+            f"peak {r.get('train_peak_mb', r['forward_peak_mb']):.0f} MB")
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    """Markdown: per scope and length, time and peak memory, ratios to ``nope``."""
+    lines = [f"{report['machine']}, torch {report['torch']}"]
+    res = report["results"]
+    for scope in dict.fromkeys(r["scope"] for r in res):
+        lines += ["", f"**{scope}**", "",
+                  "| n | encoding | forward s | x nope | fwd+bwd s | x nope | peak MB (fwd+bwd) |",
+                  "|---|---|---|---|---|---|---|"]
+        for n in dict.fromkeys(r["length"] for r in res if r["scope"] == scope):
+            group = [r for r in res if r["scope"] == scope and r["length"] == n]
+            ref = next((r for r in group if r["row"] == "nope" and "error" not in r), None)
+            for r in group:
+                if "error" in r:
+                    lines.append(f"| {n} | {r['row']} | error: {r['error'][:60]} | | | | |")
+                    continue
+                fr = f"{r['forward_s'] / ref['forward_s']:.2f}" if ref else ""
+                tr = f"{r['train_s']:.4f}" if "train_s" in r else "-"
+                trr = f"{r['train_s'] / ref['train_s']:.2f}" if ref and "train_s" in r and "train_s" in ref else ""
+                peak = r.get("train_peak_mb", r["forward_peak_mb"])
+                lines.append(f"| {n} | {r['row']} | {r['forward_s']:.4f} | {fr} | {tr} | {trr} | {peak:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_bench(report: dict[str, Any], path: Path) -> Path:
+    from .plots import plt
+
+    res = [r for r in report["results"] if "error" not in r]
+    scopes = list(dict.fromkeys(r["scope"] for r in res)) or ["layer"]
+    fig, axes = plt.subplots(1, len(scopes), figsize=(6 * len(scopes), 4.2), squeeze=False)
+    for ax, scope in zip(axes[0], scopes):
+        for row in dict.fromkeys(r["row"] for r in res if r["scope"] == scope):
+            pts = sorted((r["length"], r.get("train_s", r["forward_s"])) for r in res
+                         if r["scope"] == scope and r["row"] == row)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=row)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("seconds (fwd+bwd)" if any("train_s" in r for r in res) else "seconds (forward)")
+        ax.set_title(f"{scope}: {report['machine']}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))
