@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from firepe.compare import training_options
 from firepe.model import GPT, preset
 
 ENCODINGS = ["nope", "rope", "alibi", "kerple_log", "t5", "sandwich", "fire", "fire_s"]
@@ -24,7 +25,7 @@ ENCODINGS = ["nope", "rope", "alibi", "kerple_log", "t5", "sandwich", "fire", "f
 def measure(name: str, args) -> float:
     torch.manual_seed(0)
     device = torch.device(args.device)
-    opts = {"init_L": args.seq_len / 4} if name.startswith("fire") else {}
+    opts = training_options(name, {}, args.seq_len)  # as `firepe train`: FIRE in table mode
     model = GPT(preset(args.preset, position=name, position_options=opts)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, model.cfg.vocab_size, (args.batch_size, args.seq_len + 1), device=device)

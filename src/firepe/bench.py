@@ -58,7 +58,7 @@ def _peak_bytes(device: torch.device) -> int:
 
 def _layer_fn(name, opts, n, args, device, dtype):
     from . import positions
-    from .attention import attend, attend_chunked
+    from .attention import attend, attend_chunked, attend_flex
     from .positions.base import BiasEncoding, RotaryEncoding
     from .positions.rope import apply_rotary_one
 
@@ -72,9 +72,12 @@ def _layer_fn(name, opts, n, args, device, dtype):
         if isinstance(enc, RotaryEncoding):
             cos, sin = enc.compute_angles(pos)
             qq, kk = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
+        fn = enc.compute_bias if isinstance(enc, BiasEncoding) else None
         if args["attention"] == "chunked":
-            fn = enc.compute_bias if isinstance(enc, BiasEncoding) else None
             return attend_chunked(qq, kk, v, fn, pos, pos, args["block"])
+        if args["attention"] == "flex":
+            mod = enc.score_mod(pos, pos) if isinstance(enc, BiasEncoding) else None
+            return attend_flex(qq, kk, v, mod, pos, pos, fn, args["block"])
         bias = enc.compute_bias(pos, pos) if isinstance(enc, BiasEncoding) else None
         return attend(qq, kk, v, bias, pos, pos, same_positions=True)
 

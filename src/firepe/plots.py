@@ -57,7 +57,7 @@ def bias_curves(module: BiasEncoding | Mapping[str, BiasEncoding], query_pos: in
         ax.set_ylabel(f"bias (query {query_pos})")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    if len(panels) == 1 and values.shape[0] <= 16:
+    if values.shape[0] <= 16:
         axes.flat[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     out = Path(path)
