@@ -45,7 +45,8 @@ def test_bias_models_match_explicit_attention():
     logits = q @ k.transpose(-1, -2) / 4 + bias
     logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     want = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1))
-    ctx = {"q_pos": torch.arange(T), "k_pos": torch.arange(T), "same_positions": True, "biases": {}}
+    ctx = {"q_pos": torch.arange(T), "k_pos": torch.arange(T), "same_positions": True, "biases": {},
+           "backend": "dense", "block": 1024}
     got = attn(x, model.position_for(0), ctx, 0, None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
