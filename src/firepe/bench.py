@@ -100,6 +100,19 @@ def _model_fn(name, opts, n, args, device, dtype):
     return run, list(model.parameters())
 
 
+def _median_time(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after one untimed warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Measure one (row, length, scope); runs inside its own process."""
     device = torch.device(job["device"])
@@ -109,19 +122,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     name, opts = row_spec(job["row"], job["fire_layers"])
     make = _layer_fn if job["scope"] == "layer" else _model_fn
     base = _peak_bytes(device)
-    run, params = make(name, opts, job["length"], job, device, dtype if job["scope"] == "layer" else dtype)
+    run, params = make(name, opts, job["length"], job, device, dtype)
     result = {k: job[k] for k in ("row", "length", "scope")}
     try:
         with torch.no_grad():
-            run()
-            _sync(device)
-            times = []
-            for _ in range(job["repeats"]):
-                t0 = time.perf_counter()
-                run()
-                _sync(device)
-                times.append(time.perf_counter() - t0)
-        result["forward_s"] = statistics.median(times)
+            result["forward_s"] = _median_time(run, job["repeats"], device)
         result["forward_peak_mb"] = (_peak_bytes(device) - base) / 2**20
         if job["backward"]:
             def step():
@@ -129,15 +134,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                 out.float().sum().backward() if out.dim() else out.backward()
                 for p in params:
                     p.grad = None
-            step()
-            _sync(device)
-            times = []
-            for _ in range(job["repeats"]):
-                t0 = time.perf_counter()
-                step()
-                _sync(device)
-                times.append(time.perf_counter() - t0)
-            result["train_s"] = statistics.median(times)
+
+            result["train_s"] = _median_time(step, job["repeats"], device)
             result["train_peak_mb"] = (_peak_bytes(device) - base) / 2**20
     except (torch.OutOfMemoryError, RuntimeError) as e:  # report, keep the other rows
         result["error"] = str(e).splitlines()[0][:200]
@@ -207,7 +205,7 @@ def format_bench(report: dict[str, Any]) -> str:
 
 
 def plot_bench(report: dict[str, Any], path: Path) -> Path:
-    from .plots import plt
+    from .plots import plt, save_figure
 
     res = [r for r in report["results"] if "error" not in r]
     scopes = list(dict.fromkeys(r["scope"] for r in res)) or ["layer"]
@@ -224,10 +222,7 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
         ax.set_title(f"{scope}: {report['machine']}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-__all__ = ["write_json", "read_json", "save_checkpoint", "latest_checkpoint", "load_model_weights",
-           "load_optimizer_state", "read_run_config"]
+__all__ = ["dataclass_from_dict", "write_json", "read_json", "save_checkpoint", "latest_checkpoint",
+           "load_model_weights", "load_optimizer_state", "read_run_config"]
+
+
+def dataclass_from_dict(cls, data: dict[str, Any]):
+    """``cls(**data)`` after checking that every key is a field of ``cls`` (one clear error if not)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}.")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
+    return cls(**data)
 
 
 def write_json(path: Path, data: Any) -> None:

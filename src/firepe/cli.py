@@ -160,13 +160,14 @@ def cmd_plot_bias(args) -> None:
 def cmd_generate(args) -> None:
     import torch
 
+    from .checkpoint import dataclass_from_dict
     from .data import DataConfig, load_tokenizer
     from .train import load_run
 
     model, cfg = load_run(args.run, device=args.device)
     if args.attention:
         model.set_attention(args.attention)
-    tok = load_tokenizer(Path(args.run), DataConfig(**cfg["data"]))
+    tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]))
     ids = tok.encode(args.prompt)
     if not ids:
         raise ValueError("--prompt is empty; give at least one character.")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoint import dataclass_from_dict
 from .data import DataConfig, encode_documents, load_corpus, load_tokenizer
 
 __all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths"]
@@ -102,7 +103,7 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], val_tokens: int | None
     model, cfg = load_run(run_dir, device=device)
     if attention:
         model.set_attention(attention)
-    data_cfg = DataConfig(**cfg["data"])
+    data_cfg = dataclass_from_dict(DataConfig, cfg["data"])
     corpus = load_corpus(data_cfg)
     tok = load_tokenizer(Path(run_dir), data_cfg)
     cap = val_tokens or data_cfg.val_tokens

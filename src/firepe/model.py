@@ -8,7 +8,7 @@ length (16x its training length included). Presets follow Appendix C Table 8 (``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 
 from . import positions
 from .attention import BACKENDS, KVCache, attend, attend_chunked, attend_flex
+from .checkpoint import dataclass_from_dict
 from .positions.base import BiasEncoding, PositionEncoding, RotaryEncoding
 from .positions.rope import apply_rotary_one
 
@@ -64,11 +65,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 PRESETS: dict[str, dict[str, int]] = {

@@ -22,6 +22,16 @@ import torch  # noqa: E402
 from .positions.base import BiasEncoding  # noqa: E402
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write ``fig`` as a PNG at ``path`` (creating folders) and close it."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 @torch.no_grad()
 def bias_values(module: BiasEncoding, query_pos: int) -> torch.Tensor:
     """``[H, query_pos + 1]`` bias of query ``query_pos`` (0-based) for keys ``0..query_pos``."""
@@ -59,12 +69,7 @@ def bias_curves(module: BiasEncoding | Mapping[str, BiasEncoding], query_pos: in
         ax.axis("off")
     if values.shape[0] <= 16:
         axes.flat[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def perplexity_vs_length(summary: dict[str, Any] | str | Path, path: str | Path = "perplexity.png") -> Path:
@@ -85,9 +90,4 @@ def perplexity_vs_length(summary: dict[str, Any] | str | Path, path: str | Path 
     ax.set_title("Train short, test long")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

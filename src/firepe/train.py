@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    dataclass_from_dict,
     latest_checkpoint,
     load_model_weights,
     load_optimizer_state,
@@ -72,11 +73,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown train config key(s) {', '.join(unknown)}.")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -94,14 +91,6 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu.")
     return torch.device(name)
-
-
-def _dataclass_from(cls, data: dict[str, Any]):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} key(s) {', '.join(unknown)}.")
-    return cls(**data)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
@@ -132,7 +121,7 @@ class Trainer:
             if train_cfg is not None:  # a resumed run may extend its step budget, nothing else
                 saved_train.steps = train_cfg.steps
             train_cfg = saved_train
-            data_cfg = _dataclass_from(DataConfig, saved["data"])
+            data_cfg = dataclass_from_dict(DataConfig, saved["data"])
         self.model_cfg, self.cfg = model_cfg or GPTConfig(), train_cfg or TrainConfig()
         self.data_cfg = data_cfg or DataConfig()
         cfg = self.cfg
