@@ -185,7 +185,7 @@ class FIRE(BiasEncoding):
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # entries with k > q are masked anyway
         max_d = int(dist.max()) if dist.numel() else 0
         if self.bias_mode == "table":
-            return self._table_bias(q_pos, dist, max_d)
+            return self._table_bias(q_pos, k_pos, dist, max_d)
         if not self.threshold:
             long_rows = torch.ones_like(q_pos, dtype=torch.bool)
             out = torch.empty(self.num_heads, *dist.shape, dtype=self.init_L.dtype, device=dist.device)
@@ -209,7 +209,7 @@ class FIRE(BiasEncoding):
         grid = torch.linspace(0, 1, self.table_size, device=self.init_L.device, dtype=self.init_L.dtype)
         return self.f(grid).T
 
-    def _table_bias(self, q_pos: torch.Tensor, dist: torch.Tensor, max_d: int) -> torch.Tensor:
+    def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, dist: torch.Tensor, max_d: int) -> torch.Tensor:
         """One lookup per (i, j) into ``[distance table | interpolation table]``: rows ``i <= L`` read
         the exact distance entry (weight 0 on its neighbour), rows ``i > L`` interpolate."""
         dtype = self.init_L.dtype
@@ -226,7 +226,7 @@ class FIRE(BiasEncoding):
             w = torch.where(long_rows, w, torch.zeros((), dtype=dtype, device=w.device))
         else:
             table, idx = self.interpolation_table(), i0
-        return _LerpLookup.apply(table, idx, w)
+        return _LerpLookup.apply(table, idx, w, _causal_blocks(q_pos, k_pos))
 
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
@@ -261,38 +261,62 @@ class FIRE(BiasEncoding):
         return mod
 
 
+def _causal_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, rows: int = 256) -> list[tuple[int, int, int]]:
+    """Row blocks ``(start, end, keys)``: rows ``start:end`` only need the first ``keys`` keys (the
+    others have ``k_pos > q_pos`` and are masked). One block with every key if ``k_pos`` is unsorted."""
+    n_q, n_k = len(q_pos), len(k_pos)
+    if n_k < 2 or not bool((k_pos[1:] >= k_pos[:-1]).all()):
+        return [(0, n_q, n_k)]
+    ends = torch.arange(rows, n_q + rows, rows).clamp(max=n_q)
+    block_max = torch.stack([q_pos[s:e].max() for s, e in zip(range(0, n_q, rows), ends.tolist())])
+    keys = torch.searchsorted(k_pos, block_max, right=True).clamp(min=1).tolist()
+    return [(s, e, kk) for s, e, kk in zip(range(0, n_q, rows), ends.tolist(), keys)]
+
+
 class _LerpLookup(torch.autograd.Function):
-    """``out[h, q, k] = T[h, idx] + (T[h, idx + 1] - T[h, idx]) * w[q, k]`` for a table ``T`` ``[H, M]``:
-    two gathers per element forward, scatter-add backward (no ``[Q, K, H]`` intermediate)."""
+    """``out[h, q, k] = T[h, idx] + (T[h, idx + 1] - T[h, idx]) * w[q, k]`` for a table ``T`` ``[H, M]``.
+
+    Gathers forward, scatter-adds backward, no ``[Q, K, H]`` intermediate; row blocks skip the
+    keys their queries cannot see (those entries are 0: they are masked by every caller).
+    """
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        heads, rows = table.shape
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, blocks) -> torch.Tensor:
+        heads = table.shape[0]
         slope = torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
-        flat = idx.reshape(1, -1).expand(heads, -1)
-        out = torch.gather(table, 1, flat)
-        out.addcmul_(torch.gather(slope, 1, flat), w.reshape(1, -1).to(table.dtype))
+        out = torch.empty(heads, *idx.shape, dtype=table.dtype, device=table.device)
+        for s, e, kk in blocks:
+            flat = idx[s:e, :kk].reshape(1, -1).expand(heads, -1)
+            part = torch.gather(table, 1, flat)
+            part.addcmul_(torch.gather(slope, 1, flat), w[s:e, :kk].reshape(1, -1).to(table.dtype))
+            out[:, s:e, :kk] = part.view(heads, e - s, kk)
+            out[:, s:e, kk:] = 0
         ctx.save_for_backward(slope, idx, w)
-        return out.view(heads, *idx.shape)
+        ctx.blocks = blocks
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         slope, idx, w = ctx.saved_tensors
         heads, rows = slope.shape
-        grad = grad.reshape(heads, -1)
-        flat = idx.reshape(1, -1).expand(heads, -1)
-        wf = w.reshape(1, -1).to(grad.dtype)
-        grad_table = grad_w = None
-        if ctx.needs_input_grad[0]:
-            # d out / d T[idx] = 1 - w and d out / d T[idx + 1] = w: scatter both at idx, shift the second.
-            upper = grad * wf
-            at_idx = torch.zeros(heads, rows, dtype=grad.dtype, device=grad.device).scatter_add_(1, flat, grad)
-            at_next = torch.zeros(heads, rows, dtype=grad.dtype, device=grad.device).scatter_add_(1, flat, upper)
+        need_table, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        at_idx = torch.zeros(heads, rows, dtype=grad.dtype, device=grad.device) if need_table else None
+        at_next = torch.zeros_like(at_idx) if need_table else None
+        grad_w = torch.zeros_like(w) if need_w else None
+        for s, e, kk in ctx.blocks:
+            flat = idx[s:e, :kk].reshape(1, -1).expand(heads, -1)
+            g = grad[:, s:e, :kk].reshape(heads, -1)
+            if need_table:
+                # d out / d T[idx] = 1 - w and d out / d T[idx + 1] = w: scatter both at idx, shift later.
+                at_idx.scatter_add_(1, flat, g)
+                at_next.scatter_add_(1, flat, g * w[s:e, :kk].reshape(1, -1).to(g.dtype))
+            if need_w:
+                grad_w[s:e, :kk] = (torch.gather(slope, 1, flat) * g).sum(0).view(e - s, kk).to(w.dtype)
+        grad_table = None
+        if need_table:
             grad_table = at_idx - at_next
             grad_table[:, 1:] += at_next[:, :-1]
-        if ctx.needs_input_grad[2]:
-            grad_w = (torch.gather(slope, 1, flat) * grad).sum(0).view(idx.shape).to(w.dtype)
-        return grad_table, None, grad_w
+        return grad_table, None, grad_w, None
 
 
 @register("fire_s")
