@@ -94,6 +94,10 @@ def cmd_train(args) -> None:
     else:
         trainer = Trainer(args.out, model, train, data)
     losses = trainer.fit()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if trainer.rank == 0:
         last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
         print(f"trained {args.out} to step {trainer.step}; last loss {last}")

@@ -60,12 +60,6 @@ class PositionEncoding(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
 
-    def _float_dtype(self) -> torch.dtype:
-        for t in list(self.parameters()) + list(self.buffers()):
-            if t.dtype.is_floating_point:
-                return t.dtype
-        return torch.get_default_dtype()
-
 
 class BiasEncoding(PositionEncoding):
     """Additive relative bias ``B[h, q, k] = b_h(q_pos[q], k_pos[k])``.

@@ -104,8 +104,7 @@ def from_kerple_log(kerple: KerpleLog, max_len: int, dtype: torch.dtype = torch.
     r1, r2 = kerple.r1.detach().double(), kerple.r2.detach().double()
     heads = []
     for a, b in zip(r1.tolist(), r2.tolist()):
-        fire = FIRE(num_heads=1, mlp_layers=0, activation="identity", init_c=b, init_L=float(max_len),
-                    learn_threshold=False, eps=0.0).to(dtype)
+        fire = _fire(1, max_len, dtype, mlp_layers=0, activation="identity", log_transform=True, init_c=b)
         with torch.no_grad():
             fire.mlp[0].weight.fill_(-a * torch.log1p(torch.tensor(b * max_len, dtype=torch.float64)).item())
             fire.mlp[0].bias.zero_()
