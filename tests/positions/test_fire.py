@@ -184,3 +184,18 @@ def test_table_mode_error_and_gradients_fp32():
     bt.backward(g)
     for (name, a), b in zip(exact.named_parameters(), table.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=2e-2, atol=1e-2 * a.grad.abs().max().item(), msg=name)
+
+
+def test_table_cache_without_autograd_follows_parameter_updates():
+    fire = P.build("fire", num_heads=2, head_dim=8, init_L=4.0, bias_mode="table")
+    q = torch.arange(30)
+    with torch.no_grad():
+        first = fire.bias(q, q)
+        assert fire.interpolation_table() is fire.interpolation_table()  # cached
+        fire.mlp[-1].bias.add_(1.0)                                       # in-place update
+        second = fire.bias(q, q)
+    causal = torch.ones(30, 30, dtype=torch.bool).tril()
+    torch.testing.assert_close(second[:, causal], first[:, causal] + 1.0)
+    fresh = fire.bias(q, q)  # with autograd: never cached
+    assert fresh.requires_grad
+    torch.testing.assert_close(fresh.detach(), second)

@@ -205,9 +205,21 @@ class FIRE(BiasEncoding):
         return self.f(self.psi(grid) / norm).T
 
     def interpolation_table(self) -> torch.Tensor:
-        """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1]."""
-        grid = torch.linspace(0, 1, self.table_size, device=self.init_L.device, dtype=self.init_L.dtype)
-        return self.f(grid).T
+        """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1].
+
+        Without autograd (evaluation, KV-cache decoding) the table is cached and rebuilt only when a
+        parameter of the MLP changed (tracked by tensor versions, so in-place updates count).
+        """
+        grid_device, dtype = self.init_L.device, self.init_L.dtype
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.mlp.parameters()):
+            grid = torch.linspace(0, 1, self.table_size, device=grid_device, dtype=dtype)
+            return self.f(grid).T
+        key = (self.table_size, grid_device, dtype, *((id(p), p._version) for p in self.mlp.parameters()))
+        cached = self.__dict__.get("_table_cache")
+        if cached is None or cached[0] != key:
+            grid = torch.linspace(0, 1, self.table_size, device=grid_device, dtype=dtype)
+            self.__dict__["_table_cache"] = cached = (key, self.f(grid).T)
+        return cached[1]
 
     def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, dist: torch.Tensor, max_d: int) -> torch.Tensor:
         """One lookup per (i, j) into ``[distance table | interpolation table]``: rows ``i <= L`` read
