@@ -5,7 +5,8 @@ import warnings
 import pytest
 import torch
 
-from firepe.model import GPT, preset
+from firepe.attention import attend_blocked, resolve_backend
+from firepe.model import GPT, GPTConfig, preset
 
 ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),
@@ -18,21 +19,59 @@ def tiny(name, opts, **kw):
     return GPT(preset("tiny", position=name, position_options=opts, vocab_size=64, **kw))
 
 
+@pytest.mark.parametrize("backend", ["chunked", "blocked", "auto"])
 @pytest.mark.parametrize("name,opts", ALL)
-def test_chunked_equals_dense_forward_and_backward(name, opts):
-    model = tiny(name, opts)
+def test_backends_equal_dense_forward_and_backward(name, opts, backend):
+    model = tiny(name, opts, attention="dense")
     x = torch.randint(0, 64, (2, 45))
     y = torch.randint(0, 64, (2, 45))
     _, loss_dense = model(x, y)
     loss_dense.backward()
     dense_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.set_attention("chunked", block=7)
-    _, loss_chunked = model(x, y)
-    loss_chunked.backward()
-    torch.testing.assert_close(loss_chunked, loss_dense, rtol=1e-5, atol=1e-5)
+    model.set_attention(backend, block=7)
+    _, loss_other = model(x, y)
+    loss_other.backward()
+    torch.testing.assert_close(loss_other, loss_dense, rtol=1e-5, atol=1e-5)
     for a, b in zip(dense_grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_backend_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("auto", cpu, has_bias=True) == "blocked"
+    assert resolve_backend("auto", cpu, has_bias=False) == "dense"
+    assert resolve_backend("auto", cuda, has_bias=True) == "dense"
+    assert resolve_backend("chunked", cpu, has_bias=True) == "chunked"
+    assert GPTConfig().attention == "auto"
+
+
+def _reference_attention(q, k, v, bias, q_pos, k_pos):
+    """softmax(q k^T / sqrt(D) + bias, causal) v, written out."""
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias
+    scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("case", ["square", "cache_rows", "unsorted_keys"])
+def test_blocked_attention_formula_and_gradcheck(case):
+    torch.manual_seed(0)
+    k_pos = torch.arange(23)
+    q_pos = {"square": k_pos, "cache_rows": k_pos[-6:], "unsorted_keys": k_pos}[case]
+    if case == "unsorted_keys":
+        k_pos = torch.randperm(23, generator=torch.Generator().manual_seed(2))
+    B, H, D = 2, 3, 4
+    q = torch.randn(B, H, len(q_pos), D, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(B, H, 23, D, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    bias = torch.randn(H, len(q_pos), 23, dtype=torch.float64, requires_grad=True)
+
+    def blocked(q, k, v, bias):
+        return attend_blocked(q, k, v, bias, q_pos, k_pos, same_positions=case == "square", block=5)
+
+    torch.testing.assert_close(blocked(q, k, v, bias), _reference_attention(q, k, v, bias, q_pos, k_pos))
+    assert torch.autograd.gradcheck(blocked, (q, k, v, bias))
+    grad_bias = torch.autograd.grad(blocked(q, k, v, bias).sum(), bias)[0]
+    assert torch.all(grad_bias[:, k_pos[None, :] > q_pos[:, None]] == 0)
 
 
 def test_chunked_never_builds_full_bias():

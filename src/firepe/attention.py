@@ -5,6 +5,11 @@ Backends (``GPTConfig.attention``), all causal, all taking explicit positions:
 * ``dense`` (reference) -- :func:`attend`: SDPA; NoPE/rotary use ``is_causal`` when queries and keys
   are the same positions; bias encodings fold the causal mask into the bias (``-inf`` where
   ``k_pos > q_pos``) and pass a materialized ``[1, H, Q, K]`` float mask.
+* ``blocked`` -- :func:`attend_blocked`: the same materialized bias as ``dense``, attention in
+  blocks of query rows that skip the keys a block cannot see (about half of the causal square),
+  with a hand-written backward that also returns the bias gradient. On CPU this is about twice as
+  fast as SDPA with a trainable float mask (which falls back to its unfused math path).
+* ``auto`` (the default) -- ``blocked`` for bias encodings on CPU, ``dense`` otherwise.
 * ``chunked`` -- :func:`attend_chunked`: query blocks of ``block`` rows; each block computes only
   its bias rows against the keys it can see, so no ``n x n`` bias ever exists (evaluation at 32k+).
   Under autograd each block is checkpointed (recomputed in backward), so training memory is
@@ -27,9 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["BACKENDS", "causal_mask", "bias_mask", "attend", "attend_chunked", "attend_flex", "KVCache"]
+__all__ = ["BACKENDS", "resolve_backend", "causal_mask", "bias_mask", "attend", "attend_blocked", "attend_chunked",
+           "attend_flex", "KVCache"]
 
-BACKENDS = ("dense", "chunked", "flex")
+BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
+
+
+def resolve_backend(backend: str, device: torch.device, has_bias: bool) -> str:
+    """``auto`` -> ``blocked`` for a bias encoding on CPU, else ``dense``; other names unchanged."""
+    if backend != "auto":
+        return backend
+    return "blocked" if has_bias and device.type == "cpu" else "dense"
 
 
 def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -57,6 +70,81 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         mask = causal_mask(q_pos, k_pos)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask(bias, q_pos, k_pos, q.dtype))
+
+
+def _row_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> list[tuple[int, int, int]]:
+    """``(start, end, keys)`` per block of query rows: the rows see at most the first ``keys`` keys
+    (all keys when ``k_pos`` is not sorted ascending)."""
+    n_q, n_k = len(q_pos), len(k_pos)
+    starts = list(range(0, n_q, block))
+    if n_k > 1 and not bool((k_pos[1:] >= k_pos[:-1]).all()):
+        return [(s, min(s + block, n_q), n_k) for s in starts]
+    ends = [min(s + block, n_q) for s in starts]
+    block_max = torch.stack([q_pos[s:e].max() for s, e in zip(starts, ends)])
+    keys = torch.searchsorted(k_pos, block_max, right=True).tolist()
+    return list(zip(starts, ends, keys))
+
+
+class _BlockedAttention(torch.autograd.Function):
+    """Causal softmax attention with an additive bias, in blocks of query rows.
+
+    Forward per block ``[s, e)`` with visible keys ``[0, kk)``:
+    ``P = softmax(q k^T / sqrt(D) + bias, masked)``, ``out = P v``; ``P`` is kept for backward.
+    Backward: ``dV += P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``, ``dq = dS k / sqrt(D)``,
+    ``dk += dS^T q / sqrt(D)``, ``d bias = sum_batch dS``. Keys past ``kk`` are never touched.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, q_pos, k_pos, block):
+        scale = q.shape[-1] ** -0.5
+        blocks = _row_blocks(q_pos, k_pos, block)
+        out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+        keep = any(ctx.needs_input_grad[:4])
+        probs = []
+        for s, e, kk in blocks:
+            scores = torch.matmul(q[:, :, s:e], k[:, :, :kk].transpose(-1, -2)).mul_(scale)
+            scores.add_(bias[:, s:e, :kk].to(scores.dtype))
+            hidden = k_pos[None, :kk] > q_pos[s:e, None]
+            if bool(hidden.any()):
+                scores.masked_fill_(hidden, float("-inf"))
+            p = torch.softmax(scores, dim=-1)
+            torch.matmul(p, v[:, :, :kk], out=out[:, :, s:e])
+            if keep:
+                probs.append(p)
+        if keep:
+            ctx.save_for_backward(q, k, v, out, *probs)
+            ctx.blocks, ctx.bias_shape, ctx.bias_dtype = blocks, bias.shape, bias.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, *probs = ctx.saved_tensors
+        scale = q.shape[-1] ** -0.5
+        grad_out = grad_out.contiguous()
+        delta = (grad_out * out).sum(-1, keepdim=True)
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dbias = q.new_zeros(ctx.bias_shape, dtype=ctx.bias_dtype) if ctx.needs_input_grad[3] else None
+        for (s, e, kk), p in zip(ctx.blocks, probs):
+            go = grad_out[:, :, s:e]
+            dv[:, :, :kk] += torch.matmul(p.transpose(-1, -2), go)
+            ds = torch.matmul(go, v[:, :, :kk].transpose(-1, -2)).sub_(delta[:, :, s:e]).mul_(p)
+            if dbias is not None:
+                dbias[:, s:e, :kk] = ds.sum(0).to(dbias.dtype)
+            torch.matmul(ds, k[:, :, :kk], out=dq[:, :, s:e])
+            dk[:, :, :kk] += torch.matmul(ds.transpose(-1, -2), q[:, :, s:e])
+        return dq.mul_(scale), dk.mul_(scale), dv, dbias, None, None, None
+
+
+def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                   q_pos: torch.Tensor, k_pos: torch.Tensor, same_positions: bool, block: int = 256) -> torch.Tensor:
+    """Causal attention with an additive ``bias`` ``[H, Q, K]`` in blocks of ``block`` query rows
+    (entries with ``k_pos > q_pos`` are masked whatever the bias holds there). Without a bias this
+    is :func:`attend` (SDPA's fused causal kernel)."""
+    if block < 1:
+        raise ValueError(f"attention block must be >= 1, got {block}.")
+    if bias is None:
+        return attend(q, k, v, None, q_pos, k_pos, same_positions)
+    return _BlockedAttention.apply(q, k, v, bias, q_pos, k_pos, block)
 
 
 BiasFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]

@@ -58,7 +58,7 @@ def _peak_bytes(device: torch.device) -> int:
 
 def _layer_fn(name, opts, n, args, device, dtype):
     from . import positions
-    from .attention import attend, attend_chunked, attend_flex
+    from .attention import attend, attend_blocked, attend_chunked, attend_flex, resolve_backend
     from .positions.base import BiasEncoding, RotaryEncoding
     from .positions.rope import apply_rotary_one
 
@@ -79,6 +79,8 @@ def _layer_fn(name, opts, n, args, device, dtype):
             mod = enc.score_mod(pos, pos) if isinstance(enc, BiasEncoding) else None
             return attend_flex(qq, kk, v, mod, pos, pos, fn, args["block"])
         bias = enc.compute_bias(pos, pos) if isinstance(enc, BiasEncoding) else None
+        if resolve_backend(args["attention"], device, bias is not None) == "blocked":
+            return attend_blocked(qq, kk, v, bias, pos, pos, same_positions=True)
         return attend(qq, kk, v, bias, pos, pos, same_positions=True)
 
     return run, [q, k, v, *enc.parameters()]

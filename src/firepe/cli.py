@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
+from .attention import BACKENDS
 
 # Defaults of the laptop comparison (`firepe compare` with no options): measured to finish in
 # well under 15 minutes on a 2-core CPU (see README).
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", help="output prefix (default RUN/eval -> eval.json, eval.csv)")
     e.add_argument("--no-progress", action="store_true")
-    e.add_argument("--attention", choices=["dense", "chunked", "flex"],
+    e.add_argument("--attention", choices=list(BACKENDS),
                    help="attention backend (chunked: no n x n bias; evaluation at 32k+ tokens)")
     e.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward pass")
     e.set_defaults(func=cmd_eval)
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=40)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")
-    g.add_argument("--attention", choices=["dense", "chunked", "flex"])
+    g.add_argument("--attention", choices=list(BACKENDS))
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("bench-speed", help="time and peak memory per encoding across lengths (Fig. 5)")
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head-dim", type=int, default=64)
     s.add_argument("--preset", default="base", help="model preset of the model scope")
     s.add_argument("--n-layer", type=int, default=2, help="layers of the model scope (0: the preset's)")
-    s.add_argument("--attention", choices=["dense", "chunked", "flex"], default="dense")
+    s.add_argument("--attention", choices=list(BACKENDS), default="auto")
     s.add_argument("--block", type=int, default=1024)
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--forward-only", action="store_true")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import positions
-from .attention import BACKENDS, KVCache, attend, attend_chunked, attend_flex
+from .attention import BACKENDS, KVCache, attend, attend_blocked, attend_chunked, attend_flex, resolve_backend
 from .checkpoint import dataclass_from_dict
 from .positions.base import BiasEncoding, PositionEncoding, RotaryEncoding
 from .positions.rope import apply_rotary_one
@@ -38,7 +38,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     norm_eps: float = 1e-5
-    attention: str = "dense"        # dense | chunked | flex (see firepe.attention)
+    attention: str = "auto"         # auto | dense | blocked | chunked | flex (see firepe.attention)
     attention_block: int = 1024     # query block of the chunked backend
 
     def __post_init__(self) -> None:
@@ -100,12 +100,15 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         is_bias = isinstance(enc, BiasEncoding)
-        backend = ctx["backend"]
-        if backend == "dense":
+        backend = resolve_backend(ctx["backend"], x.device, is_bias)
+        if backend in ("dense", "blocked"):
             bias = ctx["biases"].get(id(enc)) if is_bias else None
             if is_bias and id(enc) not in ctx["biases"]:
                 bias = ctx["biases"][id(enc)] = enc.compute_bias(ctx["q_pos"], ctx["k_pos"])
-            y = attend(q, k, v, bias, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"])
+            if backend == "dense":
+                y = attend(q, k, v, bias, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"])
+            else:
+                y = attend_blocked(q, k, v, bias, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"])
         elif backend == "chunked":
             y = attend_chunked(q, k, v, enc.compute_bias if is_bias else None, ctx["q_pos"], ctx["k_pos"],
                                ctx["block"])
@@ -202,7 +205,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def set_attention(self, backend: str, block: int | None = None) -> GPT:
-        """Switch the attention backend (``dense``, ``chunked``, ``flex``) of a built model."""
+        """Switch the attention backend (one of ``firepe.attention.BACKENDS``) of a built model."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}.")
         self.cfg.attention = backend

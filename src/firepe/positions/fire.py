@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from .. import kernels
 from .base import BiasEncoding
 from .registry import register
 
@@ -182,10 +183,10 @@ class FIRE(BiasEncoding):
     def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         if self.bias_mode == "reference":
             return self.f(self.normalized_distance(q_pos, k_pos)).permute(2, 0, 1)
+        if self.bias_mode == "table":
+            return self._table_bias(q_pos, k_pos)
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # entries with k > q are masked anyway
         max_d = int(dist.max()) if dist.numel() else 0
-        if self.bias_mode == "table":
-            return self._table_bias(q_pos, k_pos, dist, max_d)
         if not self.threshold:
             long_rows = torch.ones_like(q_pos, dtype=torch.bool)
             out = torch.empty(self.num_heads, *dist.shape, dtype=self.init_L.dtype, device=dist.device)
@@ -221,11 +222,27 @@ class FIRE(BiasEncoding):
             self.__dict__["_table_cache"] = cached = (key, self.f(grid).T)
         return cached[1]
 
-    def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, dist: torch.Tensor, max_d: int) -> torch.Tensor:
+    def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """One lookup per (i, j) into ``[distance table | interpolation table]``: rows ``i <= L`` read
-        the exact distance entry (weight 0 on its neighbour), rows ``i > L`` interpolate."""
+        the exact distance entry (weight 0 on its neighbour), rows ``i > L`` interpolate.
+
+        float32 on CPU goes through the fused kernel of :mod:`firepe.kernels` when it is available;
+        otherwise (other dtypes, GPU tensors, no C compiler) through PyTorch gathers/scatter-adds.
+        """
         dtype = self.init_L.dtype
         g = self.table_size
+        if dtype == torch.float32 and self.init_L.device.type == "cpu" and kernels.available():
+            max_d = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
+            psi_d = self.psi(torch.arange(max_d + 1, dtype=dtype))
+            inv_norm = 1 / self.normalizer(q_pos)
+            if self.threshold:
+                table = torch.cat([self.distance_table(max_d), self.interpolation_table()], dim=1)
+                return kernels.table_lookup(table, psi_d, inv_norm, q_pos, k_pos, q_pos.to(dtype) > self.L,
+                                            max_d + 1, g)
+            return kernels.table_lookup(self.interpolation_table(), psi_d, inv_norm, q_pos, k_pos,
+                                        torch.ones_like(q_pos, dtype=torch.bool), 0, g)
+        dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
+        max_d = int(dist.max()) if dist.numel() else 0
         x = self.psi(dist.to(dtype)) / self.normalizer(q_pos)[:, None]
         pos = x.clamp(0, 1) * (g - 1)
         i0 = pos.detach().floor().clamp(max=g - 2).long()
