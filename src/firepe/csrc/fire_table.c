@@ -33,16 +33,21 @@ static void advise_huge(void *ptr, size_t bytes) {
 #endif
 }
 
-static inline void row_coords(int64_t i, const int64_t *q_pos, const int64_t *k_pos, int64_t K,
+static inline int64_t row_coords(int64_t i, const int64_t *q_pos, const int64_t *k_pos, int64_t K,
                               const uint8_t *long_row, const float *psi_d, const float *inv_norm,
                               int64_t base, int64_t G, int32_t *idx, float *w, uint8_t *inside) {
     const int64_t qi = q_pos[i];
     const int lr = long_row[i];
     const float inv = inv_norm[i];
     const float top = (float)(G - 1);
+    int64_t prefix = -1, late = 0; /* prefix: first hidden key; late: a visible key after it */
     for (int64_t j = 0; j < K; j++) {
         int64_t d = qi - k_pos[j];
-        if (d < 0) { idx[j] = -1; w[j] = 0.f; inside[j] = 0; continue; }
+        if (d < 0) {
+            if (prefix < 0) prefix = j;
+            idx[j] = -1; w[j] = 0.f; inside[j] = 0; continue;
+        }
+        if (prefix >= 0) late = 1;
         if (!lr) { idx[j] = (int32_t)d; w[j] = 0.f; inside[j] = 0; continue; }
         float x = psi_d[d] * inv;
         inside[j] = (x >= 0.f && x <= 1.f);
@@ -53,6 +58,8 @@ static inline void row_coords(int64_t i, const int64_t *q_pos, const int64_t *k_
         idx[j] = (int32_t)(base + (int64_t)f);
         w[j] = p - f;
     }
+    if (late) return -1;
+    return prefix < 0 ? K : prefix;
 }
 
 void fire_table_forward(const float *T, int64_t H, int64_t M, const float *psi_d, const float *inv_norm,
@@ -66,15 +73,21 @@ void fire_table_forward(const float *T, int64_t H, int64_t M, const float *psi_d
         uint8_t *inside = malloc((size_t)K);
 #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < Q; i++) {
-            row_coords(i, q_pos, k_pos, K, long_row, psi_d, inv_norm, base, G, idx, w, inside);
+            int64_t n = row_coords(i, q_pos, k_pos, K, long_row, psi_d, inv_norm, base, G, idx, w, inside);
             for (int64_t h = 0; h < H; h++) {
                 const float *t = T + h * M;
                 float *o = out + (h * Q + i) * K;
-                for (int64_t j = 0; j < K; j++) {
-                    int32_t k = idx[j];
-                    if (k < 0) { o[j] = 0.f; continue; }
-                    float a = t[k];
-                    o[j] = long_row[i] ? a + (t[k + 1] - a) * w[j] : a;
+                if (n < 0) { /* visible keys scattered: test each */
+                    for (int64_t j = 0; j < K; j++) {
+                        int32_t k = idx[j];
+                        o[j] = k < 0 ? 0.f : t[k] + (t[k + 1] - t[k]) * w[j];
+                    }
+                } else {
+                    if (long_row[i])
+                        for (int64_t j = 0; j < n; j++) o[j] = t[idx[j]] + (t[idx[j] + 1] - t[idx[j]]) * w[j];
+                    else
+                        for (int64_t j = 0; j < n; j++) o[j] = t[idx[j]];
+                    if (n < K) memset(o + n, 0, sizeof(float) * (size_t)(K - n));
                 }
             }
         }
@@ -96,23 +109,27 @@ void fire_table_backward(const float *grad, const float *T, int64_t H, int64_t M
         float *mypsi = calloc((size_t)D, sizeof(float));
 #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < Q; i++) {
-            row_coords(i, q_pos, k_pos, K, long_row, psi_d, inv_norm, base, G, idx, w, inside);
+            int64_t n = row_coords(i, q_pos, k_pos, K, long_row, psi_d, inv_norm, base, G, idx, w, inside);
             memset(gw, 0, sizeof(float) * (size_t)K);
             for (int64_t h = 0; h < H; h++) {
                 const float *t = T + h * M;
                 float *gt = myT + h * M;
                 const float *g = grad + (h * Q + i) * K;
                 if (!long_row[i]) {
-                    for (int64_t j = 0; j < K; j++)
-                        if (idx[j] >= 0) gt[idx[j]] += g[j];
+                    if (n >= 0)
+                        for (int64_t j = 0; j < n; j++) gt[idx[j]] += g[j];
+                    else
+                        for (int64_t j = 0; j < K; j++)
+                            if (idx[j] >= 0) gt[idx[j]] += g[j];
                     continue;
                 }
-                for (int64_t j = 0; j < K; j++) {
+                const int64_t stop = n >= 0 ? n : K;
+                for (int64_t j = 0; j < stop; j++) {
                     int32_t k = idx[j];
-                    if (k < 0) continue;
-                    float gj = g[j], wj = w[j];
-                    gt[k] += gj * (1.f - wj);
-                    gt[k + 1] += gj * wj;
+                    if (n < 0 && k < 0) continue;
+                    float gj = g[j], wj = w[j], gb = gj * wj;
+                    gt[k] += gj - gb;
+                    gt[k + 1] += gb;
                     gw[j] += gj * (t[k + 1] - t[k]);
                 }
             }
