@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+from firepe import attention
 from firepe.attention import attend_blocked, resolve_backend
 from firepe.model import GPT, GPTConfig, preset
 
@@ -43,6 +44,9 @@ def test_auto_backend_resolution():
     assert resolve_backend("auto", cpu, has_bias=False) == "dense"
     assert resolve_backend("auto", cuda, has_bias=True) == "dense"
     assert resolve_backend("chunked", cpu, has_bias=True) == "chunked"
+    assert resolve_backend("auto", cuda, has_bias=True, bias_elements=12 * 32768**2) == "chunked"
+    assert resolve_backend("auto", cpu, has_bias=False, bias_elements=12 * 32768**2) == "dense"
+    assert resolve_backend("dense", cpu, has_bias=True, bias_elements=12 * 32768**2) == "dense"
     assert GPTConfig().attention == "auto"
 
 
@@ -141,3 +145,25 @@ def test_flex_forward_on_cpu_matches_dense_and_falls_back_for_training():
         _, loss = model(x, x)
         loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_auto_backend_chunks_long_inputs(monkeypatch):
+    """Above the size limit ``auto`` never materializes the full bias, and the output is unchanged."""
+    model = tiny("fire", {"init_L": 8.0, "bias_mode": "table"}).eval()
+    x = torch.randint(0, 64, (1, 60))
+    with torch.no_grad():
+        reference = model(x)[0]
+    monkeypatch.setattr(attention, "AUTO_CHUNK_ELEMENTS", 4 * 30 * 30)
+    shapes = []
+    for enc in model.position_modules():
+        original = enc.compute_bias
+
+        def spy(q, k, original=original):
+            shapes.append(len(q))
+            return original(q, k)
+
+        enc.compute_bias = spy
+    with torch.no_grad():
+        chunked = model.set_attention("auto", block=16)(x)[0]
+    assert shapes and max(shapes) <= 16
+    torch.testing.assert_close(chunked, reference, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,9 @@ Backends (``GPTConfig.attention``), all causal, all taking explicit positions:
   blocks of query rows that skip the keys a block cannot see (about half of the causal square),
   with a hand-written backward that also returns the bias gradient. On CPU this is about twice as
   fast as SDPA with a trainable float mask (which falls back to its unfused math path).
-* ``auto`` (the default) -- ``blocked`` for bias encodings on CPU, ``dense`` otherwise.
+* ``auto`` (the default) -- ``chunked`` for bias encodings when the ``[H, Q, K]`` bias would exceed
+  ``AUTO_CHUNK_ELEMENTS`` (256 MiB in fp32: 12 heads past 2,364 tokens), else ``blocked`` for bias
+  encodings on CPU, ``dense`` otherwise.
 * ``chunked`` -- :func:`attend_chunked`: query blocks of ``block`` rows; each block computes only
   its bias rows against the keys it can see, so no ``n x n`` bias ever exists (evaluation at 32k+).
   Under autograd each block is checkpointed (recomputed in backward), so training memory is
@@ -38,10 +40,17 @@ __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "bias_mask", "attend", 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
 
-def resolve_backend(backend: str, device: torch.device, has_bias: bool) -> str:
-    """``auto`` -> ``blocked`` for a bias encoding on CPU, else ``dense``; other names unchanged."""
+AUTO_CHUNK_ELEMENTS = 2**26  # a materialized bias above this many entries (256 MiB fp32) -> chunked
+
+
+def resolve_backend(backend: str, device: torch.device, has_bias: bool, bias_elements: int = 0) -> str:
+    """``auto`` -> ``chunked`` for a bias encoding whose ``[H, Q, K]`` bias would exceed
+    :data:`AUTO_CHUNK_ELEMENTS` entries (long evaluation), else ``blocked`` for a bias encoding on
+    CPU, else ``dense``. Other names are returned unchanged."""
     if backend != "auto":
         return backend
+    if has_bias and bias_elements > AUTO_CHUNK_ELEMENTS:
+        return "chunked"
     return "blocked" if has_bias and device.type == "cpu" else "dense"
 
 

@@ -100,7 +100,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         is_bias = isinstance(enc, BiasEncoding)
-        backend = resolve_backend(ctx["backend"], x.device, is_bias)
+        backend = resolve_backend(ctx["backend"], x.device, is_bias,
+                                  self.n_head * len(ctx["q_pos"]) * len(ctx["k_pos"]))
         if backend in ("dense", "blocked"):
             bias = ctx["biases"].get(id(enc)) if is_bias else None
             if is_bias and id(enc) not in ctx["biases"]:
