@@ -66,20 +66,22 @@ def _layer_fn(name, opts, n, args, device, dtype):
     shape = (args["batch"], args["heads"], n, args["head_dim"])
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     pos = torch.arange(n, device=device)
+    is_bias = isinstance(enc, BiasEncoding)
+    backend = resolve_backend(args["attention"], device, is_bias, args["heads"] * n * n)  # as the model does
 
     def run():
         qq, kk = q, k
         if isinstance(enc, RotaryEncoding):
             cos, sin = enc.compute_angles(pos)
             qq, kk = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
-        fn = enc.compute_bias if isinstance(enc, BiasEncoding) else None
-        if args["attention"] == "chunked":
+        fn = enc.compute_bias if is_bias else None
+        if backend == "chunked":
             return attend_chunked(qq, kk, v, fn, pos, pos, args["block"])
-        if args["attention"] == "flex":
-            mod = enc.score_mod(pos, pos) if isinstance(enc, BiasEncoding) else None
+        if backend == "flex":
+            mod = enc.score_mod(pos, pos) if is_bias else None
             return attend_flex(qq, kk, v, mod, pos, pos, fn, args["block"])
-        bias = enc.compute_bias(pos, pos) if isinstance(enc, BiasEncoding) else None
-        if resolve_backend(args["attention"], device, bias is not None) == "blocked":
+        bias = enc.compute_bias(pos, pos) if is_bias else None
+        if backend == "blocked":
             return attend_blocked(qq, kk, v, bias, pos, pos, same_positions=True)
         return attend(qq, kk, v, bias, pos, pos, same_positions=True)
 
