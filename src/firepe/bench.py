@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from . import kernels
+
 ROWS = ["nope", "rope", "alibi", "kerple_log", "t5", "fire_appendix_e", "fire_exact", "fire", "fire_s"]
 
 
@@ -164,6 +166,7 @@ def run_bench(rows: list[str], lengths: list[int], scopes: list[str], settings: 
                 log(_fmt(res))
     machine = (torch.cuda.get_device_name() if settings["device"].startswith("cuda")
                else f"{platform.machine()} CPU, {settings['threads'] or torch.get_num_threads()} threads")
+    settings = {**settings, "fire_cpu_kernel": kernels.available()}
     report = {"machine": machine, "torch": torch.__version__, "settings": settings, "results": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
@@ -187,7 +190,9 @@ def _fmt(r: dict[str, Any]) -> str:
 
 def format_bench(report: dict[str, Any]) -> str:
     """Markdown: per scope and length, time and peak memory, ratios to ``nope``."""
-    lines = [f"{report['machine']}, torch {report['torch']}"]
+    kernel = report["settings"].get("fire_cpu_kernel")
+    lines = [f"{report['machine']}, torch {report['torch']}"
+             + ("" if kernel is None else f", fused FIRE CPU kernel {'on' if kernel else 'off'}")]
     res = report["results"]
     for scope in dict.fromkeys(r["scope"] for r in res):
         lines += ["", f"**{scope}**", "",
