@@ -107,3 +107,14 @@ def test_kernel_compiles_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("FIREPE_CACHE", str(tmp_path))
     assert kernels.available()
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+
+
+@needs_cc
+def test_kernel_gradients_are_deterministic():
+    """Same inputs, same thread count -> bitwise the same gradients (resumed runs stay identical)."""
+    fire = _fire()
+    q = torch.arange(300)
+    cotangent = torch.randn(5, 300, 300)
+    runs = [_bias_and_grads(fire, q, q, cotangent)[1] for _ in range(3)]
+    for other in runs[1:]:
+        assert all(torch.equal(runs[0][name], other[name]) for name in runs[0])

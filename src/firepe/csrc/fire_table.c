@@ -99,15 +99,26 @@ void fire_table_backward(const float *grad, const float *T, int64_t H, int64_t M
                          int64_t D, const float *inv_norm, const int64_t *q_pos, int64_t Q,
                          const int64_t *k_pos, int64_t K, const uint8_t *long_row, int64_t base, int64_t G,
                          float *gT, float *gpsi, float *ginv, int nthreads) {
+    /* Deterministic for a given thread count: a static row schedule, one accumulator per thread,
+     * and the accumulators summed in thread order after the parallel region. */
+    if (nthreads < 1) nthreads = 1;
+    float **accT = calloc((size_t)nthreads, sizeof(float *)), **accpsi = calloc((size_t)nthreads, sizeof(float *));
+    int used = 1;
 #pragma omp parallel num_threads(nthreads)
     {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#pragma omp single
+        used = omp_get_num_threads();
+#endif
         int32_t *idx = malloc(sizeof(int32_t) * (size_t)K);
         float *w = malloc(sizeof(float) * (size_t)K);
         uint8_t *inside = malloc((size_t)K);
         float *gw = malloc(sizeof(float) * (size_t)K);
-        float *myT = calloc((size_t)(H * M), sizeof(float));
-        float *mypsi = calloc((size_t)D, sizeof(float));
-#pragma omp for schedule(dynamic, 8)
+        float *myT = accT[tid] = calloc((size_t)(H * M), sizeof(float));
+        float *mypsi = accpsi[tid] = calloc((size_t)D, sizeof(float));
+#pragma omp for schedule(static, 8)
         for (int64_t i = 0; i < Q; i++) {
             int64_t n = row_coords(i, q_pos, k_pos, K, long_row, psi_d, inv_norm, base, G, idx, w, inside);
             memset(gw, 0, sizeof(float) * (size_t)K);
@@ -146,11 +157,12 @@ void fire_table_backward(const float *grad, const float *T, int64_t H, int64_t M
                 ginv[i] = (float)acc;
             }
         }
-#pragma omp critical
-        {
-            for (int64_t a = 0; a < H * M; a++) gT[a] += myT[a];
-            for (int64_t a = 0; a < D; a++) gpsi[a] += mypsi[a];
-        }
-        free(idx); free(w); free(inside); free(gw); free(myT); free(mypsi);
+        free(idx); free(w); free(inside); free(gw);
     }
+    for (int t = 0; t < used; t++) {
+        for (int64_t a = 0; a < H * M; a++) gT[a] += accT[t][a];
+        for (int64_t a = 0; a < D; a++) gpsi[a] += accpsi[t][a];
+        free(accT[t]); free(accpsi[t]);
+    }
+    free(accT); free(accpsi);
 }
