@@ -16,7 +16,7 @@ from .attention import BACKENDS
 
 # Defaults of the laptop comparison (`firepe compare` with no options): measured to finish in
 # well under 15 minutes on a 2-core CPU (see README).
-COMPARE_DEFAULTS = dict(preset="cpu", seq_len=128, batch_size=16, steps=800, lr=2e-3, warmup_steps=50,
+COMPARE_DEFAULTS = dict(preset="cpu", seq_len=256, batch_size=8, steps=800, lr=2e-3, warmup_steps=50,
                         max_train_tokens=4_000_000, val_tokens=32768)
 
 
