@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["BACKENDS", "resolve_backend", "causal_mask", "bias_mask", "attend", "attend_blocked", "attend_chunked",
-           "attend_flex", "KVCache"]
+__all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
+           "attend_chunked", "attend_flex", "attend_backend", "KVCache"]
 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
@@ -81,14 +81,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask(bias, q_pos, k_pos, q.dtype))
 
 
-def _row_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> list[tuple[int, int, int]]:
-    """``(start, end, keys)`` per block of query rows: the rows see at most the first ``keys`` keys
-    (all keys when ``k_pos`` is not sorted ascending)."""
+def causal_row_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> list[tuple[int, int, int]]:
+    """``(start, end, keys)`` per block of ``block`` query rows: rows ``start:end`` see at most the
+    first ``keys`` keys (the others have ``k_pos > q_pos``); every key when ``k_pos`` is not sorted
+    ascending."""
     n_q, n_k = len(q_pos), len(k_pos)
     starts = list(range(0, n_q, block))
-    if n_k > 1 and not bool((k_pos[1:] >= k_pos[:-1]).all()):
-        return [(s, min(s + block, n_q), n_k) for s in starts]
     ends = [min(s + block, n_q) for s in starts]
+    if n_k > 1 and not bool((k_pos[1:] >= k_pos[:-1]).all()):
+        return [(s, e, n_k) for s, e in zip(starts, ends)]
+    if not starts:
+        return []
     block_max = torch.stack([q_pos[s:e].max() for s, e in zip(starts, ends)])
     keys = torch.searchsorted(k_pos, block_max, right=True).tolist()
     return list(zip(starts, ends, keys))
@@ -106,14 +109,14 @@ class _BlockedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, q_pos, k_pos, block):
         scale = q.shape[-1] ** -0.5
-        blocks = _row_blocks(q_pos, k_pos, block)
+        blocks = causal_row_blocks(q_pos, k_pos, block)
         out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
         keep = any(ctx.needs_input_grad[:4])
         probs = []
         for s, e, kk in blocks:
             scores = torch.matmul(q[:, :, s:e], k[:, :, :kk].transpose(-1, -2)).mul_(scale)
             scores.add_(bias[:, s:e, :kk].to(scores.dtype))
-            hidden = k_pos[None, :kk] > q_pos[s:e, None]
+            hidden = ~causal_mask(q_pos[s:e], k_pos[:kk])
             if bool(hidden.any()):
                 scores.masked_fill_(hidden, float("-inf"))
             p = torch.softmax(scores, dim=-1)
@@ -173,11 +176,8 @@ def attend_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_fn: B
     if block < 1:
         raise ValueError(f"attention block must be >= 1, got {block}.")
     outs = []
-    n_keys = torch.searchsorted(k_pos, q_pos, right=True).tolist()
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    for s in range(0, q.shape[2], block):
-        e = min(s + block, q.shape[2])
-        kk = max(n_keys[s:e])
+    for s, e, kk in causal_row_blocks(q_pos, k_pos, block):
         args = (q[:, :, s:e], k[:, :, :kk], v[:, :, :kk], bias_fn, q_pos[s:e], k_pos[:kk])
         outs.append(checkpoint(_block, *args, use_reentrant=False) if grad else _block(*args))
     return torch.cat(outs, dim=2)
@@ -217,6 +217,33 @@ def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod, q_
 
     mask = create_block_mask(causal, B=None, H=None, Q_LEN=q.shape[2], KV_LEN=k.shape[2], device=q.device)
     return flex(q, k, v, score_mod=score_mod, block_mask=mask)
+
+
+def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, q_pos: torch.Tensor,
+                   k_pos: torch.Tensor, same_positions: bool, block: int = 1024,
+                   bias_cache: dict | None = None) -> torch.Tensor:
+    """Attention through ``backend`` (``auto`` resolved by :func:`resolve_backend`).
+
+    ``enc`` is a bias encoding (``compute_bias``/``score_mod``) or None (NoPE, or rotary already
+    applied to ``q, k``). ``block`` is the chunked backend's query block. ``bias_cache`` (keyed by
+    ``id(enc)``) lets the layers of one forward pass share a materialized bias.
+    """
+    backend = resolve_backend(backend, q.device, enc is not None, q.shape[1] * len(q_pos) * len(k_pos))
+    if backend in ("dense", "blocked"):
+        bias = None
+        if enc is not None:
+            bias = bias_cache.get(id(enc)) if bias_cache is not None else None
+            if bias is None:
+                bias = enc.compute_bias(q_pos, k_pos)
+                if bias_cache is not None:
+                    bias_cache[id(enc)] = bias
+        fn = attend if backend == "dense" else attend_blocked
+        return fn(q, k, v, bias, q_pos, k_pos, same_positions)
+    bias_fn = enc.compute_bias if enc is not None else None
+    if backend == "chunked":
+        return attend_chunked(q, k, v, bias_fn, q_pos, k_pos, block)
+    mod = enc.score_mod(q_pos, k_pos) if enc is not None else None
+    return attend_flex(q, k, v, mod, q_pos, k_pos, bias_fn, block)
 
 
 @dataclass

@@ -60,7 +60,7 @@ def _peak_bytes(device: torch.device) -> int:
 
 def _layer_fn(name, opts, n, args, device, dtype):
     from . import positions
-    from .attention import attend, attend_blocked, attend_chunked, attend_flex, resolve_backend
+    from .attention import attend_backend
     from .positions.base import BiasEncoding, RotaryEncoding
     from .positions.rope import apply_rotary_one
 
@@ -68,24 +68,14 @@ def _layer_fn(name, opts, n, args, device, dtype):
     shape = (args["batch"], args["heads"], n, args["head_dim"])
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     pos = torch.arange(n, device=device)
-    is_bias = isinstance(enc, BiasEncoding)
-    backend = resolve_backend(args["attention"], device, is_bias, args["heads"] * n * n)  # as the model does
+    bias_enc = enc if isinstance(enc, BiasEncoding) and enc.adds_bias else None
 
-    def run():
+    def run():  # no bias cache: every call computes the bias, as one layer of a model does
         qq, kk = q, k
         if isinstance(enc, RotaryEncoding):
             cos, sin = enc.compute_angles(pos)
             qq, kk = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
-        fn = enc.compute_bias if is_bias else None
-        if backend == "chunked":
-            return attend_chunked(qq, kk, v, fn, pos, pos, args["block"])
-        if backend == "flex":
-            mod = enc.score_mod(pos, pos) if is_bias else None
-            return attend_flex(qq, kk, v, mod, pos, pos, fn, args["block"])
-        bias = enc.compute_bias(pos, pos) if is_bias else None
-        if backend == "blocked":
-            return attend_blocked(qq, kk, v, bias, pos, pos, same_positions=True)
-        return attend(qq, kk, v, bias, pos, pos, same_positions=True)
+        return attend_backend(args["attention"], qq, kk, v, bias_enc, pos, pos, True, args["block"])
 
     return run, [q, k, v, *enc.parameters()]
 

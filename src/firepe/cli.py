@@ -133,9 +133,8 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
     from .compare import compare
 
     model, train, data = _configs(args)
-    specs = specs or [s for s in args.encodings.split(",") if s.strip()]
-    if getattr(args, "encodings", None) and ":" in args.encodings:
-        specs = [s for s in args.encodings.split(";") if s.strip()]
+    if specs is None:  # ',' between plain names, ';' once a spec carries options
+        specs = [s for s in args.encodings.split(";" if ":" in args.encodings else ",") if s.strip()]
     compare(args.out, specs, replace(model, position="nope", position_options={}), train, data,
             _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=not args.no_progress)
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, results.csv and perplexity.png")

@@ -9,7 +9,6 @@ length. One forward pass per window, no sliding window (as the paper).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import dataclass_from_dict
+from .checkpoint import dataclass_from_dict, write_json
 from .data import DataConfig, encode_documents, load_corpus, load_tokenizer
 
 __all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths"]
@@ -82,9 +81,7 @@ def write_results(out: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     jpath, cpath = out.with_suffix(".json"), out.with_suffix(".csv")
-    tmp = jpath.with_name("." + jpath.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(jpath)
+    write_json(jpath, results)
     with open(cpath, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "position", "train_len", "length", "log_ppl", "ppl", "tokens"])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import positions
-from .attention import BACKENDS, KVCache, attend, attend_blocked, attend_chunked, attend_flex, resolve_backend
+from .attention import BACKENDS, KVCache, attend_backend
 from .checkpoint import dataclass_from_dict
 from .positions.base import BiasEncoding, PositionEncoding, RotaryEncoding
 from .positions.rope import apply_rotary_one
@@ -99,24 +99,9 @@ class Attention(nn.Module):
             q, k = apply_rotary_one(q, cos[-T:], sin[-T:]), apply_rotary_one(k, cos[-T:], sin[-T:])
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        is_bias = isinstance(enc, BiasEncoding)
-        backend = resolve_backend(ctx["backend"], x.device, is_bias,
-                                  self.n_head * len(ctx["q_pos"]) * len(ctx["k_pos"]))
-        if backend in ("dense", "blocked"):
-            bias = ctx["biases"].get(id(enc)) if is_bias else None
-            if is_bias and id(enc) not in ctx["biases"]:
-                bias = ctx["biases"][id(enc)] = enc.compute_bias(ctx["q_pos"], ctx["k_pos"])
-            if backend == "dense":
-                y = attend(q, k, v, bias, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"])
-            else:
-                y = attend_blocked(q, k, v, bias, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"])
-        elif backend == "chunked":
-            y = attend_chunked(q, k, v, enc.compute_bias if is_bias else None, ctx["q_pos"], ctx["k_pos"],
-                               ctx["block"])
-        else:
-            mod = enc.score_mod(ctx["q_pos"], ctx["k_pos"]) if is_bias else None
-            y = attend_flex(q, k, v, mod, ctx["q_pos"], ctx["k_pos"], enc.compute_bias if is_bias else None,
-                            ctx["block"])
+        bias_enc = enc if isinstance(enc, BiasEncoding) and enc.adds_bias else None
+        y = attend_backend(ctx["backend"], q, k, v, bias_enc, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"],
+                           ctx["block"], bias_cache=ctx["biases"])
         return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
 
 

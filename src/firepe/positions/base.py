@@ -69,6 +69,8 @@ class BiasEncoding(PositionEncoding):
     """
 
     kind = "bias"
+    #: False when :meth:`compute_bias` always returns None (NoPE): attention then runs without a bias
+    adds_bias: bool = True
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """Bias of shape ``[H, len(q_pos), len(k_pos)]`` for 0-based integer positions."""

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from ..attention import causal_row_blocks
 from .base import BiasEncoding
 from .registry import register
 
@@ -188,12 +189,10 @@ class FIRE(BiasEncoding):
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # entries with k > q are masked anyway
         max_d = int(dist.max()) if dist.numel() else 0
         if not self.threshold:
-            long_rows = torch.ones_like(q_pos, dtype=torch.bool)
             out = torch.empty(self.num_heads, *dist.shape, dtype=self.init_L.dtype, device=dist.device)
         else:
-            long_rows = q_pos.to(self.init_L.dtype) > self.L
             out = self.distance_table(max_d)[:, dist]
-        idx = torch.nonzero(long_rows).flatten()
+        idx = torch.nonzero(self.interpolating_rows(q_pos)).flatten()
         if idx.numel() == 0:
             return out
         exact = self.f(self.psi(dist[idx].to(self.init_L.dtype)) / self.normalizer(q_pos[idx])[:, None])
@@ -222,6 +221,20 @@ class FIRE(BiasEncoding):
             self.__dict__["_table_cache"] = cached = (key, self.f(grid).T)
         return cached[1]
 
+    def interpolating_rows(self, q_pos: torch.Tensor) -> torch.Tensor:
+        """Bool ``[Q]``: rows past the threshold (every row without one), whose bias depends on ``i``."""
+        if not self.threshold:
+            return torch.ones_like(q_pos, dtype=torch.bool)
+        return q_pos.to(self.init_L.dtype) > self.L
+
+    def lookup_table(self, max_distance: int) -> tuple[torch.Tensor, int]:
+        """``([distance table | interpolation table], base)``: the ``[H, M]`` table one lookup per
+        (i, j) reads, and the column where the interpolation table starts (no distance table, base 0,
+        without a threshold)."""
+        if not self.threshold:
+            return self.interpolation_table(), 0
+        return torch.cat([self.distance_table(max_distance), self.interpolation_table()], dim=1), max_distance + 1
+
     def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """One lookup per (i, j) into ``[distance table | interpolation table]``: rows ``i <= L`` read
         the exact distance entry (weight 0 on its neighbour), rows ``i > L`` interpolate.
@@ -233,29 +246,24 @@ class FIRE(BiasEncoding):
         g = self.table_size
         if dtype == torch.float32 and self.init_L.device.type == "cpu" and kernels.available():
             max_d = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
+            table, base = self.lookup_table(max_d)
             psi_d = self.psi(torch.arange(max_d + 1, dtype=dtype))
-            inv_norm = 1 / self.normalizer(q_pos)
-            if self.threshold:
-                table = torch.cat([self.distance_table(max_d), self.interpolation_table()], dim=1)
-                return kernels.table_lookup(table, psi_d, inv_norm, q_pos, k_pos, q_pos.to(dtype) > self.L,
-                                            max_d + 1, g)
-            return kernels.table_lookup(self.interpolation_table(), psi_d, inv_norm, q_pos, k_pos,
-                                        torch.ones_like(q_pos, dtype=torch.bool), 0, g)
+            return kernels.table_lookup(table, psi_d, 1 / self.normalizer(q_pos), q_pos, k_pos,
+                                        self.interpolating_rows(q_pos), base, g)
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
-        max_d = int(dist.max()) if dist.numel() else 0
+        table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
         x = self.psi(dist.to(dtype)) / self.normalizer(q_pos)[:, None]
         pos = x.clamp(0, 1) * (g - 1)
         i0 = pos.detach().floor().clamp(max=g - 2).long()
         w = pos - i0.to(dtype)
         if self.threshold:
-            base = max_d + 1
-            table = torch.cat([self.distance_table(max_d), self.interpolation_table()], dim=1)
-            long_rows = (q_pos.to(dtype) > self.L)[:, None]
+            long_rows = self.interpolating_rows(q_pos)[:, None]
             idx = torch.where(long_rows, i0 + base, dist)
             w = torch.where(long_rows, w, torch.zeros((), dtype=dtype, device=w.device))
         else:
-            table, idx = self.interpolation_table(), i0
-        return _LerpLookup.apply(table, idx, w, _causal_blocks(q_pos, k_pos))
+            idx = i0
+        return _LerpLookup.apply(table, idx, w, causal_row_blocks(q_pos, k_pos, 256))
+
 
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
@@ -266,11 +274,8 @@ class FIRE(BiasEncoding):
         norm = self.normalizer(q_pos)
         g, log, threshold = self.table_size, self.log_transform, self.threshold
         c = self.c.abs() if log else None
-        if threshold:
-            table = torch.cat([self.distance_table(max_d), self.interpolation_table()], dim=1)
-            base, limit = max_d + 1, self.L
-        else:
-            table, base, limit = self.interpolation_table(), 0, None
+        table, base = self.lookup_table(max_d)
+        limit = self.L
 
         def mod(score, b, h, q_idx, kv_idx):
             d = (q_idx + q0 - kv_idx - k0).clamp(min=0)
@@ -288,18 +293,6 @@ class FIRE(BiasEncoding):
             return score + lo + (table[h, idx + 1] - lo) * w
 
         return mod
-
-
-def _causal_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, rows: int = 256) -> list[tuple[int, int, int]]:
-    """Row blocks ``(start, end, keys)``: rows ``start:end`` only need the first ``keys`` keys (the
-    others have ``k_pos > q_pos`` and are masked). One block with every key if ``k_pos`` is unsorted."""
-    n_q, n_k = len(q_pos), len(k_pos)
-    if n_k < 2 or not bool((k_pos[1:] >= k_pos[:-1]).all()):
-        return [(0, n_q, n_k)]
-    ends = torch.arange(rows, n_q + rows, rows).clamp(max=n_q)
-    block_max = torch.stack([q_pos[s:e].max() for s, e in zip(range(0, n_q, rows), ends.tolist())])
-    keys = torch.searchsorted(k_pos, block_max, right=True).clamp(min=1).tolist()
-    return [(s, e, kk) for s, e, kk in zip(range(0, n_q, rows), ends.tolist(), keys)]
 
 
 class _LerpLookup(torch.autograd.Function):

@@ -12,6 +12,8 @@ from .registry import register
 class NoPE(BiasEncoding):
     """``bias(q_pos, k_pos)`` returns ``None``: attention runs without any bias."""
 
+    adds_bias = False
+
     def __init__(self, num_heads: int, head_dim: int):
         super().__init__(num_heads, head_dim)
 
