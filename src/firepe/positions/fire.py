@@ -246,16 +246,17 @@ class FIRE(BiasEncoding):
         g = self.table_size
         if dtype == torch.float32 and self.init_L.device.type == "cpu" and kernels.available():
             max_d = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
-            table, base = self.lookup_table(max_d)
             psi_d = self.psi(torch.arange(max_d + 1, dtype=dtype))
-            return kernels.table_lookup(table, psi_d, 1 / self.normalizer(q_pos), q_pos, k_pos,
-                                        self.interpolating_rows(q_pos), base, g)
+            inv_norm = 1 / self.normalizer(q_pos)
+            table, base = self.lookup_table(max_d)  # after psi_d, inv_norm: keeps autograd's summation order
+            return kernels.table_lookup(table, psi_d, inv_norm, q_pos, k_pos, self.interpolating_rows(q_pos),
+                                        base, g)
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
-        table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
         x = self.psi(dist.to(dtype)) / self.normalizer(q_pos)[:, None]
         pos = x.clamp(0, 1) * (g - 1)
         i0 = pos.detach().floor().clamp(max=g - 2).long()
         w = pos - i0.to(dtype)
+        table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
         if self.threshold:
             long_rows = self.interpolating_rows(q_pos)[:, None]
             idx = torch.where(long_rows, i0 + base, dist)
@@ -263,8 +264,6 @@ class FIRE(BiasEncoding):
         else:
             idx = i0
         return _LerpLookup.apply(table, idx, w, causal_row_blocks(q_pos, k_pos, 256))
-
-
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
         """FlexAttention ``score_mod`` with the table-mode values: rows ``i <= L`` read the exact
