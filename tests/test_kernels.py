@@ -118,3 +118,28 @@ def test_kernel_gradients_are_deterministic():
     runs = [_bias_and_grads(fire, q, q, cotangent)[1] for _ in range(3)]
     for other in runs[1:]:
         assert all(torch.equal(runs[0][name], other[name]) for name in runs[0])
+
+
+@needs_cc
+@pytest.mark.parametrize("heads", [4, 5, 8, 3])
+def test_kernel_head_groups_equal_the_scalar_build(heads, monkeypatch, tmp_path):
+    """Four heads at a time (SSE2 path) == one head at a time (a build with -DFIREPE_NO_SIMD): the
+    same values bit for bit (same operations per entry), gradients up to summation order."""
+    monkeypatch.setenv("FIREPE_CACHE", str(tmp_path))
+    scalar = kernels.build(("FIREPE_NO_SIMD",))
+    assert scalar is not None
+    torch.manual_seed(0)
+    fire = P.build("fire", num_heads=heads, head_dim=8, init_L=20.0, bias_mode="table", table_size=512)
+    with torch.no_grad():
+        for p in fire.mlp.parameters():
+            p.mul_(3)
+    for q_pos, k_pos in (POSITIONS["square"], POSITIONS["cache_rows"], POSITIONS["shifted_keys"]):
+        cotangent = torch.randn(heads, len(q_pos), len(k_pos)) * (k_pos[None, :] <= q_pos[:, None])
+        grouped, grouped_grads = _bias_and_grads(fire, q_pos, k_pos, cotangent)
+        monkeypatch.setattr(kernels, "_LIB", [scalar])
+        single, single_grads = _bias_and_grads(fire, q_pos, k_pos, cotangent)
+        monkeypatch.undo()
+        monkeypatch.setenv("FIREPE_CACHE", str(tmp_path))
+        assert torch.equal(grouped, single)
+        for name, g in single_grads.items():
+            torch.testing.assert_close(grouped_grads[name], g, rtol=1e-4, atol=1e-5 * g.abs().max().item(), msg=name)

@@ -4,7 +4,10 @@ The table-mode bias (:class:`firepe.positions.fire.FIRE`, ``bias_mode="table"``)
 linear interpolation per (query, key, head). Written with PyTorch ops it needs several passes over
 ``H x Q x K`` tensors forward and scatter-adds backward; this kernel does the forward in one pass
 and the backward (gradients to the table, to ``psi(d)`` and to ``1 / psi(max(L, i))``) in one more,
-with per-thread accumulators instead of atomics.
+with per-thread accumulators instead of atomics. The interpolation coordinates of a (query, key) pair
+do not depend on the head, so with SSE2 (every x86-64 CPU) heads go four at a time through one lookup
+into a head-minor copy of the tables, with 4 x 4 register transposes to and from the ``[H, Q, K]``
+layout; other CPUs, key layouts that are not consecutive, and leftover heads use scalar loops.
 
 It is plain C (OpenMP when available), compiled with the system C compiler on first use (well
 under a second) into ``$FIREPE_CACHE`` (default ``~/.cache/firepe``) and loaded with ``ctypes``.
@@ -36,13 +39,19 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("FIREPE_CACHE") or Path.home() / ".cache" / "firepe")
 
 
-def _compile(compiler: str, source: Path, target: Path) -> bool:
-    """Compile ``source`` into the shared library ``target`` (atomically); OpenMP if it builds."""
+def _compile(compiler: str, source: Path, target: Path, defines: tuple[str, ...] = ()) -> bool:
+    """Compile ``source`` into the shared library ``target`` (atomically); OpenMP if it builds.
+
+    ``-ffp-contract=off`` keeps ``a * b + c`` two roundings on every compiler and CPU (no fused
+    multiply-add), so results do not depend on the build. ``defines``: extra ``-D`` macros
+    (``FIREPE_NO_SIMD`` builds the scalar loops only).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     for flags in (["-fopenmp"], []):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [compiler, "-O3", "-shared", "-fPIC", *flags, str(source), "-o", tmp, "-lm"]
+        cmd = [compiler, "-O3", "-ffp-contract=off", "-shared", "-fPIC", *flags, *(f"-D{d}" for d in defines),
+               str(source), "-o", tmp, "-lm"]
         try:
             done = subprocess.run(cmd, capture_output=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired):
@@ -54,25 +63,33 @@ def _compile(compiler: str, source: Path, target: Path) -> bool:
     return False
 
 
+def build(defines: tuple[str, ...] = ()):
+    """Compile (or find in the cache) and load the kernel; ``None`` without a working compiler.
+
+    ``defines`` are extra preprocessor macros, part of the cache key (the tests build the scalar
+    variant with ``("FIREPE_NO_SIMD",)``).
+    """
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler or not _SOURCE.exists():
+        return None
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + " ".join(defines).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"fire_table_{key}.so"
+    try:
+        if target.exists() or _compile(compiler, _SOURCE, target, defines):
+            lib = ctypes.CDLL(str(target))
+            _declare(lib)
+            return lib
+    except OSError as err:
+        warnings.warn(f"firepe: could not load the fused FIRE kernel ({err}); using PyTorch ops.", stacklevel=3)
+    return None
+
+
 def _load():
     if _LIB:
         return _LIB[0]
-    lib = None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if os.environ.get("FIREPE_KERNEL", "1") != "0" and compiler and _SOURCE.exists():
-        source = _SOURCE.read_bytes()
-        key = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
-        target = _cache_dir() / f"fire_table_{key}.so"
-        try:
-            if target.exists() or _compile(compiler, _SOURCE, target):
-                lib = ctypes.CDLL(str(target))
-                _declare(lib)
-        except OSError as err:
-            warnings.warn(f"firepe: could not load the fused FIRE kernel ({err}); using PyTorch ops.",
-                          stacklevel=3)
-            lib = None
-    _LIB.append(lib)
-    return lib
+    _LIB.append(build() if os.environ.get("FIREPE_KERNEL", "1") != "0" else None)
+    return _LIB[0]
 
 
 def _declare(lib) -> None:
