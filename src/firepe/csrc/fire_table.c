@@ -34,6 +34,7 @@
  * aligned interior (512x fewer first-touch page faults; harmless where THP is off), then touch every
  * page from all threads, so the kernel's page zeroing runs in parallel and ahead of the writes. */
 static void prepare_output(float *out, int64_t total, int nthreads) {
+    if (total < ((int64_t)1 << 20)) return; /* under 4 MiB: not worth a parallel region */
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const uintptr_t huge = (uintptr_t)1 << 21;
     uintptr_t start = ((uintptr_t)out + huge - 1) & ~(huge - 1);
@@ -123,8 +124,14 @@ static int64_t coords(const Rows *r, int64_t i, int32_t *idx, float *w, uint8_t 
                       inside);
 }
 
+/* Four heads per lookup needs consecutive keys, and enough lookups to pay for the head-minor copy of
+ * the table (a decoding step reads one row of a table with max distance + G columns). */
+static inline int use_groups(const Rows *r, int64_t H, int64_t M) {
+    return r->contig && H >= 4 && r->Q * r->K >= 4 * M;
+}
+
 /* Heads 4g..4g+3 head-minor: ts[(g * M + m) * 8 + l] = T[4g + l, m], ts[... + 4 + l] = S[4g + l, m]. */
-static float *pack_groups(const float *T, int64_t groups, int64_t M) {
+static inline float *pack_groups(const float *T, int64_t groups, int64_t M) {
     float *ts = malloc(sizeof(float) * (size_t)(groups * M * 8) + 16);
     if (!ts) return NULL;
     for (int64_t g = 0; g < groups; g++)
@@ -188,7 +195,7 @@ void fire_table_forward(const float *T, int64_t H, int64_t M, const float *psi_d
     int64_t groups = 0;
     float *ts = NULL;
 #ifdef FIRE_SIMD
-    if (rows.contig && H >= 4) {
+    if (use_groups(&rows, H, M)) {
         ts = pack_groups(T, H / 4, M);
         if (ts) groups = H / 4;
     }
@@ -209,6 +216,7 @@ void fire_table_forward(const float *T, int64_t H, int64_t M, const float *psi_d
                 forward_group(ts + (h / 4) * M * 8, idx, w, n, K, long_row[i], o);
             }
 #endif
+            (void)groups;
             for (; h < H; h++) forward_scalar_head(T + h * M, idx, w, n, K, long_row[i], out + (h * Q + i) * K);
         }
         free(idx); free(w); free(inside);
@@ -288,7 +296,7 @@ void fire_table_backward(const float *grad, const float *T, int64_t H, int64_t M
     int64_t groups = 0;
     float *ts = NULL;
 #ifdef FIRE_SIMD
-    if (rows.contig && H >= 4) {
+    if (use_groups(&rows, H, M)) {
         ts = pack_groups(T, H / 4, M);
         if (ts) groups = H / 4;
     }
@@ -313,6 +321,7 @@ void fire_table_backward(const float *grad, const float *T, int64_t H, int64_t M
         float *myA = accA[tid] = calloc((size_t)(rest * M) + 1, sizeof(float));
         float *myB = accB[tid] = calloc((size_t)(rest * M) + 1, sizeof(float));
         float *mypsi = accpsi[tid] = calloc((size_t)D, sizeof(float));
+        (void)myAB;
 #pragma omp for schedule(static, 8)
         for (int64_t i = 0; i < Q; i++) {
             const int64_t n = coords(&rows, i, idx, w, inside);
