@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 import socket
@@ -105,6 +106,8 @@ def _ddp_worker(rank, world, port, run_dir, corpus, out):
     trainer.forward_backward(0)
     if rank == 0:
         torch.save({n: p.grad.clone() for n, p in trainer.model.named_parameters()}, out)
+    del trainer  # as `firepe train` does: gloo sometimes aborts at exit if DDP objects outlive the group
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 

@@ -7,6 +7,7 @@ written is removed.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -95,13 +96,18 @@ def cmd_train(args) -> None:
     else:
         trainer = Trainer(args.out, model, train, data)
     losses = trainer.fit()
+    rank, step = trainer.rank, trainer.step
     import torch.distributed as dist
 
     if dist.is_initialized():
+        # Free the DDP model (and the gloo work it holds) while the interpreter is fully alive: left to
+        # interpreter shutdown, gloo's threads now and then abort the process (SIGABRT) after training.
+        del trainer
+        gc.collect()
         dist.destroy_process_group()
-    if trainer.rank == 0:
+    if rank == 0:
         last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
-        print(f"trained {args.out} to step {trainer.step}; last loss {last}")
+        print(f"trained {args.out} to step {step}; last loss {last}")
 
 
 def cmd_eval(args) -> None:
