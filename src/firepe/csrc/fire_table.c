@@ -8,8 +8,9 @@
  * The backward pass accumulates dT, d psi_d and d inv_norm in one sweep over the visible entries,
  * with per-thread accumulators (no atomics) summed in thread order (deterministic).
  *
- * (idx, w) depend on (i, j) only, not on the head. With keys at consecutive positions (training,
- * evaluation, KV-cache decoding) and SSE2, heads are processed four at a time: the tables are copied
+ * (idx, w) depend on (i, j) only, not on the head. With keys at consecutive positions, enough rows
+ * to pay for a table copy (training and evaluation; not a one-row decoding step) and SSE2, heads are
+ * processed four at a time: the tables are copied
  * head-minor ({T[h..h+3, m], S[h..h+3, m]} side by side), one lookup serves four heads, and 4 x 4
  * register transposes turn four keys x four heads into four output rows (forward) or four gradient
  * rows into per-key head vectors (backward). Other key layouts and leftover heads take the scalar
@@ -46,6 +47,7 @@ static void prepare_output(float *out, int64_t total, int nthreads) {
 }
 
 static int contiguous(const int64_t *k_pos, int64_t K) {
+    if (K < 1) return 0;
     for (int64_t j = 1; j < K; j++)
         if (k_pos[j] != k_pos[0] + j) return 0;
     return 1;
