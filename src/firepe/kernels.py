@@ -33,6 +33,7 @@ __all__ = ["available", "table_lookup"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fire_table.c"
 _LIB: list = []  # [ctypes.CDLL or None] once loading was attempted
+_CFLAGS = ("-O3", "-ffp-contract=off", "-shared", "-fPIC")  # part of the cache key
 
 
 def _cache_dir() -> Path:
@@ -50,8 +51,7 @@ def _compile(compiler: str, source: Path, target: Path, defines: tuple[str, ...]
     for flags in (["-fopenmp"], []):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [compiler, "-O3", "-ffp-contract=off", "-shared", "-fPIC", *flags, *(f"-D{d}" for d in defines),
-               str(source), "-o", tmp, "-lm"]
+        cmd = [compiler, *_CFLAGS, *flags, *(f"-D{d}" for d in defines), str(source), "-o", tmp, "-lm"]
         try:
             done = subprocess.run(cmd, capture_output=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired):
@@ -73,7 +73,7 @@ def build(defines: tuple[str, ...] = ()):
     if not compiler or not _SOURCE.exists():
         return None
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + compiler.encode() + " ".join(defines).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join([compiler, *_CFLAGS, *defines]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"fire_table_{key}.so"
     try:
         if target.exists() or _compile(compiler, _SOURCE, target, defines):

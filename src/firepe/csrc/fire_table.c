@@ -126,17 +126,19 @@ static int64_t coords(const Rows *r, int64_t i, int32_t *idx, float *w, uint8_t 
                       inside);
 }
 
-/* Four heads per lookup needs consecutive keys, and enough lookups to pay for the head-minor copy of
- * the table (a decoding step reads one row of a table with max distance + G columns). */
-static inline int use_groups(const Rows *r, int64_t H, int64_t M) {
-    return r->contig && H >= 4 && r->Q * r->K >= 4 * M;
-}
-
-/* Heads 4g..4g+3 head-minor: ts[(g * M + m) * 8 + l] = T[4g + l, m], ts[... + 4 + l] = S[4g + l, m]. */
-static inline float *pack_groups(const float *T, int64_t groups, int64_t M) {
-    float *ts = malloc(sizeof(float) * (size_t)(groups * M * 8) + 16);
+/* The tables of heads 4g..4g+3 head-minor, for the four-heads-per-lookup path:
+ * ts[(g * M + m) * 8 + l] = T[4g + l, m], ts[... + 4 + l] = S[4g + l, m]; *groups = H / 4.
+ * NULL and *groups = 0 where that path does not apply: it needs SSE2, consecutive keys, and enough
+ * lookups to pay for the copy (a decoding step reads one row of a table with max distance + G
+ * columns). */
+static float *grouped_tables(const Rows *r, const float *T, int64_t H, int64_t M, int64_t *groups) {
+    *groups = 0;
+#ifdef FIRE_SIMD
+    if (!r->contig || H < 4 || r->Q * r->K < 4 * M) return NULL;
+    float *ts = malloc(sizeof(float) * (size_t)((H / 4) * M * 8));
     if (!ts) return NULL;
-    for (int64_t g = 0; g < groups; g++)
+    *groups = H / 4;
+    for (int64_t g = 0; g < *groups; g++)
         for (int64_t l = 0; l < 4; l++) {
             const float *t = T + (4 * g + l) * M;
             float *dst = ts + g * M * 8 + l;
@@ -146,6 +148,10 @@ static inline float *pack_groups(const float *T, int64_t groups, int64_t M) {
             }
         }
     return ts;
+#else
+    (void)r; (void)T; (void)H; (void)M;
+    return NULL;
+#endif
 }
 
 static void forward_scalar_head(const float *t, const int32_t *idx, const float *w, int64_t n, int64_t K,
@@ -194,14 +200,8 @@ void fire_table_forward(const float *T, int64_t H, int64_t M, const float *psi_d
     if (nthreads < 1) nthreads = 1;
     prepare_output(out, H * Q * K, nthreads);
     const Rows rows = {q_pos, k_pos, long_row, psi_d, inv_norm, Q, K, base, G, contiguous(k_pos, K)};
-    int64_t groups = 0;
-    float *ts = NULL;
-#ifdef FIRE_SIMD
-    if (use_groups(&rows, H, M)) {
-        ts = pack_groups(T, H / 4, M);
-        if (ts) groups = H / 4;
-    }
-#endif
+    int64_t groups;
+    float *ts = grouped_tables(&rows, T, H, M, &groups);
 #pragma omp parallel num_threads(nthreads)
     {
         int32_t *idx = malloc(sizeof(int32_t) * (size_t)K);
@@ -218,7 +218,6 @@ void fire_table_forward(const float *T, int64_t H, int64_t M, const float *psi_d
                 forward_group(ts + (h / 4) * M * 8, idx, w, n, K, long_row[i], o);
             }
 #endif
-            (void)groups;
             for (; h < H; h++) forward_scalar_head(T + h * M, idx, w, n, K, long_row[i], out + (h * Q + i) * K);
         }
         free(idx); free(w); free(inside);
@@ -295,14 +294,8 @@ void fire_table_backward(const float *grad, const float *T, int64_t H, int64_t M
                          float *gT, float *gpsi, float *ginv, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     const Rows rows = {q_pos, k_pos, long_row, psi_d, inv_norm, Q, K, base, G, contiguous(k_pos, K)};
-    int64_t groups = 0;
-    float *ts = NULL;
-#ifdef FIRE_SIMD
-    if (use_groups(&rows, H, M)) {
-        ts = pack_groups(T, H / 4, M);
-        if (ts) groups = H / 4;
-    }
-#endif
+    int64_t groups;
+    float *ts = grouped_tables(&rows, T, H, M, &groups);
     const int64_t rest = H - 4 * groups; /* heads for the scalar loop */
     float **accAB = calloc((size_t)nthreads, sizeof(float *)), **accA = calloc((size_t)nthreads, sizeof(float *));
     float **accB = calloc((size_t)nthreads, sizeof(float *)), **accpsi = calloc((size_t)nthreads, sizeof(float *));
@@ -374,17 +367,14 @@ void fire_table_backward(const float *grad, const float *T, int64_t H, int64_t M
         free(idx); free(w); free(inside); free(gw);
     }
     for (int t = 0; t < used; t++) {
-        for (int64_t h = 0; h < H; h++) {
+        for (int64_t h = 0; h < H; h++) { /* dT[m] = a[m] + b[m - 1]; grouped heads interleaved, stride 8 */
+            const int grouped = h < 4 * groups;
+            const int64_t step = grouped ? 8 : 1;
+            const float *a = grouped ? accAB[t] + (h / 4) * M * 8 + h % 4 : accA[t] + (h - 4 * groups) * M;
+            const float *b = grouped ? a + 4 : accB[t] + (h - 4 * groups) * M;
             float *out = gT + h * M;
-            if (h < 4 * groups) {
-                const float *ab = accAB[t] + (h / 4) * M * 8 + h % 4;
-                out[0] += ab[0];
-                for (int64_t m = 1; m < M; m++) out[m] += ab[m * 8] + ab[(m - 1) * 8 + 4];
-            } else {
-                const float *a = accA[t] + (h - 4 * groups) * M, *b = accB[t] + (h - 4 * groups) * M;
-                out[0] += a[0];
-                for (int64_t m = 1; m < M; m++) out[m] += a[m] + b[m - 1];
-            }
+            out[0] += a[0];
+            for (int64_t m = 1; m < M; m++) out[m] += a[m * step] + b[(m - 1) * step];
         }
         for (int64_t a = 0; a < D; a++) gpsi[a] += accpsi[t][a];
         free(accAB[t]); free(accA[t]); free(accB[t]); free(accpsi[t]);
