@@ -2,6 +2,20 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Token cache and FIRE kernel cache in a temporary folder, not ~/.cache."""
+    import os
+
+    old = os.environ.get("FIREPE_CACHE")
+    os.environ["FIREPE_CACHE"] = str(tmp_path_factory.mktemp("firepe-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FIREPE_CACHE", None)
+    else:
+        os.environ["FIREPE_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -5,8 +5,9 @@ import warnings
 import pytest
 import torch
 
-from firepe import attention
-from firepe.attention import attend_blocked, resolve_backend
+from firepe import attention, bench, positions
+from firepe import model as model_module
+from firepe.attention import AttentionInputs, attend_blocked, bias_encoding, encoding_kind, resolve_backend
 from firepe.model import GPT, GPTConfig, preset
 
 ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
@@ -167,3 +168,56 @@ def test_auto_backend_chunks_long_inputs(monkeypatch):
         chunked = model.set_attention("auto", block=16)(x)[0]
     assert shapes and max(shapes) <= 16
     torch.testing.assert_close(chunked, reference, rtol=1e-5, atol=1e-5)
+
+
+class _Fake(torch.nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+
+def test_encoding_kind_decides_what_an_encoding_contributes():
+    build = {n: positions.build(n, num_heads=2, head_dim=8) for n in ("nope", "rope", "alibi", "fire", "t5")}
+    assert [encoding_kind(build[n]) for n in build] == ["none", "rotary", "bias", "bias", "bias"]
+    assert encoding_kind(None) == "none" and bias_encoding(None) is None
+    assert bias_encoding(build["nope"]) is None and bias_encoding(build["rope"]) is None
+    assert bias_encoding(build["fire"]) is build["fire"]
+    assert encoding_kind(_Fake("none")) == "none" and bias_encoding(_Fake("bias")).kind == "bias"
+    with pytest.raises(ValueError, match="position encoding _Fake has kind 'additive'; valid: bias, rotary, none"):
+        encoding_kind(_Fake("additive"))
+
+
+@pytest.mark.parametrize("name,want", [("nope", None), ("rope", None), ("alibi", "alibi"), ("fire", "fire")])
+def test_model_and_bench_pass_the_bias_encoding_only(monkeypatch, name, want):
+    """The model and the layer benchmark hand ``attend_backend`` the encoding only when it adds a bias."""
+    seen = []
+    original = attention.attend_backend
+
+    def spy(backend, q, k, v, enc, *args, **kwargs):
+        seen.append(enc)
+        return original(backend, q, k, v, enc, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "attend_backend", spy)
+    monkeypatch.setattr(attention, "attend_backend", spy)
+    model = tiny(name, {})
+    with torch.no_grad():
+        model(torch.randint(0, 64, (1, 6)))
+    args = dict(heads=2, head_dim=8, batch=1, attention="auto", block=4)
+    run, _ = bench._layer_fn(name, {}, 6, args, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        assert run().shape == (1, 2, 6, 8)
+    assert len(seen) == model.cfg.n_layer + 1
+    assert all((e is None) if want is None else (e.name == want) for e in seen)
+
+
+def test_attention_inputs_carry_the_rotary_angles():
+    model = tiny("rope", {})
+    attn, enc = model.blocks[0].attn, model.position_for(0)
+    x, pos = torch.randn(1, 5, 64), torch.arange(5)
+    inputs = AttentionInputs(q_pos=pos, k_pos=pos, same_positions=True, backend="dense")
+    with pytest.raises(ValueError, match="RoPE is a rotary encoding but AttentionInputs.angles is None"):
+        attn(x, enc, inputs, 0, None)
+    inputs.angles = enc.compute_angles(pos)
+    with torch.no_grad():
+        assert attn(x, enc, inputs, 0, None).shape == (1, 5, 64)
+    assert inputs.biases == {}  # rotary: no bias was materialized

@@ -1,12 +1,16 @@
 """The fused CPU kernel of FIRE's table mode equals the PyTorch implementation (values and gradients)."""
 
+import os
 import shutil
+import time
+import warnings
 
 import pytest
 import torch
 
 from firepe import kernels
 from firepe import positions as P
+from firepe.positions import fire_kernel
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                               reason="no C compiler on this machine")
@@ -15,7 +19,7 @@ needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc")
 @pytest.fixture
 def pytorch_path(monkeypatch):
     """Run FIRE with the kernel switched off (as on a machine without a C compiler)."""
-    monkeypatch.setattr(kernels, "_LIB", [None])
+    monkeypatch.setattr(fire_kernel, "_LIB", [None])
 
 
 def _fire(threshold=True, log_transform=True, table_size=512):
@@ -56,7 +60,7 @@ def test_kernel_equals_pytorch_ops(where, threshold, log_transform, monkeypatch)
     cotangent = torch.randn(5, len(q_pos), len(k_pos)) * visible
     fused, fused_grads = _bias_and_grads(fire, q_pos, k_pos, cotangent)
     assert torch.all(fused[:, ~visible] == 0)  # hidden entries are 0 (callers mask them)
-    monkeypatch.setattr(kernels, "_LIB", [None])
+    monkeypatch.setattr(fire_kernel, "_LIB", [None])
     plain, plain_grads = _bias_and_grads(fire, q_pos, k_pos, cotangent)
     torch.testing.assert_close(fused[:, visible], plain[:, visible], rtol=0, atol=2e-6)
     for name, g in plain_grads.items():
@@ -71,7 +75,7 @@ def test_kernel_rows_below_threshold_are_the_exact_formula():
     fire.bias_mode = "exact"
     exact = fire.bias(q, q)
     causal = torch.ones(200, 200, dtype=torch.bool).tril()
-    rows = q <= 20
+    rows = q < 20  # rows i >= L = 20 interpolate
     assert torch.equal(fused[:, rows][:, causal[rows]], exact[:, rows][:, causal[rows]])
     assert (fused - exact)[:, causal].abs().max() <= 1e-4
 
@@ -90,10 +94,10 @@ def test_without_kernel_fire_still_works(pytorch_path):
 
 
 def test_kernel_switched_off_by_environment_or_broken_compiler(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "_LIB", [])
+    monkeypatch.setattr(fire_kernel, "_LIB", [])
     monkeypatch.setenv("FIREPE_KERNEL", "0")
     assert not kernels.available()
-    monkeypatch.setattr(kernels, "_LIB", [])
+    monkeypatch.setattr(fire_kernel, "_LIB", [])
     monkeypatch.delenv("FIREPE_KERNEL")
     monkeypatch.setenv("FIREPE_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
@@ -103,7 +107,7 @@ def test_kernel_switched_off_by_environment_or_broken_compiler(monkeypatch, tmp_
 
 @needs_cc
 def test_kernel_compiles_into_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "_LIB", [])
+    monkeypatch.setattr(fire_kernel, "_LIB", [])
     monkeypatch.setenv("FIREPE_CACHE", str(tmp_path))
     assert kernels.available()
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
@@ -137,10 +141,113 @@ def test_kernel_head_groups_equal_the_scalar_build(heads, monkeypatch, tmp_path)
     for q_pos, k_pos in (POSITIONS["square"], POSITIONS["cache_rows"], POSITIONS["shifted_keys"]):
         cotangent = torch.randn(heads, len(q_pos), len(k_pos)) * (k_pos[None, :] <= q_pos[:, None])
         grouped, grouped_grads = _bias_and_grads(fire, q_pos, k_pos, cotangent)
-        monkeypatch.setattr(kernels, "_LIB", [scalar])
+        monkeypatch.setattr(fire_kernel, "_LIB", [scalar])
         single, single_grads = _bias_and_grads(fire, q_pos, k_pos, cotangent)
         monkeypatch.undo()
         monkeypatch.setenv("FIREPE_CACHE", str(tmp_path))
         assert torch.equal(grouped, single)
         for name, g in single_grads.items():
             torch.testing.assert_close(grouped_grads[name], g, rtol=1e-4, atol=1e-5 * g.abs().max().item(), msg=name)
+
+
+def _lookup_args(**change):
+    """Valid arguments (2 heads, 3 queries at 4..6 over keys 0..6, rows 5 and 6 interpolate) with changes."""
+    args = dict(table=torch.zeros(2, 7 + 8), psi_d=torch.zeros(7), inv_norm=torch.ones(3), q_pos=torch.arange(4, 7),
+                k_pos=torch.arange(7), long_row=torch.tensor([False, True, True]), base=7, grid=8)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"psi_d": torch.zeros(6)}, "psi_d has 6 entries but interpolating rows reach distance 6"),
+    ({"base": 4, "grid": 11}, "rows that read the distance table reach distance 4, past its 4 columns"),
+    ({"base": 8}, "base \\+ grid = 16 exceeds the table's 15 columns"),
+    ({"base": 2**40}, "base \\+ grid = .* exceeds"),
+    ({"base": -1}, "base must be an integer >= 0"),
+    ({"grid": 1}, "grid must be an integer >= 2"),
+    ({"grid": 8.0}, "grid must be an integer"),
+    ({"table": torch.zeros(2, 15, dtype=torch.float64)}, "table must be a 2-D float32 CPU tensor"),
+    ({"table": torch.zeros(30)}, "table must be a 2-D"),
+    ({"table": torch.zeros(0, 15)}, "at least one head"),
+    ({"psi_d": torch.zeros(7, 1)}, "psi_d must be a 1-D float32"),
+    ({"inv_norm": torch.ones(2)}, "inv_norm \\(2\\) and long_row \\(3\\) need one entry per query \\(3\\)"),
+    ({"long_row": torch.ones(2, dtype=torch.bool)}, "need one entry per query"),
+    ({"long_row": torch.ones(3, dtype=torch.uint8)}, "long_row must be a 1-D bool"),
+    ({"q_pos": torch.arange(4, 7).float()}, "q_pos must be a 1-D integer CPU tensor"),
+    ({"k_pos": torch.tensor([-1, 0, 1])}, "k_pos must be non-negative"),
+    ({"q_pos": torch.arange(4, 7, device="meta")}, "q_pos must be a 1-D integer CPU tensor"),
+])
+def test_table_lookup_refuses_arguments_that_would_read_out_of_bounds(change, match):
+    kernels.check_lookup_args(**_lookup_args())  # the unchanged arguments are fine
+    with pytest.raises(ValueError, match=match):
+        kernels.table_lookup(**_lookup_args(**change))
+
+
+@needs_cc
+def test_table_lookup_at_the_bounds():
+    table = torch.randn(2, 15)
+    out = kernels.table_lookup(**_lookup_args(table=table))
+    assert torch.equal(out[:, 0, :5], table[:, [4, 3, 2, 1, 0]])  # row 4 reads distances 4..0
+    assert torch.equal(out[:, 1:, 0], table[:, [7, 7]])  # psi_d = 0: interpolating rows read f(0)
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    """An empty private kernel cache and no loaded kernel."""
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("FIREPE_CACHE", str(folder))
+    monkeypatch.setattr(fire_kernel, "_LIB", [])
+    return folder
+
+
+@needs_cc
+@pytest.mark.parametrize("where", ["folder", "library"])
+@pytest.mark.parametrize("bits", [0o020, 0o002])
+def test_kernel_cache_writable_by_others_is_refused(cache, where, bits):
+    target = fire_kernel._target()
+    target.write_bytes(b"not a library")  # never loaded: the checks come first
+    path = cache if where == "folder" else target
+    path.chmod(path.stat().st_mode | bits)
+    with pytest.warns(UserWarning, match="writable by group or others.*using PyTorch ops"):
+        assert not fire_kernel.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fire_kernel.available()  # warned once: the result is remembered
+
+
+@needs_cc
+@pytest.mark.parametrize("where", ["folder", "library"])
+def test_kernel_cache_owned_by_someone_else_is_refused(cache, where, monkeypatch):
+    target = fire_kernel._target()
+    target.write_bytes(b"not a library")
+    owner = (cache if where == "folder" else target).stat().st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)
+    with pytest.warns(UserWarning, match=f"is owned by uid {owner}, not by the current user"):
+        assert fire_kernel.build() is None
+
+
+@needs_cc
+def test_broken_cached_library_falls_back_with_a_warning(cache, tmp_path):
+    target = fire_kernel._target()
+    target.write_bytes(b"garbage, not an ELF file")
+    target.chmod(0o755)
+    with pytest.warns(UserWarning, match="could not load .*delete it to rebuild"):
+        assert fire_kernel.build() is None
+    other = tmp_path / "other.c"
+    other.write_text("int something_else(void) { return 1; }\n")
+    assert fire_kernel._compile(fire_kernel._compiler(), other, target)  # a real library without the symbols
+    with pytest.warns(UserWarning, match="could not load .*fire_table_forward"):
+        assert fire_kernel.build() is None
+
+
+@needs_cc
+def test_stale_build_temporaries_are_removed(cache):
+    old, fresh = cache / "tmpk1lled0.so", cache / "tmpbuilding.so"
+    for f in (old, fresh):
+        f.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    assert fire_kernel.available()
+    assert not old.exists() and fresh.exists()  # a build running elsewhere keeps its file
+    assert fire_kernel._target().stat().st_mode & 0o022 == 0

@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from firepe import positions
-from firepe.model import GPT, GPTConfig, preset
+from firepe.attention import AttentionInputs, KVCache
+from firepe.model import GPT, MIN_TEMPERATURE, GPTConfig, preset
 
 ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),
@@ -45,9 +48,8 @@ def test_bias_models_match_explicit_attention():
     logits = q @ k.transpose(-1, -2) / 4 + bias
     logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     want = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1))
-    ctx = {"q_pos": torch.arange(T), "k_pos": torch.arange(T), "same_positions": True, "biases": {},
-           "backend": "dense", "block": 1024}
-    got = attn(x, model.position_for(0), ctx, 0, None)
+    inputs = AttentionInputs(q_pos=torch.arange(T), k_pos=torch.arange(T), same_positions=True, backend="dense")
+    got = attn(x, model.position_for(0), inputs, 0, None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -82,6 +84,139 @@ def test_config_errors():
         GPTConfig(d_model=100, n_head=3)
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("huge")
-    with pytest.raises(ValueError, match="unknown GPTConfig key.*n_layers"):
+    with pytest.raises(ValueError, match=r"GPTConfig.*unknown.*n_layers|unknown GPTConfig key.*n_layers"):
         GPTConfig.from_dict({"n_layers": 3})
     assert positions.available()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("norm_eps", 0.0, "norm_eps must be a finite number > 0, got 0.0"),
+    ("norm_eps", -1e-5, "norm_eps must be a finite number > 0"),
+    ("norm_eps", math.nan, "norm_eps must be a finite number > 0, got nan"),
+    ("norm_eps", math.inf, "norm_eps must be a finite number > 0"),
+    ("d_ff", 0, r"d_ff must be a positive integer or None \(4 \* d_model\), got 0"),
+    ("d_ff", -8, "d_ff must be a positive integer"),
+    ("d_ff", True, "d_ff must be a positive integer"),
+    ("d_ff", 64.0, "d_ff must be a positive integer"),
+    ("dropout", -0.1, r"dropout must be a number in \[0, 1\), got -0.1"),
+    ("dropout", 1.0, r"dropout must be a number in \[0, 1\)"),
+    ("dropout", math.nan, r"dropout must be a number in \[0, 1\), got nan"),
+    ("dropout", True, r"dropout must be a number in \[0, 1\)"),
+    ("attention_block", 0, "attention_block must be a positive integer, got 0"),
+    ("attention_block", -4, "attention_block must be a positive integer"),
+    ("n_head", True, "n_head must be a positive integer, got True"),
+    ("n_layer", False, "n_layer must be a positive integer"),
+    ("vocab_size", 50.0, "vocab_size must be a positive integer"),
+    ("tie_embeddings", 1, "tie_embeddings must be true or false, got 1"),
+    ("tie_embeddings", "no", "tie_embeddings must be true or false"),
+    ("position_options", [], "position_options must be a dict of encoding options, got list"),
+    ("position_options", None, "position_options must be a dict"),
+])
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{field: value})
+
+
+def test_config_accepts_edge_values():
+    cfg = GPTConfig(dropout=0, norm_eps=1, d_ff=None, attention_block=1)
+    assert cfg.ffn_dim == 4 * cfg.d_model
+    assert GPTConfig(d_ff=7).ffn_dim == 7
+    assert GPTConfig(dropout=0.999).dropout == 0.999
+
+
+@pytest.mark.parametrize("idx,message", [
+    (torch.zeros(0, 5, dtype=torch.long), r"idx is empty \(shape \(0, 5\)\)"),
+    (torch.zeros(2, 0, dtype=torch.long), r"idx is empty \(shape \(2, 0\)\)"),
+    (torch.tensor([[1, 2, 50]]), r"idx holds the token id 50, outside the vocabulary; .*\[0, vocab_size=50\)"),
+    (torch.tensor([[1, -1, 3]]), r"idx holds the negative token id -1; ids must be in \[0, vocab_size=50\)"),
+    (torch.zeros(1, 4), "idx must hold integer token ids .*got dtype torch.float32"),
+    (torch.zeros(1, 4, dtype=torch.bool), "idx must hold integer token ids .*got dtype torch.bool"),
+    (torch.zeros(4, dtype=torch.long), r"idx must have shape \[batch, tokens\], got shape \(4,\)"),
+    (torch.zeros(1, 2, 3, dtype=torch.long), r"idx must have shape \[batch, tokens\], got shape \(1, 2, 3\)"),
+    ([[1, 2]], "idx must be a torch.Tensor of token ids, got list"),
+])
+def test_forward_rejects_bad_ids(idx, message):
+    model = tiny("alibi")
+    with pytest.raises(ValueError, match=message):
+        model(idx)
+
+
+def test_forward_checks_targets_and_cache():
+    model = tiny("alibi")
+    x = torch.randint(0, 50, (2, 6))
+    with pytest.raises(ValueError, match=r"targets must have the shape of idx \(2, 6\), got \(2, 5\)"):
+        model(x, x[:, 1:])
+    with pytest.raises(ValueError, match=r"targets hold ids outside \[0, vocab_size=50\) other than -100"):
+        model(x, torch.full((2, 6), 50))
+    with pytest.raises(ValueError, match="targets must hold integer token ids"):
+        model(x, x.float())
+    ignored = x.clone()
+    ignored[:, :3] = -100  # F.cross_entropy's ignore_index: the loss is over the other positions only
+    _, loss = model(x, ignored)
+    logits, _ = model(x)
+    want = torch.nn.functional.cross_entropy(logits[:, 3:].reshape(-1, 50), x[:, 3:].reshape(-1))
+    torch.testing.assert_close(loss, want)
+    with pytest.raises(ValueError, match="the KV cache holds 3 layers but the model has 2"):
+        model(x, cache=KVCache.empty(3))
+    cache = KVCache.empty(2)
+    model(x, cache=cache)
+    with pytest.raises(ValueError, match="idx has batch size 1 but the KV cache holds 2 rows"):
+        model(x[:1, :1], cache=cache)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0, got -1"),
+    (dict(max_new_tokens=2.0), "max_new_tokens must be an integer >= 0, got 2.0"),
+    (dict(max_new_tokens=True), "max_new_tokens must be an integer >= 0, got True"),
+    (dict(temperature=math.nan), r"temperature must be 0 \(greedy\) or a finite number >= 0.0001, got nan"),
+    (dict(temperature=math.inf), "temperature must be 0 .*got inf"),
+    (dict(temperature=-0.5), "temperature must be 0 .*got -0.5"),
+    (dict(temperature=1e-45), "temperature must be 0 .*got 1e-45"),
+    (dict(temperature=True), "temperature must be 0 .*got True"),
+    (dict(top_k=True), "top_k must be None or an integer >= 1, got True"),
+    (dict(top_k=2.5), "top_k must be None or an integer >= 1, got 2.5"),
+    (dict(top_k=0), "top_k must be None or an integer >= 1, got 0"),
+    (dict(prompt=torch.zeros(1, 0, dtype=torch.long)), "prompt is empty"),
+    (dict(prompt=torch.zeros(0, dtype=torch.long)), "prompt is empty"),
+    (dict(prompt=torch.tensor([[3, 99]])), "prompt holds the token id 99, outside the vocabulary"),
+    (dict(prompt=torch.tensor([[-2, 3]])), "prompt holds the negative token id -2"),
+    (dict(prompt=torch.tensor([[1.0, 2.0]])), "prompt must hold integer token ids"),
+])
+def test_generate_rejects_bad_arguments(kwargs, message):
+    model = tiny("alibi")
+    args = dict(prompt=torch.tensor([[1, 2, 3]]), max_new_tokens=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        model.generate(args.pop("prompt"), args.pop("max_new_tokens"), **args)
+
+
+def test_generate_edge_arguments():
+    model = tiny("alibi")
+    prompt = torch.tensor([[1, 2, 3]])
+    assert torch.equal(model.generate(prompt, 0), prompt)
+    out = model.generate(prompt, 4, temperature=MIN_TEMPERATURE, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 7) and 0 <= int(out.min()) and int(out.max()) < 50
+    assert model.generate(prompt, 3, top_k=500).shape == (1, 6)  # top_k above the vocabulary keeps every token
+
+
+def test_check_finite_names_the_first_bad_tensor():
+    model = tiny("fire")
+    model.check_finite()
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight[0, 0] = float("nan")
+        model.blocks[1].ffn[0].bias[0] = float("inf")
+    with pytest.raises(ValueError, match=r"parameter blocks\.0\.attn\.qkv\.weight holds NaN or inf"):
+        model.check_finite()
+    rope = tiny("rope")
+    rope.position_shared.inv_freq[1] = float("inf")
+    with pytest.raises(ValueError, match=r"buffer position_shared\.inv_freq holds NaN or inf .*diverged run"):
+        rope.check_finite()
+    with torch.device("meta"):
+        GPT(preset("tiny", vocab_size=50)).check_finite()  # meta tensors hold no values: nothing to check
+
+
+@pytest.mark.parametrize("block", [0, -3, True, 2.0, "8"])
+def test_set_attention_rejects_bad_block(block):
+    model = tiny("alibi")
+    with pytest.raises(ValueError, match=f"attention block must be a positive integer, got {block!r}"):
+        model.set_attention("chunked", block=block)
+    assert model.cfg.attention == "auto" and model.cfg.attention_block == 1024  # unchanged on error

@@ -120,3 +120,28 @@ def test_ddp_gloo_two_processes_match_single_process(tmp_path, text_corpus):
     grads = torch.load(out)
     for name, p in single.model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def _mismatch_worker(rank, world, port, run_dir, corpus, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from firepe.train import process_group
+
+    model, t, d = cfgs(corpus, position="fire" if rank == 0 else "rope")
+    t.seq_len = 32 if rank == 0 else 16
+    with process_group():
+        try:
+            Trainer(run_dir, model, t, d)
+            msg = "no error"
+        except ValueError as e:
+            msg = str(e)
+    (out_dir / f"rank{rank}.txt").write_text(msg)
+
+
+def test_torchrun_ranks_with_different_settings_refuse_to_start(tmp_path, text_corpus):
+    mp.spawn(_mismatch_worker, args=(2, _free_port(), tmp_path / "run", text_corpus, tmp_path), nprocs=2, join=True)
+    for rank in (0, 1):
+        msg = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "different settings" in msg and "model.position" in msg and "train.seq_len" in msg, msg
+    assert not (tmp_path / "run" / "config.json").exists()

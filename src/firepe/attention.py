@@ -22,6 +22,10 @@ Backends (``GPTConfig.attention``), all causal, all taking explicit positions:
   that needs gradients falls back to ``chunked`` (warned once).
 
 Shapes: ``q`` ``[B, H, Q, D]``, ``k, v`` ``[B, H, K, D]``, ``q_pos`` ``[Q]``, ``k_pos`` ``[K]``.
+
+What an encoding contributes to attention (an additive bias, a rotation of ``q, k``, or nothing) is
+decided by :func:`encoding_kind` alone; the model passes the per-forward inputs of every layer as one
+:class:`AttentionInputs`.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .positions.base import causal_row_blocks
+
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
-           "attend_chunked", "attend_flex", "attend_backend", "KVCache"]
+           "attend_chunked", "attend_flex", "attend_backend", "encoding_kind", "bias_encoding", "AttentionInputs",
+           "KVCache"]
 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
@@ -79,22 +86,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         mask = causal_mask(q_pos, k_pos)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask(bias, q_pos, k_pos, q.dtype))
-
-
-def causal_row_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> list[tuple[int, int, int]]:
-    """``(start, end, keys)`` per block of ``block`` query rows: rows ``start:end`` see at most the
-    first ``keys`` keys (the others have ``k_pos > q_pos``); every key when ``k_pos`` is not sorted
-    ascending."""
-    n_q, n_k = len(q_pos), len(k_pos)
-    starts = list(range(0, n_q, block))
-    ends = [min(s + block, n_q) for s in starts]
-    if n_k > 1 and not bool((k_pos[1:] >= k_pos[:-1]).all()):
-        return [(s, e, n_k) for s, e in zip(starts, ends)]
-    if not starts:
-        return []
-    block_max = torch.stack([q_pos[s:e].max() for s, e in zip(starts, ends)])
-    keys = torch.searchsorted(k_pos, block_max, right=True).tolist()
-    return list(zip(starts, ends, keys))
 
 
 class _BlockedAttention(torch.autograd.Function):
@@ -225,8 +216,9 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """Attention through ``backend`` (``auto`` resolved by :func:`resolve_backend`).
 
     ``enc`` is a bias encoding (``compute_bias``/``score_mod``) or None (NoPE, or rotary already
-    applied to ``q, k``). ``block`` is the chunked backend's query block. ``bias_cache`` (keyed by
-    ``id(enc)``) lets the layers of one forward pass share a materialized bias.
+    applied to ``q, k``): pass :func:`bias_encoding` of the layer's encoding. ``block`` is the
+    chunked backend's query block. ``bias_cache`` (keyed by ``id(enc)``) lets the layers of one
+    forward pass share a materialized bias.
     """
     backend = resolve_backend(backend, q.device, enc is not None, q.shape[1] * len(q_pos) * len(k_pos))
     if backend in ("dense", "blocked"):
@@ -244,6 +236,49 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         return attend_chunked(q, k, v, bias_fn, q_pos, k_pos, block)
     mod = enc.score_mod(q_pos, k_pos) if enc is not None else None
     return attend_flex(q, k, v, mod, q_pos, k_pos, bias_fn, block)
+
+
+ENCODING_KINDS = ("bias", "rotary", "none")
+
+
+def encoding_kind(enc) -> str:
+    """What ``enc`` contributes to attention: ``"bias"`` (an additive ``[H, Q, K]`` bias, Eq. 1),
+    ``"rotary"`` (``cos, sin`` rotating ``q, k``) or ``"none"`` (NoPE, or ``enc is None``).
+
+    The one place the model and the benchmarks read ``PositionEncoding.kind``.
+    """
+    if enc is None:
+        return "none"
+    kind = getattr(enc, "kind", None)
+    if kind not in ENCODING_KINDS:
+        raise ValueError(f"position encoding {type(enc).__name__} has kind {kind!r}; valid: "
+                         f"{', '.join(ENCODING_KINDS)}.")
+    return kind
+
+
+def bias_encoding(enc):
+    """``enc`` when it adds an attention bias (:func:`encoding_kind` is ``"bias"``), else None."""
+    return enc if encoding_kind(enc) == "bias" else None
+
+
+@dataclass
+class AttentionInputs:
+    """What every attention layer of one forward pass receives besides ``q, k, v``.
+
+    ``q_pos`` ``[Q]`` and ``k_pos`` ``[K]`` are the query/key positions (``q_pos = k_pos[-Q:]`` with a
+    KV cache); ``same_positions`` tells ``q_pos == k_pos`` (SDPA's ``is_causal``). ``backend`` and
+    ``block`` pick the attention backend (see :data:`BACKENDS`). ``angles`` is the rotary ``(cos, sin)``,
+    each ``[K, head_dim]``, or None for non-rotary encodings. ``biases`` maps ``id(enc)`` to the
+    materialized ``[H, Q, K]`` bias, so layers sharing one encoding compute it once per forward.
+    """
+
+    q_pos: torch.Tensor
+    k_pos: torch.Tensor
+    same_positions: bool
+    backend: str = "auto"
+    block: int = 1024
+    angles: tuple[torch.Tensor, torch.Tensor] | None = None
+    biases: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -19,6 +19,7 @@ their ratios are side by side. Results: a printed table, ``OUT/bench.json``, ``O
 from __future__ import annotations
 
 import csv
+import io
 import json
 import platform
 import resource
@@ -32,8 +33,21 @@ from typing import Any
 import torch
 
 from . import kernels
+from .runs import write_json, write_text, writing
 
 ROWS = ["nope", "rope", "alibi", "kerple_log", "t5", "fire_appendix_e", "fire_exact", "fire", "fire_s"]
+
+
+def check_rows(rows: list[str]) -> None:
+    """ValueError naming the first row that is neither an encoding nor one of the FIRE rows."""
+    from . import positions
+
+    valid = list(dict.fromkeys(ROWS + positions.available()))
+    if not rows:
+        raise ValueError("no benchmark rows; pass --encodings with names from: " + ", ".join(valid) + ".")
+    for r in rows:
+        if r not in valid:
+            raise ValueError(f"unknown benchmark row {r!r}; valid: {', '.join(valid)}.")
 
 
 def row_spec(row: str, fire_layers: int) -> tuple[str, dict[str, Any]]:
@@ -60,19 +74,18 @@ def _peak_bytes(device: torch.device) -> int:
 
 def _layer_fn(name, opts, n, args, device, dtype):
     from . import positions
-    from .attention import attend_backend
-    from .positions.base import BiasEncoding, RotaryEncoding
+    from .attention import attend_backend, bias_encoding, encoding_kind
     from .positions.rope import apply_rotary_one
 
     enc = positions.build(name, num_heads=args["heads"], head_dim=args["head_dim"], **opts).to(device)
     shape = (args["batch"], args["heads"], n, args["head_dim"])
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     pos = torch.arange(n, device=device)
-    bias_enc = enc if isinstance(enc, BiasEncoding) and enc.adds_bias else None
+    bias_enc, rotary = bias_encoding(enc), encoding_kind(enc) == "rotary"
 
     def run():  # no bias cache: every call computes the bias, as one layer of a model does
         qq, kk = q, k
-        if isinstance(enc, RotaryEncoding):
+        if rotary:
             cos, sin = enc.compute_angles(pos)
             qq, kk = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
         return attend_backend(args["attention"], qq, kk, v, bias_enc, pos, pos, True, args["block"])
@@ -158,15 +171,17 @@ def run_bench(rows: list[str], lengths: list[int], scopes: list[str], settings: 
                else f"{platform.machine()} CPU, {settings['threads'] or torch.get_num_threads()} threads")
     settings = {**settings, "fire_cpu_kernel": kernels.available()}
     report = {"machine": machine, "torch": torch.__version__, "settings": settings, "results": results}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
-    with open(out / "bench.csv", "w", newline="") as f:
-        cols = ["scope", "length", "row", "forward_s", "train_s", "forward_peak_mb", "train_peak_mb", "error"]
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(results)
-    plot_bench(report, out / "bench.png")
     log(format_bench(report))
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "bench.json", report)
+    buf = io.StringIO()
+    cols = ["scope", "length", "row", "forward_s", "train_s", "forward_peak_mb", "train_peak_mb", "error"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(results)
+    write_text(out / "bench.csv", buf.getvalue())
+    plot_bench(report, out / "bench.png")
     return results
 
 

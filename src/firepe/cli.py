@@ -7,118 +7,250 @@ written is removed.
 from __future__ import annotations
 
 import argparse
-import gc
+import math
 import sys
-from dataclasses import replace
+import types
+import typing
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .attention import BACKENDS
 
-# Defaults of the laptop comparison (`firepe compare` with no options): measured to finish in
-# well under 15 minutes on a 2-core CPU (see README).
-COMPARE_DEFAULTS = dict(preset="cpu", seq_len=256, batch_size=8, steps=800, lr=2e-3, warmup_steps=50,
-                        max_train_tokens=4_000_000, val_tokens=32768)
+# Per-command defaults as dataclass instances (litgpt style); flags are derived from the fields.
+# The laptop comparison (`firepe compare` with no options) is measured to finish in well under
+# 15 minutes on a 2-core CPU (see README).
+COMPARE_PRESET = "cpu"
 
 
-def _add_model_args(p: argparse.ArgumentParser, with_position: bool) -> None:
+def _compare_defaults():
+    from .data import DataConfig
+    from .train import TrainConfig
+
+    return (TrainConfig(seq_len=256, batch_size=8, steps=800, lr=2e-3, warmup_steps=50),
+            DataConfig(max_train_tokens=4_000_000, val_tokens=32768))
+
+
+def _train_defaults():
+    from .data import DataConfig
+    from .train import TrainConfig
+
+    return TrainConfig(), DataConfig()
+
+
+_DATA_HELP = {
+    "corpus": "stdlib | PATH[,PATH...] | hf:NAME[:CONFIG]",
+    "tokenizer": "byte | bpe | path/to/tokenizer.json",
+    "bpe_vocab_size": "vocabulary of --tokenizer bpe",
+    "val_percent": "percent of the corpus held out for validation",
+    "max_train_tokens": "cap on training tokens (and the budget pulled from streaming corpora)",
+    "val_tokens": "validation tokens scored at every evaluation length",
+    "hf_data_files": "local files for hf:json / hf:text / hf:parquet (comma-separated)",
+    "hf_text_field": "text field of Hugging Face rows",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the error contract: one line ``firepe: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"firepe: error: {message}\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` -> ``int``; other hints unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def add_dataclass_args(group, cls, defaults, help_fallback: dict[str, str] | None = None,
+                       skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of dataclass ``cls`` (``seq_len`` -> ``--seq-len``): type from the annotation,
+    default from the instance ``defaults``, help from the field metadata; ``bool`` fields that
+    default to true get ``--no-NAME``. Fields with ``metadata["cli"] = False`` get no flag."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip or f.metadata.get("cli") is False:
+            continue
+        default = getattr(defaults, f.name)
+        text = f.metadata.get("help") or (help_fallback or {}).get(f.name, "")
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        if kind is bool:
+            if default:
+                group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                   default=True, help=f"no {text}" if text else None)
+            else:
+                group.add_argument(flag, dest=f.name, action="store_true", default=False, help=text or None)
+            continue
+        conv = {int: _int, float: _float, str: str}.get(kind)
+        if conv is None:
+            continue
+        shown = "" if default is None else f" (default: {default})"
+        group.add_argument(flag, dest=f.name, type=conv, default=default, choices=f.metadata.get("choices"),
+                           help=(text + shown) or None)
+
+
+def dataclass_from_args(cls, args) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def _add_model_args(p: argparse.ArgumentParser, with_position: bool, preset: str = "cpu") -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="cpu", help="tiny | cpu | small | base | large (Table 8)")
+    g.add_argument("--preset", default=preset, help="tiny | cpu | small | base | large (Table 8)")
     if with_position:
         g.add_argument("--position", default="fire",
                        help="encoding spec, e.g. fire, rope, fire:mlp_layers=1,activation=gelu")
-    g.add_argument("--n-layer", type=int)
-    g.add_argument("--n-head", type=int)
-    g.add_argument("--d-model", type=int)
+    g.add_argument("--n-layer", type=_int)
+    g.add_argument("--n-head", type=_int)
+    g.add_argument("--d-model", type=_int)
     g.add_argument("--untied", action="store_true", help="untie input and output embeddings")
-    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--dropout", type=_float, default=0.0)
+    g.add_argument("--attention", choices=list(BACKENDS), default="auto", help="attention backend for training")
 
 
-def _add_train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--seq-len", type=int, default=defaults.get("seq_len", 128), help="training length")
-    g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 16),
-                   help="global sequences per optimizer step")
-    g.add_argument("--micro-batch-size", type=int, help="sequences per forward per process (grad accumulation)")
-    g.add_argument("--steps", type=int, default=defaults.get("steps", 1000))
-    g.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3))
-    g.add_argument("--min-lr-ratio", type=float, default=0.1)
-    g.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 50))
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint-every", type=int, default=200)
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--device", default="auto")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
-    g.add_argument("--no-progress", action="store_true")
-    d = p.add_argument_group("data")
-    d.add_argument("--corpus", default="stdlib", help="stdlib | PATH[,PATH...] | hf:NAME[:CONFIG]")
-    d.add_argument("--tokenizer", default="byte", help="byte | bpe | path/to/tokenizer.json")
-    d.add_argument("--bpe-vocab-size", type=int, default=4096)
-    d.add_argument("--max-train-tokens", type=int, default=defaults.get("max_train_tokens"))
-    d.add_argument("--val-tokens", type=int, default=defaults.get("val_tokens", 65536))
-    d.add_argument("--hf-data-files", help="local files for hf:json / hf:text / hf:parquet")
-    d.add_argument("--hf-text-field", default="text")
-
-
-def _configs(args, position: str = "nope"):
-    from .compare import parse_spec, training_options
+def _add_train_args(p: argparse.ArgumentParser, train_defaults, data_defaults) -> None:
     from .data import DataConfig
-    from .model import preset
     from .train import TrainConfig
+
+    add_dataclass_args(p.add_argument_group("training"), TrainConfig, train_defaults)
+    add_dataclass_args(p.add_argument_group("data"), DataConfig, data_defaults, _DATA_HELP)
+
+
+def _model_config(args, position: str):
+    from .model import preset
+    from .positions.registry import parse_spec, training_options
 
     overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_head", args.n_head),
                                    ("d_model", args.d_model)) if v is not None}
-    spec = parse_spec(getattr(args, "position", position))
+    spec = parse_spec(position)
     opts = training_options(spec.position, spec.options, args.seq_len)
-    model = preset(args.preset, position=spec.position, position_options=opts,
-                   tie_embeddings=not args.untied, dropout=args.dropout, **overrides)
-    train = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
-                        steps=args.steps, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
-                        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                        seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                        device=args.device, precision=args.precision, threads=args.threads,
-                        progress=not args.no_progress)
-    data = DataConfig(corpus=args.corpus, tokenizer=args.tokenizer, bpe_vocab_size=args.bpe_vocab_size,
-                      max_train_tokens=args.max_train_tokens, val_tokens=args.val_tokens,
-                      hf_data_files=args.hf_data_files, hf_text_field=args.hf_text_field)
-    return model, train, data
+    return preset(args.preset, position=spec.position, position_options=opts, tie_embeddings=not args.untied,
+                  dropout=args.dropout, attention=args.attention, **overrides)
+
+
+def _configs(args, position: str = "nope"):
+    from .data import DataConfig
+    from .train import TrainConfig
+
+    train = dataclass_from_args(TrainConfig, args)
+    data = dataclass_from_args(DataConfig, args)
+    return _model_config(args, getattr(args, "position", position)), train, data
+
+
+def _check_out(path: str, what: str = "--out") -> Path:
+    if not str(path).strip():
+        raise ValueError(f"{what} is empty; pass a folder name.")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{what} {str(out)!r} is an existing file, not a folder.")
+    return out
+
+
+_MODEL_FLAGS = {"preset": ("n_layer", "n_head", "d_model"), "n_layer": ("n_layer",), "n_head": ("n_head",),
+                "d_model": ("d_model",), "untied": ("tie_embeddings",), "dropout": ("dropout",),
+                "attention": ("attention",)}
+
+
+def _resume_changes(args, given: set[str]) -> dict[str, Any]:
+    """The TrainConfig changes a ``--resume`` command asks for; ValueError naming every given option
+    that differs from the saved run and may not change."""
+    from .data import DataConfig
+    from .positions.registry import parse_spec
+    from .runs import RunFolder
+    from .train import RESUMABLE, TrainConfig
+
+    run = RunFolder(_check_out(args.out))
+    run.check_exists()
+    if not run.has_run():
+        raise ValueError(f"--resume: {args.out!r} holds no run (no config.json); drop --resume to start one.")
+    saved_model, saved_train, saved_data = run.configs()
+    changes, conflicts = {}, []
+    flag = {d: "--" + d.replace("_", "-") for d in given}
+    for f in fields(TrainConfig):
+        if f.name in given and getattr(args, f.name) != getattr(saved_train, f.name):
+            if f.name in RESUMABLE:
+                changes[f.name] = getattr(args, f.name)
+            else:
+                conflicts.append(f"{flag[f.name]} {getattr(args, f.name)} (run: {getattr(saved_train, f.name)})")
+    for f in fields(DataConfig):
+        if f.name in given and getattr(args, f.name) != getattr(saved_data, f.name):
+            conflicts.append(f"{flag[f.name]} {getattr(args, f.name)} (run: {getattr(saved_data, f.name)})")
+    if "position" in given:
+        spec = parse_spec(args.position)
+        if spec.position != saved_model.position or any(
+                saved_model.position_options.get(k) != v for k, v in spec.options.items()):
+            conflicts.append(f"--position {args.position} (run: {saved_model.position} "
+                             f"{saved_model.position_options})")
+    wanted = _model_config(argparse.Namespace(**{**vars(args), "position": saved_model.position,
+                                                 "seq_len": saved_train.seq_len}), saved_model.position)
+    for dest, names in _MODEL_FLAGS.items():
+        if dest in given and any(getattr(wanted, n) != getattr(saved_model, n) for n in names):
+            conflicts.append(f"{flag[dest]} (run: " + ", ".join(f"{n}={getattr(saved_model, n)}" for n in names) + ")")
+    if conflicts:
+        raise ValueError("--resume continues a run with its saved settings; these options differ and cannot "
+                         f"change: {'; '.join(conflicts)}. Only {', '.join(RESUMABLE)} may.")
+    return changes
 
 
 def cmd_train(args) -> None:
-    from .train import Trainer
+    from .train import Trainer, process_group
 
-    model, train, data = _configs(args)
-    if args.resume:
-        trainer = Trainer(args.out, train_cfg=train if args.steps_given else None, resume=True)
-    else:
-        trainer = Trainer(args.out, model, train, data)
-    losses = trainer.fit()
-    rank, step = trainer.rank, trainer.step
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        # Free the DDP model (and the gloo work it holds) while the interpreter is fully alive: left to
-        # interpreter shutdown, gloo's threads now and then abort the process (SIGABRT) after training.
-        del trainer
-        gc.collect()
-        dist.destroy_process_group()
+    _check_out(args.out)
+    with process_group():
+        if args.resume:
+            trainer = Trainer(args.out, resume=True, changes=_resume_changes(args, args.given))
+        else:
+            trainer = Trainer(args.out, *_configs(args))
+        if trainer.rank == 0:
+            print(trainer.corpus_description, flush=True)
+        losses = trainer.fit()
+        rank, step = trainer.rank, trainer.step
+        del trainer  # free the DDP model before the process group goes (see process_group)
     if rank == 0:
         last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
         print(f"trained {args.out} to step {step}; last loss {last}")
 
 
-def cmd_eval(args) -> None:
-    from .evaluate import evaluate_run, parse_lengths
+def _positive(value: Any, flag: str, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{flag} must be >= {minimum}, got {value}.")
 
+
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate_run, parse_lengths, write_results
+    from .train import resolve_device
+
+    _positive(args.val_tokens, "--val-tokens")
+    _positive(args.batch_tokens, "--batch-tokens")
+    resolve_device(args.device)
     res = evaluate_run(args.run, parse_lengths(args.lengths), val_tokens=args.val_tokens, device=args.device,
-                       progress=not args.no_progress, out=args.out, attention=args.attention,
-                       batch_tokens=args.batch_tokens)
+                       progress=not args.no_progress, attention=args.attention, batch_tokens=args.batch_tokens,
+                       write=False)
     print(f"{'length':>8} {'log ppl':>9} {'ppl':>10}")
     for r in res["results"]:
         print(f"{r['length']:>8} {r['log_ppl']:>9.4f} {r['ppl']:>10.3f}")
+    sys.stdout.flush()
+    write_results(Path(args.out) if args.out else Path(args.run) / "eval", res)
 
 
 def _lengths_for(args, train_len: int) -> list[int]:
@@ -136,30 +268,38 @@ def _lengths_for(args, train_len: int) -> list[int]:
 
 
 def cmd_compare(args, specs: list[str] | None = None) -> None:
-    from .compare import compare
+    from .compare import compare, split_specs
 
     model, train, data = _configs(args)
-    if specs is None:  # ',' between plain names, ';' once a spec carries options
-        specs = [s for s in args.encodings.split(";" if ":" in args.encodings else ",") if s.strip()]
-    compare(args.out, specs, replace(model, position="nope", position_options={}), train, data,
-            _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=not args.no_progress)
-    print(f"wrote {Path(args.out) / 'results.md'}, results.json, results.csv and perplexity.png")
+    out = _check_out(args.out)
+    if specs is None:
+        specs = split_specs(args.encodings, "--encodings")
+    compare(out, specs, replace(model, position="nope", position_options={}), train, data,
+            _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=train.progress)
+    print(f"wrote {out / 'results.md'}, results.json, results.csv and perplexity.png")
 
 
 def cmd_ablate(args) -> None:
-    from .compare import ABLATION_SPECS
+    from .compare import ABLATION_SPECS, split_specs
 
-    cmd_compare(args, specs=args.variants.split(";") if args.variants else ABLATION_SPECS)
+    cmd_compare(args, specs=split_specs(args.variants, "--variants", sep=";") if args.variants is not None
+                else ABLATION_SPECS)
+
+
+#: the largest query position plot-bias draws (a [H, query + 1] row per layer)
+MAX_PLOT_QUERY = 1 << 20
 
 
 def cmd_plot_bias(args) -> None:
+    from .attention import bias_encoding
     from .plots import bias_curves
-    from .positions.base import BiasEncoding
     from .train import load_run
 
+    if not 0 <= args.query <= MAX_PLOT_QUERY:
+        raise ValueError(f"--query must be a position in 0..{MAX_PLOT_QUERY}, got {args.query}.")
     model, cfg = load_run(args.run)
     mods = model.position_modules()
-    if not isinstance(mods[0], BiasEncoding) or cfg["model"]["position"] == "nope":
+    if bias_encoding(mods[0]) is None:
         raise ValueError(f"run {args.run} uses {cfg['model']['position']!r}, which has no additive bias to plot.")
     panels = {"all layers (shared)": mods[0]} if model.position_shared is not None else {
         f"layer {i}": m for i, m in enumerate(mods)}
@@ -170,39 +310,61 @@ def cmd_plot_bias(args) -> None:
 def cmd_generate(args) -> None:
     import torch
 
-    from .checkpoint import dataclass_from_dict
     from .data import DataConfig, load_tokenizer
-    from .train import load_run
+    from .runs import dataclass_from_dict
+    from .train import load_run, resolve_device
 
-    model, cfg = load_run(args.run, device=args.device)
+    _positive(args.max_new_tokens, "--max-new-tokens", 0)
+    _positive(args.top_k, "--top-k")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run, device=device)
     if args.attention:
         model.set_attention(args.attention)
     tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]))
+    if tok.vocab_size != model.cfg.vocab_size:
+        raise ValueError(f"{Path(args.run) / 'tokenizer.json'} has {tok.vocab_size} tokens but the model has "
+                         f"{model.cfg.vocab_size}; the run folder holds another tokenizer.")
     ids = tok.encode(args.prompt)
     if not ids:
         raise ValueError("--prompt is empty; give at least one character.")
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    prompt = torch.tensor([ids], device=args.device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    prompt = torch.tensor([ids], device=device)
     out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          generator=gen)
     print(tok.decode(out[0].tolist()))
 
 
 def cmd_bench_speed(args) -> None:
-    from .bench import ROWS, run_bench
+    from .bench import ROWS, check_rows, run_bench
     from .evaluate import parse_lengths
+    from .train import resolve_device
 
-    rows = [r for r in args.encodings.split(",") if r] if args.encodings else ROWS
+    rows = [r.strip() for r in args.encodings.split(",")] if args.encodings is not None else ROWS
+    check_rows(rows)
+    for flag, value, minimum in (("--repeats", args.repeats, 1), ("--heads", args.heads, 1),
+                                 ("--head-dim", args.head_dim, 1), ("--batch", args.batch, 1),
+                                 ("--block", args.block, 1), ("--n-layer", args.n_layer, 0),
+                                 ("--fire-mlp-layers", args.fire_mlp_layers, 0), ("--threads", args.threads, 1)):
+        _positive(value, flag, minimum)
+    resolve_device(args.device)
+    from .model import PRESETS
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown model preset {args.preset!r}; valid: {', '.join(PRESETS)}.")
     scopes = ["layer", "model"] if args.scope == "both" else [args.scope]
     settings = {"device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
                 "head_dim": args.head_dim, "preset": args.preset, "n_layer": args.n_layer,
                 "attention": args.attention, "block": args.block, "repeats": args.repeats,
                 "backward": not args.forward_only, "fire_layers": args.fire_mlp_layers, "threads": args.threads}
-    run_bench(rows, parse_lengths(args.lengths), scopes, settings, Path(args.out))
+    results = run_bench(rows, parse_lengths(args.lengths), scopes, settings, _check_out(args.out))
+    if results and all("error" in r for r in results):
+        raise ValueError(f"every benchmark row failed (first: {results[0]['error']}).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="firepe", description=__doc__.splitlines()[0])
+    p = Parser(prog="firepe", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"firepe {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -210,19 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_model_args(t, with_position=True)
-    _add_train_args(t, {})
+    _add_train_args(t, *_train_defaults())
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot log perplexity at several lengths")
     e.add_argument("run")
     e.add_argument("--lengths", required=True, help="comma-separated, e.g. 512,1024,2048")
-    e.add_argument("--val-tokens", type=int, help="validation tokens scored at every length")
+    e.add_argument("--val-tokens", type=_int, help="validation tokens scored at every length")
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", help="output prefix (default RUN/eval -> eval.json, eval.csv)")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--attention", choices=list(BACKENDS),
                    help="attention backend (chunked: no n x n bias; evaluation at 32k+ tokens)")
-    e.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward pass")
+    e.add_argument("--batch-tokens", type=_int, default=16384, help="tokens per forward pass")
     e.set_defaults(func=cmd_eval)
 
     for name, helptext in (("compare", "the main job: train every encoding short, test long"),
@@ -230,30 +392,31 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
         c.add_argument("--out", default=f"runs/{name}", help="output folder")
         if name == "compare":
-            c.add_argument("--encodings", default=",".join(__import__("firepe.compare").compare.DEFAULT_SPECS),
+            from .compare import DEFAULT_SPECS
+
+            c.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
                            help="comma-separated encodings; use ';' between specs that carry options")
         else:
             c.add_argument("--variants", help="';'-separated specs (default: the Appendix B set)")
         c.add_argument("--lengths", help="evaluation lengths (default: train length x 1, 2, 4, ... max-factor)")
-        c.add_argument("--max-factor", type=int, default=8)
-        _add_model_args(c, with_position=False)
-        _add_train_args(c, COMPARE_DEFAULTS)
-        c.set_defaults(func=cmd_compare if name == "compare" else cmd_ablate, position="nope",
-                       preset=COMPARE_DEFAULTS["preset"])
+        c.add_argument("--max-factor", type=_int, default=8)
+        _add_model_args(c, with_position=False, preset=COMPARE_PRESET)
+        _add_train_args(c, *_compare_defaults())
+        c.set_defaults(func=cmd_compare if name == "compare" else cmd_ablate, position="nope")
 
     b = sub.add_parser("plot-bias", help="plot a trained model's bias for one query (Fig. 4)")
     b.add_argument("run")
-    b.add_argument("--query", type=int, default=128)
+    b.add_argument("--query", type=_int, default=128)
     b.add_argument("--out", help="PNG path (default RUN/bias_q<query>.png)")
     b.set_defaults(func=cmd_plot_bias)
 
     g = sub.add_parser("generate", help="sample from a trained model with a KV cache")
     g.add_argument("run")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=40)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-new-tokens", type=_int, default=200)
+    g.add_argument("--temperature", type=_float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=_int, default=40)
+    g.add_argument("--seed", type=_int, default=0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--attention", choices=list(BACKENDS))
     g.set_defaults(func=cmd_generate)
@@ -265,31 +428,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scope", choices=["layer", "model", "both"], default="both")
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--heads", type=int, default=12)
-    s.add_argument("--head-dim", type=int, default=64)
+    s.add_argument("--batch", type=_int, default=1)
+    s.add_argument("--heads", type=_int, default=12)
+    s.add_argument("--head-dim", type=_int, default=64)
     s.add_argument("--preset", default="base", help="model preset of the model scope")
-    s.add_argument("--n-layer", type=int, default=2, help="layers of the model scope (0: the preset's)")
+    s.add_argument("--n-layer", type=_int, default=2, help="layers of the model scope (0: the preset's)")
     s.add_argument("--attention", choices=list(BACKENDS), default="auto")
-    s.add_argument("--block", type=int, default=1024)
-    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--block", type=_int, default=1024)
+    s.add_argument("--repeats", type=_int, default=3)
     s.add_argument("--forward-only", action="store_true")
-    s.add_argument("--fire-mlp-layers", type=int, default=2)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--fire-mlp-layers", type=_int, default=2)
+    s.add_argument("--threads", type=_int)
     s.add_argument("--out", default="runs/bench")
     s.set_defaults(func=cmd_bench_speed)
     return p
 
 
+def given_options(parser: argparse.ArgumentParser, argv: list[str], command: str) -> set[str]:
+    """Destinations the user gave on the command line (``--steps=6`` and abbreviations included):
+    the command's parser re-run with every default suppressed."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    saved = [(a, a.default) for a in sub._actions]
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        ns, _ = sub.parse_known_args(argv[argv.index(command) + 1:])
+    finally:
+        for a, d in saved:
+            a.default = d
+    return set(vars(ns))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args.steps_given = "--steps" in argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed in one line
+        return e.code if isinstance(e.code, int) else 2
+    args.given = given_options(parser, argv, args.command)
     try:
         args.func(args)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
-        print(f"firepe: error: {e}", file=sys.stderr)
+        print(f"firepe: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write or read the user can act on (full disk, permissions)
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"firepe: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("firepe: interrupted; checkpoints written so far are kept (continue with --resume).", file=sys.stderr)

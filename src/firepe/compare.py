@@ -15,22 +15,23 @@ and ``bias_mode="table"`` (the fast interpolated bias, max error ~3e-5, see the 
 
 from __future__ import annotations
 
-import ast
 import csv
-import json
+import io
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from . import positions
-from .checkpoint import latest_checkpoint, read_json, read_run_config
+from .checkpoint import latest_checkpoint, read_state
 from .data import DataConfig
 from .evaluate import evaluate_run
 from .model import GPTConfig
+from .positions.registry import Spec, parse_spec, training_options
+from .runs import RunFolder, write_json, write_text
 from .train import TrainConfig, Trainer
 
-__all__ = ["Spec", "parse_spec", "compare", "format_table", "DEFAULT_SPECS", "ABLATION_SPECS"]
+__all__ = ["Spec", "parse_spec", "split_specs", "training_options", "compare", "format_table", "DEFAULT_SPECS",
+           "ABLATION_SPECS"]
 
 DEFAULT_SPECS = ["nope", "rope", "alibi", "kerple_log", "t5", "fire"]
 ABLATION_SPECS = [
@@ -45,100 +46,88 @@ ABLATION_SPECS = [
 ]
 
 
-@dataclass
-class Spec:
-    label: str
-    position: str
-    options: dict[str, Any] = field(default_factory=dict)
+def split_specs(text: str, flag: str = "--encodings", sep: str | None = None) -> list[str]:
+    """``--encodings`` text -> spec strings: ``,`` between plain names, ``;`` once a spec carries
+    options. Empty items are an error (``--encodings ''`` or ``nope,,fire``)."""
+    sep = sep or (";" if ":" in text else ",")
+    items = [s.strip() for s in text.split(sep)]
+    if not text.strip() or any(not s for s in items):
+        raise ValueError(f"{flag} {text!r} has an empty entry; pass names separated by '{sep}', e.g. nope,rope,fire.")
+    return items
 
 
-def _value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+_RUNTIME = ("progress", "device", "threads")  # train settings that do not change what a run is
+_EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every")  # a larger budget resumes the run
 
 
-def parse_spec(text: str) -> Spec:
-    """``[label=]name[:key=value,...]`` -> :class:`Spec`; options are validated against the registry."""
-    text = text.strip()
-    label = None
-    head, sep, rest = text.partition(":")
-    if "=" in head:
-        label, _, head = head.partition("=")
-    name = head.strip()
-    options: dict[str, Any] = {}
-    if sep:
-        for item in filter(None, (s.strip() for s in rest.split(","))):
-            key, eq, val = item.partition("=")
-            if not eq:
-                raise ValueError(f"option {item!r} in spec {text!r} must look like key=value.")
-            options[key.strip()] = _value(val.strip())
-    positions.validate(name, options)
-    if label is None:
-        label = name if not options else name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
-    return Spec(label.strip(), name, options)
-
-
-def training_options(position: str, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
-    """``options`` plus the FIRE defaults used by ``firepe train`` and ``firepe compare``."""
-    opts = dict(options)
-    if position in ("fire", "fire_s"):
-        if "init_L" not in opts and opts.get("threshold", True):
-            opts["init_L"] = seq_len / 4
-        opts.setdefault("bias_mode", "table")
-    return opts
+def _same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, data: DataConfig) -> None:
+    saved_model, saved_train, saved_data = run.configs()
+    diffs = []
+    sections = (("model", saved_model, model, ("vocab_size",)),
+                ("train", saved_train, train, _RUNTIME + _EXTENDABLE), ("data", saved_data, data, ()))
+    for section, saved, wanted, skip in sections:
+        a, b = asdict(saved), asdict(wanted)
+        diffs += [f"{section}.{k} ({a[k]!r} != {b[k]!r})" for k in a if k not in skip and a[k] != b.get(k)]
+    if diffs:
+        raise ValueError(f"{run.path} holds a run with other settings: {', '.join(diffs[:4])}; use another --out "
+                         "or remove that folder.")
 
 
 def _run_finished(run_dir: Path, steps: int) -> bool:
     ckpt = latest_checkpoint(run_dir) if (run_dir / "checkpoints").exists() else None
-    return ckpt is not None and read_json(ckpt / "state.json").get("step", 0) >= steps
+    return ckpt is not None and read_state(ckpt)["step"] >= steps
 
 
 def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig,
             data_cfg: DataConfig, lengths: list[int], val_tokens: int | None = None,
             progress: bool = True, log=print) -> dict[str, Any]:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not specs:
+        raise ValueError("no encodings to compare; pass e.g. --encodings nope,rope,fire.")
     parsed = [s if isinstance(s, Spec) else parse_spec(s) for s in specs]
+    from .runs import writing
+
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     labels = [s.label for s in parsed]
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
     rows = []
     for spec in parsed:
         opts = training_options(spec.position, spec.options, train_cfg.seq_len)
-        run_dir = out / spec.label
+        run = RunFolder(out / spec.label)
         mcfg = replace(model, position=spec.position, position_options=opts)
-        if _run_finished(run_dir, train_cfg.steps):
-            log(f"[{spec.label}] already trained, reusing {run_dir}")
+        if run.has_run():
+            _same_settings(run, mcfg, train_cfg, data_cfg)
+        if _run_finished(run.path, train_cfg.steps):
+            log(f"[{spec.label}] already trained, reusing {run.path}")
         else:
-            resume = (run_dir / "config.json").exists() and latest_checkpoint(run_dir) is not None
-            if (run_dir / "config.json").exists() and not resume:
-                saved = read_run_config(run_dir)
-                log(f"[{spec.label}] restarting a run that never checkpointed ({saved['model']['position']})")
-                for stale in ("config.json", "metrics.jsonl"):
-                    (run_dir / stale).unlink(missing_ok=True)
+            resume = run.has_run()
             log(f"[{spec.label}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
-            Trainer(run_dir, mcfg, train_cfg, data_cfg, resume=resume).fit()
-        res = evaluate_run(run_dir, lengths, val_tokens=val_tokens, progress=progress)
+            if resume:
+                Trainer(run.path, resume=True, changes={k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE}).fit()
+            else:
+                Trainer(run.path, mcfg, train_cfg, data_cfg).fit()
+        res = evaluate_run(run.path, lengths, val_tokens=val_tokens, progress=progress)
         rows.append({"label": spec.label, "position": spec.position, "options": opts,
                      "results": res["results"]})
     summary = {"train_len": train_cfg.seq_len, "lengths": lengths, "steps": train_cfg.steps,
                "model": {k: v for k, v in model.to_dict().items() if k not in ("position", "position_options")},
                "runs": rows}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["label", "position", "length", "log_ppl", "ppl"])
-        for r in rows:
-            for x in r["results"]:
-                w.writerow([r["label"], r["position"], x["length"], f"{x['log_ppl']:.6f}", f"{x['ppl']:.4f}"])
     table = format_table(summary)
-    (out / "results.md").write_text(table + "\n")
+    log(table)
+    write_json(out / "results.json", summary)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["label", "position", "length", "log_ppl", "ppl"])
+    for r in rows:
+        for x in r["results"]:
+            w.writerow([r["label"], r["position"], x["length"], f"{x['log_ppl']:.6f}", f"{x['ppl']:.4f}"])
+    write_text(out / "results.csv", buf.getvalue())
+    write_text(out / "results.md", table + "\n")
     from .plots import perplexity_vs_length
 
     perplexity_vs_length(summary, out / "perplexity.png")
-    log(table)
     return summary
 
 

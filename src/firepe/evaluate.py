@@ -9,6 +9,7 @@ length. One forward pass per window, no sliding window (as the paper).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import dataclass_from_dict, write_json
-from .data import DataConfig, encode_documents, load_corpus, load_tokenizer
+from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
+from .runs import dataclass_from_dict, write_json, write_text, writing
 
 __all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths"]
 
@@ -77,38 +78,49 @@ def evaluate_lengths(model, tokens: torch.Tensor, lengths: list[int], batch_toke
 
 
 def write_results(out: Path, results: dict[str, Any]) -> tuple[Path, Path]:
-    """``out.json`` (everything) and ``out.csv`` (one row per length)."""
+    """``out.json`` (everything) and ``out.csv`` (one row per length), each written atomically."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     jpath, cpath = out.with_suffix(".json"), out.with_suffix(".csv")
+    with writing(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "position", "train_len", "length", "log_ppl", "ppl", "tokens"])
+    for r in results["results"]:
+        w.writerow([results["run"], results["position"], results["train_len"], r["length"],
+                    f"{r['log_ppl']:.6f}", f"{r['ppl']:.4f}", r["tokens"]])
     write_json(jpath, results)
-    with open(cpath, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["run", "position", "train_len", "length", "log_ppl", "ppl", "tokens"])
-        for r in results["results"]:
-            w.writerow([results["run"], results["position"], results["train_len"], r["length"],
-                        f"{r['log_ppl']:.6f}", f"{r['ppl']:.4f}", r["tokens"]])
+    write_text(cpath, buf.getvalue())
     return jpath, cpath
 
 
 def evaluate_run(run_dir: str | Path, lengths: list[int], val_tokens: int | None = None,
                  device: str = "cpu", batch_tokens: int = 16384, progress: bool = True,
-                 out: str | Path | None = None, attention: str | None = None) -> dict[str, Any]:
-    """Load ``run_dir``'s latest checkpoint, score every length, write ``RUN/eval.json`` and ``.csv``."""
+                 out: str | Path | None = None, attention: str | None = None, write: bool = True) -> dict[str, Any]:
+    """Load ``run_dir``'s latest checkpoint, score every length, write ``RUN/eval.json`` and ``.csv``
+    (or ``out``.json/.csv; nothing with ``write=False``)."""
+    if val_tokens is not None and (not isinstance(val_tokens, int) or val_tokens < 1):
+        raise ValueError(f"val_tokens must be a positive integer, got {val_tokens!r}.")
+    if not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}.")
     from .train import load_run
 
     model, cfg = load_run(run_dir, device=device)
     if attention:
         model.set_attention(attention)
-    data_cfg = dataclass_from_dict(DataConfig, cfg["data"])
+    data_cfg = dataclass_from_dict(DataConfig, cfg["data"], f"{run_dir}/config.json [data]")
     corpus = load_corpus(data_cfg)
     tok = load_tokenizer(Path(run_dir), data_cfg)
+    if tok.vocab_size != model.cfg.vocab_size:
+        raise ValueError(f"{Path(run_dir) / 'tokenizer.json'} has {tok.vocab_size} tokens but the model has "
+                         f"{model.cfg.vocab_size}; the run folder holds another tokenizer.")
     cap = val_tokens or data_cfg.val_tokens
-    stream = encode_documents(corpus.validation, tok, max_tokens=cap + max(lengths) + 1)
+    stream = encoded_stream(corpus.validation, tok, max_tokens=cap + max(lengths) + 1)
     tokens = eval_tokens(stream, lengths, cap)
     rows = evaluate_lengths(model, tokens, lengths, batch_tokens=batch_tokens, progress=progress)
     results = {"run": str(run_dir), "position": cfg["model"]["position"],
                "position_options": cfg["model"]["position_options"], "train_len": cfg["train"]["seq_len"],
                "results": rows}
-    write_results(Path(out) if out else Path(run_dir) / "eval", results)
+    if write:
+        write_results(Path(out) if out else Path(run_dir) / "eval", results)
     return results

@@ -16,12 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import positions
-from .attention import BACKENDS, KVCache, attend_backend
+from .attention import BACKENDS, AttentionInputs, KVCache, attend_backend, bias_encoding, encoding_kind
 from .checkpoint import dataclass_from_dict
-from .positions.base import BiasEncoding, PositionEncoding, RotaryEncoding
+from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "preset"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "preset", "IGNORE_INDEX", "MIN_TEMPERATURE"]
+
+IGNORE_INDEX = -100      # target id skipped by the loss (F.cross_entropy's default)
+MIN_TEMPERATURE = 1e-4   # smallest sampling temperature other than 0 (greedy); see GPT.generate
 
 
 @dataclass
@@ -42,10 +45,21 @@ class GPTConfig:
     attention_block: int = 1024     # query block of the chunked backend
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layer", "n_head", "d_model"):
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "attention_block"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff <= 0):
+            raise ValueError(f"d_ff must be a positive integer or None (4 * d_model), got {self.d_ff!r}.")
+        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}.")
+        if not _is_real(self.norm_eps) or not 0 < self.norm_eps < math.inf:
+            raise ValueError(f"norm_eps must be a finite number > 0, got {self.norm_eps!r}.")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}.")
+        if not isinstance(self.position_options, dict):
+            raise ValueError(f"position_options must be a dict of encoding options, got "
+                             f"{type(self.position_options).__name__} {self.position_options!r}.")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}.")
         positions.validate(self.position, self.position_options)
@@ -66,6 +80,14 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
         return dataclass_from_dict(cls, data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -91,17 +113,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, enc, ctx: dict, layer: int, cache: KVCache | None):
+    def forward(self, x: torch.Tensor, enc: PositionEncoding, inputs: AttentionInputs, layer: int,
+                cache: KVCache | None) -> torch.Tensor:
+        """``x`` ``[B, T, d_model]`` -> ``[B, T, d_model]``: ``softmax(q k^T / sqrt(D) + B) v`` per head,
+        with ``B`` from a bias encoding (Eq. 1) or ``q, k`` rotated by ``inputs.angles`` (rotary)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if isinstance(enc, RotaryEncoding):
-            cos, sin = ctx["angles"]
+        if encoding_kind(enc) == "rotary":
+            if inputs.angles is None:
+                raise ValueError(f"{type(enc).__name__} is a rotary encoding but AttentionInputs.angles is None.")
+            cos, sin = inputs.angles
             q, k = apply_rotary_one(q, cos[-T:], sin[-T:]), apply_rotary_one(k, cos[-T:], sin[-T:])
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        bias_enc = enc if isinstance(enc, BiasEncoding) and enc.adds_bias else None
-        y = attend_backend(ctx["backend"], q, k, v, bias_enc, ctx["q_pos"], ctx["k_pos"], ctx["same_positions"],
-                           ctx["block"], bias_cache=ctx["biases"])
+        y = attend_backend(inputs.backend, q, k, v, bias_encoding(enc), inputs.q_pos, inputs.k_pos,
+                           inputs.same_positions, inputs.block, bias_cache=inputs.biases)
         return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
 
 
@@ -114,8 +140,8 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.ffn_dim), nn.GELU(),
                                  nn.Linear(cfg.ffn_dim, cfg.d_model), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, enc, ctx, layer, cache):
-        x = x + self.attn(self.ln1(x), enc, ctx, layer, cache)
+    def forward(self, x, enc, inputs: AttentionInputs, layer, cache):
+        x = x + self.attn(self.ln1(x), enc, inputs, layer, cache)
         return x + self.ffn(self.ln2(x))
 
 
@@ -169,31 +195,101 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def check_finite(self) -> None:
+        """Raise ``ValueError`` naming the first parameter or buffer holding NaN or inf.
+
+        One ``isfinite().all()`` per floating tensor and a single host sync for all of them; call it
+        after loading a checkpoint and before saving one.
+        """
+        named = [("parameter", n, t) for n, t in self.named_parameters()]
+        named += [("buffer", n, t) for n, t in self.named_buffers()]
+        named = [(kind, n, t) for kind, n, t in named
+                 if (t.is_floating_point() or t.is_complex()) and t.numel() and t.device.type != "meta"]
+        if not named:
+            return
+        device = named[0][2].device
+        finite = torch.stack([torch.isfinite(t.detach()).all().to(device) for _, _, t in named]).tolist()
+        for (kind, name, _), ok in zip(named, finite):
+            if not ok:
+                raise ValueError(f"{kind} {name} holds NaN or inf values; the weights come from a diverged run "
+                                 "or a corrupt checkpoint.")
+
+    def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                      name: str = "idx") -> None:
+        """``ValueError`` unless ``idx`` is a non-empty ``[B, T]`` integer tensor of ids in
+        ``[0, vocab_size)`` and ``targets`` matches it (ids, or ``IGNORE_INDEX``); one host sync."""
+        V = self.cfg.vocab_size
+        for label, t in ((name, idx), ("targets", targets)):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{label} must be a torch.Tensor of token ids, got {type(t).__name__}.")
+            if t.dtype not in (torch.long, torch.int):
+                raise ValueError(f"{label} must hold integer token ids (torch.long), got dtype {t.dtype}.")
+        if idx.dim() != 2:
+            raise ValueError(f"{name} must have shape [batch, tokens], got shape {tuple(idx.shape)}.")
+        if idx.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(idx.shape)}); give at least one row of one token or more.")
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of {name} {tuple(idx.shape)}, got {tuple(targets.shape)}.")
+        if cache is not None:
+            if len(cache.keys) != self.cfg.n_layer:
+                raise ValueError(f"the KV cache holds {len(cache.keys)} layers but the model has {self.cfg.n_layer}; "
+                                 "use KVCache.empty(model.cfg.n_layer).")
+            if cache.keys[0] is not None and cache.keys[0].shape[0] != idx.shape[0]:
+                raise ValueError(f"{name} has batch size {idx.shape[0]} but the KV cache holds "
+                                 f"{cache.keys[0].shape[0]} rows.")
+        if idx.device.type == "meta":
+            return
+        stats = [*torch.aminmax(idx)]
+        if targets is not None:
+            stats.append(((targets >= V) | ((targets < 0) & (targets != IGNORE_INDEX))).any())
+        lo, hi, *bad_targets = torch.stack([x.to(torch.long) for x in stats]).tolist()
+        if lo < 0:
+            raise ValueError(f"{name} holds the negative token id {lo}; ids must be in [0, vocab_size={V}).")
+        if hi >= V:
+            raise ValueError(f"{name} holds the token id {hi}, outside the vocabulary; ids must be in "
+                             f"[0, vocab_size={V}).")
+        if bad_targets and bad_targets[0]:
+            raise ValueError(f"targets hold ids outside [0, vocab_size={V}) other than {IGNORE_INDEX} (ignored).")
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """``idx`` ``[B, T]`` token ids -> ``(logits [B, T, V], loss or None)``.
+
+        ``targets`` ``[B, T]`` gives the mean next-token cross-entropy (``IGNORE_INDEX`` entries
+        skipped); with ``cache`` the ``T`` tokens sit at positions ``cache.length .. cache.length+T-1``.
+        Bad ids, shapes or dtypes raise ``ValueError`` (one host sync per call).
+        """
+        self._check_inputs(idx, targets, cache)
+        return self._forward(idx, targets, cache)
+
+    def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        device = idx.device
-        k_pos = torch.arange(start + T, device=device)
-        ctx = {"q_pos": k_pos[start:], "k_pos": k_pos, "same_positions": start == 0, "biases": {},
-               "backend": self.cfg.attention, "block": self.cfg.attention_block}
+        k_pos = torch.arange(start + T, device=idx.device)
         first = self.position_for(0)
-        if isinstance(first, RotaryEncoding):
-            ctx["angles"] = first.compute_angles(k_pos)
+        angles = first.compute_angles(k_pos) if encoding_kind(first) == "rotary" else None
+        inputs = AttentionInputs(q_pos=k_pos[start:], k_pos=k_pos, same_positions=start == 0,
+                                 backend=self.cfg.attention, block=self.cfg.attention_block, angles=angles)
         x = self.drop(self.wte(idx))
         for i, block in enumerate(self.blocks):
-            x = block(x, self.position_for(i), ctx, i, cache)
+            x = block(x, self.position_for(i), inputs, i, cache)
         if cache is not None:
             cache.length = start + T
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1).long(),
+                                   ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def set_attention(self, backend: str, block: int | None = None) -> GPT:
-        """Switch the attention backend (one of ``firepe.attention.BACKENDS``) of a built model."""
+        """Switch the attention backend (one of ``firepe.attention.BACKENDS``) and optionally the
+        chunked backend's query ``block`` of a built model."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}.")
+        if block is not None and (not _is_int(block) or block <= 0):
+            raise ValueError(f"attention block must be a positive integer, got {block!r}.")
         self.cfg.attention = backend
         if block is not None:
             self.cfg.attention_block = block
@@ -202,23 +298,28 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample ``max_new_tokens`` after ``prompt`` ``[B, T]`` with a KV cache; returns ``[B, T + new]``.
+        """Sample ``max_new_tokens`` after ``prompt`` ``[B, T]`` (or ``[T]``) with a KV cache; returns ``[B, T + new]``.
 
-        ``temperature = 0`` is greedy decoding; ``top_k`` keeps the k most likely tokens. Each step
-        feeds one token: bias encodings compute one bias row for query position ``t``.
+        Each step samples from ``softmax(logits / temperature)``. ``temperature = 0`` is greedy decoding;
+        any other temperature must be finite and ``>= MIN_TEMPERATURE`` (1e-4): far below it
+        ``logits / temperature`` overflows float32 (1e-45 gave NaN probabilities) and sampling is greedy
+        anyway. ``top_k`` keeps the k most likely tokens (all of them when ``top_k >= vocab_size``).
+        Each step feeds one token: bias encodings compute one bias row for query position ``t``.
         """
-        if prompt.dim() == 1:
+        if not _is_int(max_new_tokens) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
+        if not _is_real(temperature) or not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+            raise ValueError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, "
+                             f"got {temperature!r}.")
+        if top_k is not None and (not _is_int(top_k) or top_k < 1):
+            raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}.")
+        if isinstance(prompt, torch.Tensor) and prompt.dim() == 1:
             prompt = prompt[None]
-        if prompt.shape[1] < 1:
-            raise ValueError("the prompt must hold at least one token.")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}.")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+        self._check_inputs(prompt, name="prompt")
         was_training = self.training
         self.eval()
         cache = KVCache.empty(self.cfg.n_layer)
-        logits, _ = self(prompt, cache=cache)
+        logits, _ = self._forward(prompt, None, cache)
         out = [prompt]
         for _ in range(max_new_tokens):
             last = logits[:, -1].float()
@@ -231,6 +332,6 @@ class GPT(nn.Module):
                     last = last.masked_fill(last < kth, float("-inf"))
                 nxt = torch.multinomial(last.softmax(-1), 1, generator=generator)
             out.append(nxt)
-            logits, _ = self(nxt, cache=cache)
+            logits, _ = self._forward(nxt, None, cache)  # sampled ids are in range: no per-step check/sync
         self.train(was_training)
         return torch.cat(out, dim=1)

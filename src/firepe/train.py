@@ -11,13 +11,13 @@ of ``micro_batch_size`` sequences and accumulates ``batch_size / (world * micro_
 
 from __future__ import annotations
 
-import json
+import gc
 import math
 import os
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,55 +25,90 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import (
-    dataclass_from_dict,
-    latest_checkpoint,
-    load_model_weights,
-    load_optimizer_state,
-    read_run_config,
-    save_checkpoint,
-    write_json,
-)
-from .data import DataConfig, TokenData, build_tokenizer, encode_documents, load_corpus, load_tokenizer
+from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
+from .data import DataConfig, TokenData, build_tokenizer, encoded_stream, load_corpus, load_tokenizer
 from .model import GPT, GPTConfig
+from .runs import RunFolder, dataclass_from_dict
 
-__all__ = ["TrainConfig", "Trainer", "train", "load_run", "lr_at"]
+__all__ = ["TrainConfig", "Trainer", "train", "load_run", "lr_at", "resolve_device", "process_group",
+           "build_optimizer", "RESUMABLE"]
+
+
+def _help(text: str, **more: Any) -> dict[str, Any]:
+    return {"help": text, **more}
 
 
 @dataclass
 class TrainConfig:
-    seq_len: int = 128
-    batch_size: int = 16
-    micro_batch_size: int | None = None
-    steps: int = 1000
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    device: str = "auto"            # auto | cpu | cuda | cuda:1 ...
-    precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    threads: int | None = None      # torch.set_num_threads on CPU
-    progress: bool = True
+    """Training settings; ``firepe train`` derives one flag per field (``--seq-len`` ...) from them."""
+
+    seq_len: int = field(default=128, metadata=_help("training length (tokens per sequence)"))
+    batch_size: int = field(default=16, metadata=_help("global sequences per optimizer step"))
+    micro_batch_size: int | None = field(default=None, metadata=_help(
+        "sequences per forward pass per process (gradient accumulation); default: the whole per-process batch"))
+    steps: int = field(default=1000, metadata=_help("optimizer steps"))
+    lr: float = field(default=1e-3, metadata=_help("peak learning rate"))
+    min_lr_ratio: float = field(default=0.1, metadata=_help("final lr as a fraction of --lr (cosine decay), 0..1"))
+    warmup_steps: int = field(default=50, metadata=_help("linear warm-up steps"))
+    weight_decay: float = field(default=0.1, metadata=_help("AdamW weight decay (not on norms, biases, positions)"))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_help("AdamW betas", cli=False))
+    grad_clip: float = field(default=1.0, metadata=_help("gradient-norm clipping (0: off)"))
+    seed: int = field(default=0, metadata=_help("seed of the initialization and the data order"))
+    log_every: int = field(default=10, metadata=_help("steps between metrics.jsonl lines"))
+    checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints"))
+    keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept on disk (newest first)"))
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N"))
+    precision: str = field(default="auto", metadata=_help("auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16",
+                                                           choices=("auto", "fp32", "bf16")))
+    threads: int | None = field(default=None, metadata=_help("CPU threads (torch.set_num_threads)"))
+    progress: bool = field(default=True, metadata=_help("progress bar"))
 
     def __post_init__(self) -> None:
-        if self.seq_len < 2:
-            raise ValueError(f"the training length must be at least 2 tokens, got {self.seq_len}.")
-        for name in ("batch_size", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        self.betas = tuple(self.betas)
+        _check_int(self.seq_len, "seq_len", 2, "the training length must be at least 2 tokens")
+        for name in ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            _check_int(getattr(self, name), name, 1)
+        for name in ("micro_batch_size", "threads"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, 1)
+        _check_int(self.warmup_steps, "warmup_steps", 0)
+        _check_int(self.seed, "seed", 0)
+        _check_float(self.lr, "lr", lo=0, lo_open=True)
+        _check_float(self.min_lr_ratio, "min_lr_ratio", lo=0, hi=1)
+        _check_float(self.weight_decay, "weight_decay", lo=0)
+        _check_float(self.grad_clip, "grad_clip", lo=0)
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}.")
-        self.betas = tuple(self.betas)
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return dataclass_from_dict(cls, data)
+
+
+#: TrainConfig fields a resumed run may change (``--resume --steps N`` extends the budget and the cosine
+#: schedule from there); every other setting of a run is fixed by its config.json.
+RESUMABLE = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "progress")
+
+
+def _check_int(value: Any, name: str, minimum: int, message: str | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{message or f'{name} must be an integer >= {minimum}'}, got {value!r}.")
+
+
+def _check_float(value: Any, name: str, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        rng = (f"> {lo:g}" if lo_open else f">= {lo:g}") if hi is None else f"in [{lo:g}, {hi:g}]"
+        raise ValueError(f"{name} must be a finite number {rng}, got {value!r}.")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -85,43 +120,118 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; checks that the device exists."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu.")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; valid: auto, cpu, cuda, cuda:N.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but this PyTorch has no usable CUDA; use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
+    return device
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """Model (latest checkpoint, eval mode) and the run's config dictionary."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    model = GPT(GPTConfig.from_dict(cfg["model"]))
-    ckpt = latest_checkpoint(run_dir)
+    """Model (latest checkpoint, eval mode, weights checked finite) and the run's config dictionary."""
+    run = RunFolder(run_dir)
+    cfg = run.read_config()
+    model_cfg = dataclass_from_dict(GPTConfig, cfg["model"], f"{run.config_path} [model]")
+    device = resolve_device(device) if isinstance(device, str) else device
+    ckpt = latest_checkpoint(run.path)
     if ckpt is None:
-        raise ValueError(f"run folder {str(run_dir)!r} has no checkpoint yet.")
+        raise ValueError(f"run folder {str(run.path)!r} has no checkpoint yet.")
+    read_state(ckpt)
+    model = GPT(model_cfg)
     load_model_weights(model, ckpt)
+    try:
+        model.check_finite()
+    except ValueError as e:
+        raise ValueError(f"checkpoint {ckpt} holds non-finite weights: {e}") from None
     return model.to(device).eval(), cfg
 
 
+@contextmanager
+def process_group() -> Iterator[None]:
+    """For ``torchrun``: destroys the process group a :class:`Trainer` started, after freeing what
+    still holds it (gloo's threads otherwise now and then abort the process at interpreter exit)."""
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            gc.collect()
+            dist.destroy_process_group()
+
+
+def build_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: weight decay on matrices, none on position encodings (T5 buckets,
+    FIRE's MLP), norms and biases."""
+    pos_ids = {id(p) for m in model.position_modules() for p in m.parameters()}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in pos_ids]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in pos_ids]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas, fused=False)
+
+
+def _config_dict(model_cfg: GPTConfig, train_cfg: TrainConfig, data_cfg: DataConfig) -> dict[str, Any]:
+    return {"model": asdict(model_cfg), "train": asdict(train_cfg), "data": asdict(data_cfg)}
+
+
+def _agree_across_ranks(cfg: dict[str, Any], world: int) -> None:
+    """Every torchrun rank must train the same configuration (ValueError on all ranks if not)."""
+    mine = {f"{s}.{k}": v for s, sec in cfg.items() for k, v in sec.items()
+            if (s, k) not in (("train", "progress"), ("train", "device"))}
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    differ = sorted({k for other in gathered for k in set(mine) | set(other) if other.get(k) != mine.get(k)})
+    if differ:
+        raise ValueError(f"the {world} torchrun processes were started with different settings "
+                         f"({', '.join(differ)}); start every rank with the same command.")
+
+
+def _rank0_decides(world: int, rank: int, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on rank 0; if it raises ValueError, every rank raises it (nobody waits forever)."""
+    err = None
+    if rank == 0:
+        try:
+            fn()
+        except ValueError as e:
+            err = str(e)
+    if world > 1:
+        box = [err]
+        dist.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err is not None:
+        raise ValueError(err)
+
+
 class Trainer:
-    """Owns model, optimizer, data and the run folder. ``fit()`` trains to ``cfg.steps``."""
+    """Owns model, optimizer, data and the run folder. ``fit()`` trains to ``cfg.steps``.
+
+    New run: pass the three configs; the folder must not hold a run yet. ``resume=True``: the configs
+    come from ``RUN/config.json``; ``changes`` may set the :data:`RESUMABLE` train fields (a new step
+    budget is written back to config.json). A run stopped before its first checkpoint resumes from
+    step 0. The folder is locked (``flock``) from construction until ``fit()`` returns.
+    """
 
     def __init__(self, run_dir: str | Path, model_cfg: GPTConfig | None = None, train_cfg: TrainConfig | None = None,
-                 data_cfg: DataConfig | None = None, resume: bool = False):
-        self.run_dir = Path(run_dir)
+                 data_cfg: DataConfig | None = None, resume: bool = False, changes: dict[str, Any] | None = None):
+        self.run = RunFolder(run_dir)
+        self.run_dir = self.run.path
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if resume:
-            saved = read_run_config(self.run_dir)
-            model_cfg = GPTConfig.from_dict(saved["model"])
-            saved_train = TrainConfig.from_dict(saved["train"])
-            if train_cfg is not None:  # a resumed run may extend its step budget, nothing else
-                saved_train.steps = train_cfg.steps
-            train_cfg = saved_train
-            data_cfg = dataclass_from_dict(DataConfig, saved["data"])
+            model_cfg, train_cfg, data_cfg = self._resumed_configs(changes or {})
+        elif changes:
+            raise ValueError("changes= applies to resumed runs only.")
         self.model_cfg, self.cfg = model_cfg or GPTConfig(), train_cfg or TrainConfig()
         self.data_cfg = data_cfg or DataConfig()
         cfg = self.cfg
@@ -132,9 +242,11 @@ class Trainer:
         if per_rank % self.micro:
             raise ValueError(f"per-process batch {per_rank} is not divisible by micro_batch_size={self.micro}.")
         self.accum = per_rank // self.micro
-        self.device = _resolve_device(cfg.device, local_rank)
+        self.device = resolve_device(cfg.device, local_rank)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.world > 1:
+            _agree_across_ranks(_config_dict(self.model_cfg, cfg, self.data_cfg), self.world)
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
@@ -143,54 +255,70 @@ class Trainer:
         corpus = load_corpus(self.data_cfg)
         self.tokenizer = (load_tokenizer(self.run_dir, self.data_cfg) if resume
                           else build_tokenizer(self.data_cfg, corpus))
-        if self.model_cfg.vocab_size != self.tokenizer.vocab_size:
-            self.model_cfg.vocab_size = self.tokenizer.vocab_size
-        self.data = TokenData(encode_documents(corpus.train, self.tokenizer, self.data_cfg.max_train_tokens),
+        if resume and self.model_cfg.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"{self.run.tokenizer_path} has {self.tokenizer.vocab_size} tokens but the run's model "
+                             f"has {self.model_cfg.vocab_size}; the run folder holds another tokenizer.")
+        self.model_cfg.vocab_size = self.tokenizer.vocab_size
+        self.corpus_description = corpus.describe()
+        self.data = TokenData(encoded_stream(corpus.train, self.tokenizer, self.data_cfg.max_train_tokens),
                               cfg.seq_len)
 
         torch.manual_seed(cfg.seed)
         self.model = GPT(self.model_cfg).to(self.device)
-        # No weight decay on position encodings (T5 buckets, FIRE's MLP), norms and biases.
-        pos_ids = {id(p) for m in self.model.position_modules() for p in m.parameters()}
-        decay = [p for p in self.model.parameters() if p.dim() >= 2 and id(p) not in pos_ids]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2 or id(p) in pos_ids]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=cfg.betas, fused=False)
+        self.optimizer = build_optimizer(self.model, cfg)
         self.step = 0
-        if resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None:
-                raise ValueError(f"--resume: run folder {str(self.run_dir)!r} has no checkpoint to resume from.")
-            load_model_weights(self.model, ckpt)
-            self.model.to(self.device)
-            self.step = load_optimizer_state(self.optimizer, ckpt)["step"]
-            self._truncate_metrics(self.step)
-        elif self.rank == 0:
-            self._start_run_folder()
+        try:
+            _rank0_decides(self.world, self.rank, lambda: self._open_folder(resume))
+            ckpt = latest_checkpoint(self.run_dir) if resume else None
+            if ckpt is not None:
+                load_model_weights(self.model, ckpt)
+                self.model.to(self.device)
+                self.step = load_optimizer_state(self.optimizer, ckpt)["step"]
+            if resume and self.rank == 0:
+                self.run.metrics.truncate(self.step)
+        except BaseException:
+            self.run.unlock()
+            raise
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device]
                                                               if self.device.type == "cuda" else None)
                     if self.world > 1 else None)
 
     # -- run folder ------------------------------------------------------------------------
-    def _start_run_folder(self) -> None:
-        if (self.run_dir / "config.json").exists():
-            raise ValueError(f"run folder {str(self.run_dir)!r} already holds a run; use --resume to continue it "
+    def _resumed_configs(self, changes: dict[str, Any]) -> tuple[GPTConfig, TrainConfig, DataConfig]:
+        model_cfg, train_cfg, data_cfg = self.run.configs()
+        fixed = sorted(set(changes) - set(RESUMABLE))
+        if fixed:
+            raise ValueError(f"--resume continues the run with its saved settings; {', '.join(fixed)} cannot "
+                             f"change (only {', '.join(RESUMABLE)} may). Start a new run with another --out.")
+        valid = {f.name for f in fields(TrainConfig)}
+        return model_cfg, TrainConfig(**{**{k: getattr(train_cfg, k) for k in valid}, **changes}), data_cfg
+
+    def _open_folder(self, resume: bool) -> None:
+        """Rank 0: lock the folder, clean leftovers of killed writers, and (new run) write config and
+        tokenizer -- config.json last, it marks a run -- or (resume) store the new step budget."""
+        if self.run.path.exists() and not self.run.path.is_dir():
+            raise ValueError(f"--out {str(self.run.path)!r} is an existing file, not a run folder.")
+        if resume:
+            self.run.check_exists()
+            if not self.run.has_run():
+                raise ValueError(f"--resume: {str(self.run.path)!r} holds no run (no config.json).")
+        else:
+            from .runs import writing
+
+            with writing(self.run.path):
+                self.run.path.mkdir(parents=True, exist_ok=True)
+        self.run.lock()
+        if not resume and self.run.has_run():
+            raise ValueError(f"run folder {str(self.run.path)!r} already holds a run; use --resume to continue it "
                              "or choose another --out (nothing was overwritten).")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", self.config_dict())
-        self.tokenizer.save(self.run_dir / "tokenizer.json")
+        self.run.clean_temporaries()
+        if not resume:
+            self.tokenizer.save(self.run.tokenizer_path)
+        if not resume or self.run.configs()[1] != self.cfg:
+            self.run.write_config(self.model_cfg, self.cfg, self.data_cfg)
 
     def config_dict(self) -> dict[str, Any]:
-        return {"model": self.model_cfg.to_dict(), "train": asdict(self.cfg), "data": self.data_cfg.to_dict()}
-
-    def _truncate_metrics(self, step: int) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip()
-                and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        return _config_dict(self.model_cfg, self.cfg, self.data_cfg)
 
     # -- steps -----------------------------------------------------------------------------
     def _autocast(self):
@@ -224,20 +352,28 @@ class Trainer:
         return total
 
     def train_step(self) -> float:
+        """One optimizer step; ``FloatingPointError`` (weights untouched) when the loss or the
+        gradient norm is not finite."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.forward_backward(self.step)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {self.step}; lower --lr. The last checkpoint "
-                                     "is kept.")
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not math.isfinite(loss) or not bool(torch.isfinite(norm)):
+            what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {float(norm)}"
+            raise FloatingPointError(f"{what} at step {self.step + 1}; lower --lr. The last checkpoint is kept.")
         self.optimizer.step()
         self.step += 1
         return loss
 
     def fit(self, callback: Callable[[int, float], None] | None = None) -> list[float]:
+        try:
+            return self._fit(callback)
+        finally:
+            self.run.unlock()
+
+    def _fit(self, callback: Callable[[int, float], None] | None) -> list[float]:
         cfg = self.cfg
         model_params = self.model.num_params()
         tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -245,6 +381,7 @@ class Trainer:
                    desc=f"train {self.model_cfg.position}", unit="step", dynamic_ncols=True)
         losses, t0, done_tokens = [], time.perf_counter(), 0
         self.model.train()
+        metrics = self.run.metrics
         while self.step < cfg.steps:
             loss = self.train_step()
             losses.append(loss)
@@ -253,10 +390,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
             if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1):
-                row = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, cfg), "tokens_per_s": tok_s,
-                       "tokens": self.step * tokens_per_step, "params": model_params}
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                metrics.append({"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, cfg),
+                                "tokens_per_s": tok_s, "tokens": self.step * tokens_per_step,
+                                "params": model_params})
             if self.rank == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
                 save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, {"loss": loss},
                                 keep=cfg.keep_checkpoints)

@@ -117,3 +117,29 @@ def test_kv_cache_row_equals_full_row():
         full = enc.bias(torch.arange(40), torch.arange(40))
         row = enc.bias(torch.tensor([33]), torch.arange(34))
         torch.testing.assert_close(row[:, 0], full[:, 33, :34], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant,field,value,bound", [
+    ("kerple_log", "r1_raw", -3.0, 1e-2), ("kerple_log", "r2_raw", 1e-4, 1e-2),
+    ("kerple_power", "r1_raw", 0.0, 1e-2), ("kerple_power", "r2_raw", 5.0, 2.0),
+])
+def test_kerple_parameter_out_of_range_is_clamped_in_place_and_keeps_a_gradient(variant, field, value, bound):
+    """As the Kerple reference: clamp the stored value, then use it, so the gradient is not 0 forever."""
+    enc = P.build(variant, num_heads=2, head_dim=8, init_r1=0.5, init_r2=0.5)
+    with torch.no_grad():
+        getattr(enc, field).fill_(value)  # e.g. an optimizer step pushed it out of range
+    q = torch.arange(6)
+    enc.bias(q, q).sum().backward()
+    param = getattr(enc, field)
+    assert torch.all(param == bound)
+    assert torch.all(param.grad != 0)
+    enc.zero_grad()
+    for _ in range(2):  # several bias calls before one backward (chunked attention) stay valid
+        out = enc.bias(q[:3], q[:3]).sum() + enc.bias(q[3:], q).sum()
+    out.backward()
+
+
+def test_kerple_small_init_gets_a_gradient():
+    enc = P.build("kerple_log", num_heads=2, head_dim=8, init_r1=1e-3, init_r2=0.5)
+    enc.bias(torch.arange(5), torch.arange(5)).sum().backward()
+    assert torch.all(enc.r1_raw == 1e-2) and torch.all(enc.r1_raw.grad != 0)

@@ -47,7 +47,7 @@ def mlp_reference(fire, x):
 @pytest.mark.parametrize("log_transform,threshold", [(True, True), (True, False), (False, False), (False, True)])
 def test_fire_matches_eq_21_to_23(log_transform, threshold):
     fire = P.build("fire", num_heads=3, head_dim=8, log_transform=log_transform, threshold=threshold,
-                   init_L=6.0, init_c=0.3).double()
+                   init_L=6.0, init_c=0.3, bias_mode="exact").double()
     n = 14
     b = fire.bias(torch.arange(n), torch.arange(n))
     c = fire.c.item() if log_transform else None  # 0.3 rounded to float32 at construction
@@ -105,7 +105,7 @@ def test_appendix_e_state_dict_loads():
         ref.c.fill_(0.25)
         ref.L_multiplier.fill_(0.7)
     sd = {"layer3.attn.fire." + k: v for k, v in ref.state_dict().items()}
-    fire = load_appendix_e(sd, prefix="layer3.attn.fire.").double()
+    fire = load_appendix_e(sd, prefix="layer3.attn.fire.", bias_mode="exact").double()
     assert fire.num_heads == 6 and fire.mlp_width == 16 and fire.mlp_layers == 1
     assert fire.L.item() == pytest.approx(0.7 * 512)
     assert fire.c.item() == pytest.approx(0.25)
@@ -165,8 +165,8 @@ def test_fire_s_registry_name_shares():
 def test_table_mode_error_and_gradients_fp32():
     """Table mode vs the exact formula in fp32 at n = 2048 (rows past L interpolate)."""
     torch.manual_seed(4)
-    exact = P.build("fire", num_heads=12, head_dim=64, init_L=512.0)
-    table = P.build("fire", num_heads=12, head_dim=64, init_L=512.0, bias_mode="table")
+    exact = P.build("fire", num_heads=12, head_dim=64, init_L=512.0, bias_mode="exact")
+    table = P.build("fire", num_heads=12, head_dim=64, init_L=512.0)  # table: the default
     table.load_state_dict(exact.state_dict())
     with torch.no_grad():
         for a, b in zip(exact.mlp.parameters(), table.mlp.parameters()):
@@ -177,8 +177,8 @@ def test_table_mode_error_and_gradients_fp32():
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     be, bt = exact.bias(q, q), table.bias(q, q)
     assert (be - bt)[:, causal].abs().max().item() <= 1e-4
-    # rows i <= L are exact in table mode too (gathered from per-distance MLP values)
-    assert torch.equal(be[:, :513][:, causal[:513]], bt[:, :513][:, causal[:513]])
+    # rows i < L are exact in table mode too (gathered from per-distance MLP values)
+    assert torch.equal(be[:, :512][:, causal[:512]], bt[:, :512][:, causal[:512]])
     g = torch.randn(12, n, n) * causal
     be.backward(g)
     bt.backward(g)

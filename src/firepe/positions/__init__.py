@@ -5,22 +5,27 @@
 >>> import torch
 >>> fire.bias(torch.arange(8), torch.arange(8)).shape
 torch.Size([4, 8, 8])
+
+The package is a leaf: it imports nothing from ``firepe`` outside ``firepe.positions``, so it can be
+copied into another project as is (the fused FIRE kernel looks for ``fire_table.c`` next to
+``fire_kernel.py`` or in ``firepe/csrc``, and FIRE uses PyTorch ops without it).
 """
 
-from . import convert
+from . import convert, fire_kernel
 from .alibi import ALiBi, alibi_slopes
-from .base import BiasEncoding, PositionEncoding, RotaryEncoding, check_positions
+from .base import BiasEncoding, PositionEncoding, RotaryEncoding, causal_row_blocks, check_positions
 from .fire import FIRE, FIREHeads, FIREShared, load_appendix_e
 from .kerple import KerpleLog, KerplePower
 from .nope import NoPE
-from .registry import available, build, get, options, register, validate
+from .registry import Spec, available, build, get, options, parse_spec, register, training_options, validate
 from .rope import RoPE, RoPEPositionInterpolation, YaRN, apply_rotary, apply_rotary_one, rotate_half
 from .sandwich import Sandwich
 from .t5 import T5Bias, t5_bucket
 
 __all__ = [
     "ALiBi", "BiasEncoding", "FIRE", "FIREHeads", "FIREShared", "KerpleLog", "KerplePower", "NoPE",
-    "PositionEncoding", "RoPE", "RoPEPositionInterpolation", "RotaryEncoding", "Sandwich", "T5Bias", "YaRN",
-    "alibi_slopes", "apply_rotary", "apply_rotary_one", "available", "build", "check_positions", "convert",
-    "get", "load_appendix_e", "options", "register", "rotate_half", "t5_bucket", "validate",
+    "PositionEncoding", "RoPE", "RoPEPositionInterpolation", "RotaryEncoding", "Sandwich", "Spec", "T5Bias",
+    "YaRN", "alibi_slopes", "apply_rotary", "apply_rotary_one", "available", "build", "causal_row_blocks",
+    "check_positions", "convert", "fire_kernel", "get", "load_appendix_e", "options", "parse_spec", "register",
+    "rotate_half", "t5_bucket", "training_options", "validate",
 ]

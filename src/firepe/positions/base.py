@@ -5,17 +5,23 @@
 * :class:`RotaryEncoding` -- rotary encodings: ``angles(pos) -> (cos, sin)`` of shape
   ``[T, head_dim]``, applied to queries and keys by :func:`firepe.positions.apply_rotary`.
 
-Positions are always explicit 0-based integer vectors, never "the length": a KV cache
-passes ``q_pos = tensor([t])`` and long evaluation passes query blocks.
-Entries with ``k_pos > q_pos`` are never used by a causal model and are not specified.
+Positions are always explicit 0-based integer vectors (any integer dtype; they are converted to
+``torch.long`` after the checks), never "the length": a KV cache passes ``q_pos = tensor([t])``
+and long evaluation passes query blocks. Entries with ``k_pos > q_pos`` are never used by a causal
+model and are not specified.
+
+``PositionEncoding.kind`` is the one attribute telling what an encoding contributes to attention:
+``"bias"`` (an additive bias), ``"rotary"`` (rotated queries and keys) or ``"none"`` (NoPE).
 """
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
-__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "check_positions"]
+__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "check_positions", "causal_row_blocks"]
 
 
 def check_positions(*positions: torch.Tensor, names: tuple[str, ...] | None = None) -> None:
@@ -43,8 +49,34 @@ def check_positions(*positions: torch.Tensor, names: tuple[str, ...] | None = No
             raise ValueError(f"{name} must be non-negative (0-based positions), got minimum {int(pos.min())}.")
 
 
+def causal_row_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> list[tuple[int, int, int]]:
+    """``(start, end, keys)`` per block of ``block`` query rows: rows ``start:end`` see at most the
+    first ``keys`` keys (the others have ``k_pos > q_pos``); every key when ``k_pos`` is not sorted
+    ascending."""
+    n_q, n_k = len(q_pos), len(k_pos)
+    starts = list(range(0, n_q, block))
+    ends = [min(s + block, n_q) for s in starts]
+    if n_k > 1 and not bool((k_pos[1:] >= k_pos[:-1]).all()):
+        return [(s, e, n_k) for s, e in zip(starts, ends)]
+    if not starts:
+        return []
+    block_max = torch.stack([q_pos[s:e].max() for s, e in zip(starts, ends)])
+    keys = torch.searchsorted(k_pos, block_max, right=True).tolist()
+    return list(zip(starts, ends, keys))
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
 class PositionEncoding(nn.Module):
-    """Base class. ``kind`` is ``"bias"``, ``"rotary"`` or ``"none"``; ``name`` is the registry key."""
+    """Base class; ``name`` is the registry key.
+
+    ``kind`` tells what the encoding contributes to attention: ``"bias"`` (:meth:`BiasEncoding.bias`
+    returns ``[H, Q, K]``), ``"rotary"`` (:meth:`RotaryEncoding.angles`) or ``"none"`` (nothing: NoPE).
+    """
 
     kind: str = "none"
     name: str = ""
@@ -53,12 +85,13 @@ class PositionEncoding(nn.Module):
 
     def __init__(self, num_heads: int, head_dim: int):
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}.")
-        if not isinstance(head_dim, int) or head_dim <= 0:
-            raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}.")
-        self.num_heads = num_heads
-        self.head_dim = head_dim
+        self.num_heads = _positive_int("num_heads", num_heads)
+        self.head_dim = _positive_int("head_dim", head_dim)
+
+    @property
+    def adds_bias(self) -> bool:
+        """``kind == "bias"`` (read-only; kept for compatibility, test ``kind`` instead)."""
+        return self.kind == "bias"
 
 
 class BiasEncoding(PositionEncoding):
@@ -69,14 +102,13 @@ class BiasEncoding(PositionEncoding):
     """
 
     kind = "bias"
-    #: False when :meth:`compute_bias` always returns None (NoPE): attention then runs without a bias
-    adds_bias: bool = True
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """Bias of shape ``[H, len(q_pos), len(k_pos)]`` for 0-based integer positions."""
+        """Bias of shape ``[H, len(q_pos), len(k_pos)]`` for 0-based integer positions (any integer
+        dtype: they are converted to ``torch.long``, so ``uint8`` is never a mask and never wraps)."""
         check_positions(q_pos, k_pos, names=("q_pos", "k_pos"))
         self.check_parameters()
-        return self.compute_bias(q_pos, k_pos)
+        return self.compute_bias(q_pos.long(), k_pos.long())
 
     def check_parameters(self) -> None:
         """Raise ``ValueError`` when a learned quantity is not usable (e.g. non-finite)."""
@@ -113,8 +145,9 @@ class RotaryEncoding(PositionEncoding):
     kind = "rotary"
 
     def angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin`` ``[len(pos), head_dim]`` for 0-based integer positions (any integer dtype)."""
         check_positions(pos, names=("pos",))
-        return self.compute_angles(pos)
+        return self.compute_angles(pos.long())
 
     def compute_angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -11,6 +11,7 @@ Deviations from the proof, for exactness in floating point:
 * Kerple-log: the target has a different ``r2`` per head and FIRE shares ``psi`` across heads, so
   the construction is one single-head FIRE per head (:class:`~firepe.positions.fire.FIREHeads`).
 * ``eps = 0`` (the construction needs ``psi(L0)`` exactly as normalizer).
+* ``bias_mode="exact"``: table mode would interpolate the row ``i = max_len`` (and every row past it).
 
 Use float64 (``dtype=torch.float64``) when exactness to 1e-5 matters at large ``max_len``;
 float32 rounding of ``-r * (i - j)`` at ``i - j ~ 4096`` is about 1e-4.
@@ -40,7 +41,9 @@ def _check_max_len(max_len: int) -> None:
 
 def _fire(num_heads: int, max_len: int, dtype: torch.dtype, **opts) -> FIRE:
     opts.setdefault("log_transform", False)
-    fire = FIRE(num_heads=num_heads, init_L=float(max_len), learn_threshold=False, eps=0.0, **opts)
+    # exact: the constructions hold up to and including the row i = max_len = L, which table mode interpolates
+    fire = FIRE(num_heads=num_heads, init_L=float(max_len), learn_threshold=False, eps=0.0, bias_mode="exact",
+                **opts)
     return fire.to(dtype)
 
 

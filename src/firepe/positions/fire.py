@@ -26,8 +26,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .. import kernels
-from ..attention import causal_row_blocks
+from . import fire_table
 from .base import BiasEncoding
 from .registry import register
 
@@ -102,19 +101,23 @@ class FIRE(BiasEncoding):
         learn_threshold: learn ``L`` (through ``L_multiplier``) or keep it fixed.
         eps: added to the normalizer (Appendix E: 1e-6).
         layer_shared: one module for all layers of a model (FIRE-S).
-        bias_mode: how the ``[H, Q, K]`` bias is computed (same values, same gradients to the MLP,
-            ``c`` and ``L``):
+        bias_mode: how the ``[H, Q, K]`` bias is computed (same function, same gradients to the MLP,
+            ``c`` and ``L``, also at the row ``i = L`` where the subgradient of ``max(L, i)`` is split
+            half-half between ``L`` and ``i`` as ``torch.maximum`` does):
 
+            * ``"table"`` (default, fast) -- rows ``i < L`` read a per-distance table of exact MLP
+              values; rows ``i >= L`` read a per-head table of ``f`` on ``table_size`` uniform
+              points of [0, 1], built by autograd from the MLP, with linear interpolation
+              (:mod:`.fire_table`). ReLU MLPs are piecewise linear, so only grid cells holding a kink
+              differ from the exact value (max error measured in the README, about 3e-5 at the
+              default ``table_size``).
+            * ``"exact"`` -- rows ``i < L`` as ``table`` (bit-identical to the reference); rows
+              ``i >= L`` run the MLP per pair.
             * ``"reference"`` -- the MLP on every (i, j) pair, as Appendix E: an ``[Q, K, width]``
               hidden tensor.
-            * ``"exact"`` (default) -- rows ``i <= L`` depend on ``i - j`` only: the MLP runs once
-              per distance and the results are gathered (bit-identical to the reference); rows
-              ``i > L`` run the MLP per pair.
-            * ``"table"`` (fast; ``firepe train/compare`` use it) -- rows ``i <= L`` as ``exact``;
-              rows ``i > L`` read a per-head table of ``f`` on ``table_size`` uniform points of
-              [0, 1], built by autograd from the MLP, with linear interpolation. ReLU MLPs are
-              piecewise linear, so only grid cells holding a kink differ from the exact value
-              (max error measured in the README, about 3e-5 at the default ``table_size``).
+
+            ``exact`` and ``reference`` are for bit-level parity; every attention backend (also
+            FlexAttention's ``score_mod``) computes the bias of the chosen mode.
         table_size: grid points of the interpolation table.
     """
 
@@ -122,7 +125,7 @@ class FIRE(BiasEncoding):
                  activation: str = "relu", final_activation: bool = False, log_transform: bool = True,
                  threshold: bool = True, init_c: float = 0.1, init_L: float = 512.0,
                  learn_threshold: bool = True, eps: float = 1e-6, layer_shared: bool = False,
-                 bias_mode: str = "exact", table_size: int = 16384):
+                 bias_mode: str = "table", table_size: int = 16384):
         super().__init__(num_heads, head_dim)
         if bias_mode not in ("table", "exact", "reference"):
             raise ValueError(f"bias_mode must be 'table', 'exact' or 'reference', got {bias_mode!r}.")
@@ -185,7 +188,7 @@ class FIRE(BiasEncoding):
         if self.bias_mode == "reference":
             return self.f(self.normalized_distance(q_pos, k_pos)).permute(2, 0, 1)
         if self.bias_mode == "table":
-            return self._table_bias(q_pos, k_pos)
+            return fire_table.table_bias(self, q_pos, k_pos)
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # entries with k > q are masked anyway
         max_d = int(dist.max()) if dist.numel() else 0
         if not self.threshold:
@@ -205,139 +208,32 @@ class FIRE(BiasEncoding):
         return self.f(self.psi(grid) / norm).T
 
     def interpolation_table(self) -> torch.Tensor:
-        """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1].
-
-        Without autograd (evaluation, KV-cache decoding) the table is cached and rebuilt only when a
-        parameter of the MLP changed (tracked by tensor versions, so in-place updates count).
-        """
-        grid_device, dtype = self.init_L.device, self.init_L.dtype
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.mlp.parameters()):
-            grid = torch.linspace(0, 1, self.table_size, device=grid_device, dtype=dtype)
-            return self.f(grid).T
-        key = (self.table_size, grid_device, dtype, *((id(p), p._version) for p in self.mlp.parameters()))
-        cached = self.__dict__.get("_table_cache")
-        if cached is None or cached[0] != key:
-            grid = torch.linspace(0, 1, self.table_size, device=grid_device, dtype=dtype)
-            self.__dict__["_table_cache"] = cached = (key, self.f(grid).T)
-        return cached[1]
+        """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1] (cached without autograd,
+        see :func:`.fire_table.interpolation_table`)."""
+        return fire_table.interpolation_table(self)
 
     def interpolating_rows(self, q_pos: torch.Tensor) -> torch.Tensor:
-        """Bool ``[Q]``: rows past the threshold (every row without one), whose bias depends on ``i``."""
+        """Bool ``[Q]``: rows ``i >= L`` (every row without a threshold), normalized per row by
+        ``psi(max(L, i))``; rows ``i < L`` depend on ``i - j`` only and read the distance table.
+
+        The row ``i = L`` is included so that its normalizer is ``torch.maximum(i, L)``, whose
+        subgradient is split half-half between ``L`` and ``i`` as in the reference (Appendix E)."""
         if not self.threshold:
             return torch.ones_like(q_pos, dtype=torch.bool)
-        return q_pos.to(self.init_L.dtype) > self.L
+        return q_pos.to(self.init_L.dtype) >= self.L
 
     def lookup_table(self, max_distance: int) -> tuple[torch.Tensor, int]:
-        """``([distance table | interpolation table], base)``: the ``[H, M]`` table one lookup per
-        (i, j) reads, and the column where the interpolation table starts (no distance table, base 0,
-        without a threshold)."""
-        if not self.threshold:
-            return self.interpolation_table(), 0
-        return torch.cat([self.distance_table(max_distance), self.interpolation_table()], dim=1), max_distance + 1
-
-    def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """One lookup per (i, j) into ``[distance table | interpolation table]``: rows ``i <= L`` read
-        the exact distance entry (weight 0 on its neighbour), rows ``i > L`` interpolate.
-
-        float32 on CPU goes through the fused kernel of :mod:`firepe.kernels` when it is available;
-        otherwise (other dtypes, GPU tensors, no C compiler) through PyTorch gathers/scatter-adds.
-        """
-        dtype = self.init_L.dtype
-        g = self.table_size
-        if dtype == torch.float32 and self.init_L.device.type == "cpu" and kernels.available():
-            max_d = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
-            psi_d = self.psi(torch.arange(max_d + 1, dtype=dtype))
-            inv_norm = 1 / self.normalizer(q_pos)
-            table, base = self.lookup_table(max_d)  # after psi_d, inv_norm: keeps autograd's summation order
-            return kernels.table_lookup(table, psi_d, inv_norm, q_pos, k_pos, self.interpolating_rows(q_pos),
-                                        base, g)
-        dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
-        x = self.psi(dist.to(dtype)) / self.normalizer(q_pos)[:, None]
-        pos = x.clamp(0, 1) * (g - 1)
-        i0 = pos.detach().floor().clamp(max=g - 2).long()
-        w = pos - i0.to(dtype)
-        table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
-        if self.threshold:
-            long_rows = self.interpolating_rows(q_pos)[:, None]
-            idx = torch.where(long_rows, i0 + base, dist)
-            w = torch.where(long_rows, w, torch.zeros((), dtype=dtype, device=w.device))
-        else:
-            idx = i0
-        return _LerpLookup.apply(table, idx, w, causal_row_blocks(q_pos, k_pos, 256))
+        """``([distance table | interpolation table], base)`` read by table mode (:mod:`.fire_table`)."""
+        return fire_table.lookup_table(self, max_distance)
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
-        """FlexAttention ``score_mod`` with the table-mode values: rows ``i <= L`` read the exact
-        per-distance table, rows ``i > L`` interpolate ``f`` on [0, 1]. Positions must be contiguous."""
-        q0, k0 = int(q_pos[0]), int(k_pos[0])
-        max_d = max(int(q_pos[-1]) - k0, 0)
-        norm = self.normalizer(q_pos)
-        g, log, threshold = self.table_size, self.log_transform, self.threshold
-        c = self.c.abs() if log else None
-        table, base = self.lookup_table(max_d)
-        limit = self.L
-
-        def mod(score, b, h, q_idx, kv_idx):
-            d = (q_idx + q0 - kv_idx - k0).clamp(min=0)
-            df = d.to(norm.dtype)
-            x = (torch.log(c * df + 1) if log else df) / norm[q_idx]
-            pos = x.clamp(0, 1) * (g - 1)
-            i0 = pos.floor().clamp(max=g - 2)
-            w = pos - i0
-            idx = i0.to(torch.int64)
-            if threshold:
-                long_row = (q_idx + q0).to(norm.dtype) > limit
-                idx = torch.where(long_row, idx + base, d.to(torch.int64))
-                w = torch.where(long_row, w, torch.zeros_like(w))
-            lo = table[h, idx]
-            return score + lo + (table[h, idx + 1] - lo) * w
-
-        return mod
-
-
-class _LerpLookup(torch.autograd.Function):
-    """``out[h, q, k] = T[h, idx] + (T[h, idx + 1] - T[h, idx]) * w[q, k]`` for a table ``T`` ``[H, M]``.
-
-    Gathers forward, scatter-adds backward, no ``[Q, K, H]`` intermediate; row blocks skip the
-    keys their queries cannot see (those entries are 0: they are masked by every caller).
-    """
-
-    @staticmethod
-    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, blocks) -> torch.Tensor:
-        heads = table.shape[0]
-        slope = torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
-        out = torch.empty(heads, *idx.shape, dtype=table.dtype, device=table.device)
-        for s, e, kk in blocks:
-            flat = idx[s:e, :kk].reshape(1, -1).expand(heads, -1)
-            part = torch.gather(table, 1, flat)
-            part.addcmul_(torch.gather(slope, 1, flat), w[s:e, :kk].reshape(1, -1).to(table.dtype))
-            out[:, s:e, :kk] = part.view(heads, e - s, kk)
-            out[:, s:e, kk:] = 0
-        ctx.save_for_backward(slope, idx, w)
-        ctx.blocks = blocks
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        slope, idx, w = ctx.saved_tensors
-        heads, rows = slope.shape
-        need_table, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        at_idx = torch.zeros(heads, rows, dtype=grad.dtype, device=grad.device) if need_table else None
-        at_next = torch.zeros_like(at_idx) if need_table else None
-        grad_w = torch.zeros_like(w) if need_w else None
-        for s, e, kk in ctx.blocks:
-            flat = idx[s:e, :kk].reshape(1, -1).expand(heads, -1)
-            g = grad[:, s:e, :kk].reshape(heads, -1)
-            if need_table:
-                # d out / d T[idx] = 1 - w and d out / d T[idx + 1] = w: scatter both at idx, shift later.
-                at_idx.scatter_add_(1, flat, g)
-                at_next.scatter_add_(1, flat, g * w[s:e, :kk].reshape(1, -1).to(g.dtype))
-            if need_w:
-                grad_w[s:e, :kk] = (torch.gather(slope, 1, flat) * g).sum(0).view(e - s, kk).to(w.dtype)
-        grad_table = None
-        if need_table:
-            grad_table = at_idx - at_next
-            grad_table[:, 1:] += at_next[:, :-1]
-        return grad_table, None, grad_w, None
+        """FlexAttention ``score_mod``. Table mode computes each score's bias from the lookup tables
+        (:func:`.fire_table.table_score_mod`; positions must be contiguous ranges); ``exact`` and
+        ``reference`` read their materialized ``[H, Q, K]`` bias, so every backend gives the bias of
+        the chosen mode."""
+        if self.bias_mode != "table":
+            return super().score_mod(q_pos, k_pos)
+        return fire_table.table_score_mod(self, q_pos, k_pos)
 
 
 @register("fire_s")
@@ -381,14 +277,17 @@ def appendix_e_key_map(prefix: str = "") -> dict[str, str]:
     return {prefix + k: k for k in APPENDIX_E_KEYS}
 
 
-def load_appendix_e(state_dict: Mapping[str, torch.Tensor], prefix: str = "", eps: float = 1e-6) -> FIRE:
-    """Build a :class:`FIRE` (one hidden layer, ReLU) holding the weights of an Appendix E state dict."""
+def load_appendix_e(state_dict: Mapping[str, torch.Tensor], prefix: str = "", eps: float = 1e-6,
+                    bias_mode: str = "table") -> FIRE:
+    """Build a :class:`FIRE` (one hidden layer, ReLU) holding the weights of an Appendix E state dict
+    (``bias_mode="exact"`` reproduces the Appendix E module's values bit for bit at rows ``i <= L``)."""
     mapping = appendix_e_key_map(prefix)
     missing = [k for k in mapping if k not in state_dict]
     if missing:
         raise ValueError(f"not an Appendix E FIRE state dict: missing {', '.join(missing)}.")
     sd = {ours: state_dict[theirs] for theirs, ours in mapping.items()}
     width, num_heads = sd["mlp.0.weight"].shape[0], sd["mlp.2.weight"].shape[0]
-    fire = FIRE(num_heads=num_heads, mlp_width=width, mlp_layers=1, init_L=float(sd["init_L"]), eps=eps)
+    fire = FIRE(num_heads=num_heads, mlp_width=width, mlp_layers=1, init_L=float(sd["init_L"]), eps=eps,
+                bias_mode=bias_mode)
     fire.load_state_dict(sd, strict=True)
     return fire

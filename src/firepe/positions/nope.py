@@ -10,9 +10,9 @@ from .registry import register
 
 @register("nope")
 class NoPE(BiasEncoding):
-    """``bias(q_pos, k_pos)`` returns ``None``: attention runs without any bias."""
+    """``bias(q_pos, k_pos)`` returns ``None``: attention runs without any bias (``kind == "none"``)."""
 
-    adds_bias = False
+    kind = "none"
 
     def __init__(self, num_heads: int, head_dim: int):
         super().__init__(num_heads, head_dim)

@@ -1,20 +1,36 @@
-"""Name -> encoding class registry with validated options (like HF's ``ROPE_INIT_FUNCTIONS``).
+"""Name -> encoding class registry with validated, typed options (like HF's ``ROPE_INIT_FUNCTIONS``).
 
 >>> from firepe import positions
 >>> enc = positions.build("fire", num_heads=12, head_dim=64, mlp_layers=1)
 >>> positions.available()  # doctest: +ELLIPSIS
 ['alibi', 'fire', ...]
+>>> positions.parse_spec("lin=fire:mlp_layers=0,threshold=false")
+Spec(label='lin', position='fire', options={'mlp_layers': 0, 'threshold': False})
+
+Option types come from the annotations of the encoding's constructor: :func:`validate` refuses a
+Python value of the wrong type (``bool`` is not an ``int``; an ``int`` is fine for a ``float``) and
+:func:`parse_spec` converts the text of a spec (``true/false/1/0/yes/no`` for ``bool``, ``none``
+for an optional option).
 """
 
 from __future__ import annotations
 
 import inspect
+import numbers
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .base import PositionEncoding
 
+__all__ = ["register", "available", "get", "options", "validate", "build", "Spec", "parse_spec",
+           "training_options"]
+
 _REGISTRY: dict[str, type[PositionEncoding]] = {}
 _COMMON = ("num_heads", "head_dim")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 def register(name: str):
@@ -41,36 +57,177 @@ def get(name: str) -> type[PositionEncoding]:
     return _REGISTRY[name]
 
 
-def options(name: str) -> dict[str, Any]:
-    """The options ``name`` accepts besides num_heads/head_dim, with defaults
-    (``inspect.Parameter.empty`` marks a required option)."""
-    found: dict[str, Any] = {}
+def _parameters(name: str) -> dict[str, inspect.Parameter]:
+    """Constructor parameters of ``name`` besides num_heads/head_dim, annotations evaluated."""
+    found: dict[str, inspect.Parameter] = {}
     for klass in get(name).__mro__:  # a subclass taking **options accepts its parent's options
         if "__init__" not in vars(klass):
             continue
-        params = inspect.signature(klass.__init__).parameters
+        params = inspect.signature(klass.__init__, eval_str=True).parameters
         for k, p in params.items():
             if k != "self" and k not in _COMMON and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                found.setdefault(k, p.default)
+                found.setdefault(k, p)
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             break
     return found
 
 
+def options(name: str) -> dict[str, Any]:
+    """The options ``name`` accepts besides num_heads/head_dim, with defaults
+    (``inspect.Parameter.empty`` marks a required option)."""
+    return {k: p.default for k, p in _parameters(name).items()}
+
+
+def _split_optional(annotation) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; anything else -> ``(annotation, False)``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
+            return args[0], True
+    return annotation, False
+
+
+def _describe(annotation, text: bool = True) -> str:
+    """``annotation`` in words, for a spec's text (``text``) or for a Python value."""
+    inner, optional = _split_optional(annotation)
+    if typing.get_origin(inner) in (list, tuple, Sequence):
+        base = "a list"
+    else:
+        words = {bool: "a bool (true/false/1/0/yes/no)" if text else "a bool (True or False)",
+                 int: "an integer", float: "a number", str: "a string"}
+        base = words.get(inner, getattr(inner, "__name__", str(inner)))
+    return base + ((" or none" if text else " or None") if optional else "")
+
+
+def _is_type(value: Any, annotation) -> bool:
+    """Whether the Python ``value`` fits ``annotation`` (unknown annotations accept anything)."""
+    inner, optional = _split_optional(annotation)
+    if value is None:
+        return optional or annotation is None
+    if inner is bool:
+        return isinstance(value, bool)
+    if inner is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if inner is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if inner is str:
+        return isinstance(value, str)
+    if typing.get_origin(inner) in (list, tuple, Sequence):
+        if hasattr(value, "tolist") and hasattr(value, "dim"):  # a tensor of values
+            return True
+        item = (typing.get_args(inner) or (Any,))[0]
+        return isinstance(value, Sequence) and not isinstance(value, str) and all(_is_type(v, item) for v in value)
+    return True
+
+
+def _from_text(name: str, key: str, text: str, annotation) -> Any:
+    """The value of option ``key`` written as ``text`` in a spec, converted by its annotation."""
+    inner, optional = _split_optional(annotation)
+    word = text.strip().lower()
+    if optional and word == "none":
+        return None
+    if typing.get_origin(inner) in (list, tuple, Sequence):
+        raise ValueError(f"option {key} of position encoding {name!r} takes a list, which a spec cannot give; "
+                         "pass it from Python (positions.build).")
+    try:
+        if inner is bool and word in _TRUE + _FALSE:
+            return word in _TRUE
+        if inner is int:
+            return int(text)
+        if inner is float:
+            try:
+                return int(text)  # kept an int, as written (labels and saved configs show "512")
+            except ValueError:
+                return float(text)
+        if inner is str:
+            return text
+    except ValueError:
+        pass
+    raise ValueError(f"option {key}={text!r} of position encoding {name!r} must be {_describe(annotation)}.")
+
+
 def validate(name: str, opts: dict[str, Any]) -> None:
-    """Raise ``ValueError`` if ``opts`` has an option ``name`` does not accept or lacks a required one."""
-    valid = options(name)
-    unknown = sorted(set(opts) - set(valid))
+    """Raise ``ValueError`` if ``opts`` has an option ``name`` does not accept, lacks a required one,
+    or holds a value whose type does not match the constructor's annotation."""
+    params = _parameters(name)
+    unknown = sorted(set(opts) - set(params))
     if unknown:
-        listing = ", ".join(valid) if valid else "none"
+        listing = ", ".join(params) if params else "none"
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for position encoding {name!r}; "
                          f"valid options: {listing}.")
-    missing = [k for k, d in valid.items() if d is inspect.Parameter.empty and k not in opts]
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in opts]
     if missing:
         raise ValueError(f"position encoding {name!r} needs option(s) {', '.join(missing)}.")
+    for key, value in opts.items():
+        annotation = params[key].annotation
+        if annotation is not inspect.Parameter.empty and not _is_type(value, annotation):
+            expected = _describe(annotation, text=False)
+            raise ValueError(f"option {key} of position encoding {name!r} must be {expected}, "
+                             f"got {value!r} ({type(value).__name__}).")
 
 
 def build(name: str, num_heads: int, head_dim: int, **opts: Any) -> PositionEncoding:
     """Construct the encoding registered as ``name``; options are validated first."""
     validate(name, opts)
     return get(name)(num_heads=num_heads, head_dim=head_dim, **opts)
+
+
+@dataclass
+class Spec:
+    """A parsed ``[label=]name[:key=value,...]``: run label, registry name and typed options."""
+
+    label: str
+    position: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_spec(text: str) -> Spec:
+    """``[label=]name[:key=value,...]`` -> :class:`Spec`, e.g. ``fire_lin=fire:mlp_layers=0``.
+
+    Values are converted by the annotation of the constructor parameter they set (``threshold=false``
+    is ``False``, ``init_r1=none`` is ``None``) and validated against the registry. Without a label,
+    the label is the name, followed by ``[key=value,...]`` when options are given.
+    """
+    text = text.strip()
+    label = None
+    head, sep, rest = text.partition(":")
+    if "=" in head:
+        label, _, head = head.partition("=")
+        if not label.strip():
+            raise ValueError(f"empty label in spec {text!r}; write label=name or just name.")
+    name = head.strip()
+    params = _parameters(name)
+    options: dict[str, Any] = {}
+    if sep:
+        for item in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, val = item.partition("=")
+            key = key.strip()
+            if not eq:
+                raise ValueError(f"option {item!r} in spec {text!r} must look like key=value.")
+            if key in options:
+                raise ValueError(f"option {key} is given twice in spec {text!r}.")
+            if key in params and params[key].annotation is not inspect.Parameter.empty:
+                options[key] = _from_text(name, key, val.strip(), params[key].annotation)
+            else:
+                options[key] = val.strip()  # unknown keys are reported by validate
+    validate(name, options)
+    if label is None:
+        label = name if not options else name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+    return Spec(label.strip(), name, options)
+
+
+def training_options(position: str, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """``options`` plus the defaults ``firepe train`` and ``firepe compare`` use (paper, Appendix C.1).
+
+    * FIRE / FIRE-S: ``init_L = seq_len / 4`` unless given (or ``threshold=False``; the paper's 512
+      for 2048) and ``bias_mode="table"`` (recorded explicitly in saved configs).
+    * T5: 64 buckets per head unless ``num_buckets`` is given (``max_distance`` keeps T5's 128).
+    """
+    opts = dict(options)
+    if position in ("fire", "fire_s"):
+        if "init_L" not in opts and opts.get("threshold", True):
+            opts["init_L"] = seq_len / 4
+        opts.setdefault("bias_mode", "table")
+    elif position == "t5":
+        opts.setdefault("num_buckets", 64)
+    return opts

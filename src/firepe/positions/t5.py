@@ -3,6 +3,11 @@
 Unidirectional (causal) bucketing with ``num_buckets = K + 1`` buckets and maximum distance ``L1``:
 distances ``0 <= n < K+1/2`` get their own bucket, distances up to ``L1`` are binned logarithmically,
 everything beyond shares the last bucket (Eq. 6). Each bucket has one learned scalar per head.
+
+Defaults: ``num_buckets=32, max_distance=128`` as T5 and Hugging Face. The FIRE paper's language
+modeling runs use 64 buckets per head (Appendix C.1; it does not state ``max_distance``, so T5's 128
+is kept): :func:`firepe.positions.training_options`, used by ``firepe train`` and ``firepe compare``,
+sets ``num_buckets=64`` unless it is given.
 """
 
 from __future__ import annotations

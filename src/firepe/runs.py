@@ -1,0 +1,348 @@
+"""The run folder: layout, lock, durable writes, the metrics log and schema checks of config I/O.
+
+Layout::
+
+    RUN/config.json                   {"model": GPTConfig, "train": TrainConfig, "data": DataConfig}
+    RUN/tokenizer.json                (BPE tokenizers only)
+    RUN/metrics.jsonl                 one JSON object per logged step
+    RUN/checkpoints/step-000123/      model.safetensors, optimizer.safetensors, optimizer.json,
+                                      rng.safetensors, state.json (see :mod:`firepe.checkpoint`)
+    RUN/checkpoints/latest            name of the newest complete checkpoint folder
+    RUN/.lock                         held (``flock``) by the process training in the folder
+
+Every file is written under a per-process temporary name, flushed and ``fsync``'ed, renamed over
+its final name, and the folder is ``fsync``'ed, so neither a killed process nor a power loss leaves
+a torn file behind. Whatever is read back is checked against the dataclass fields it claims to
+hold; a damaged file is named in one ``ValueError`` sentence, never loaded half-way.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import types
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunFolder", "RunWriteError", "write_json", "write_text", "read_json", "dataclass_from_dict",
+           "check_fields", "fsync_dir", "MetricsLog", "STEP_DIR"]
+
+STEP_DIR = re.compile(r"step-(\d{7,})")  # checkpoint folders: step-0000123 (7 digits or more)
+
+
+class RunWriteError(ValueError):
+    """A file could not be written (full disk, read-only folder, file-size limit): names path and cause."""
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn ``OSError`` (and the I/O errors of safetensors) raised while writing ``path`` into one
+    :class:`RunWriteError` sentence naming the path and the cause."""
+    try:
+        yield
+    except RunWriteError:
+        raise
+    except Exception as e:
+        if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+            raise
+        if isinstance(e, OSError) and e.strerror:
+            cause = e.strerror
+        else:
+            cause = (str(e).splitlines() or [type(e).__name__])[0]
+        raise RunWriteError(f"cannot write {path}: {cause}.") from None
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def fsync_dir(path: Path) -> None:
+    """``fsync`` a folder so that renames inside it survive a power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically and durably (per-process temporary, fsync, rename, fsync dir)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    with writing(path):
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a JSON file; the run folder is damaged.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; the file is corrupt.") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the file is corrupt or truncated.") from None
+
+
+# -- schema checks ----------------------------------------------------------------------------
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return all(_type_ok(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a finite number",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_fields(cls, data: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``data`` is a JSON object whose keys are fields of dataclass ``cls``
+    holding values of the annotated types (missing keys take the field defaults)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
+    for name, f in known.items():
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ValueError(f"{where}: the required key {name!r} is missing.")
+            continue
+        if not _type_ok(data[name], hints[name]):
+            raise ValueError(f"{where}: {name} must be {_describe(hints[name])}, got {data[name]!r}.")
+
+
+def dataclass_from_dict(cls, data: Any, where: str | None = None):
+    """``cls(**data)`` after :func:`check_fields` (one clear error naming ``where`` if not)."""
+    where = where or cls.__name__
+    check_fields(cls, data, where)
+    try:
+        return cls(**data)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+# -- metrics log ------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step, appended and fsync'ed line by line.
+
+    A torn last line (a kill or a full disk mid-append) is dropped when the log is read or
+    truncated; :meth:`truncate` (on resume) rewrites the file atomically, so a kill there loses nothing.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        try:
+            lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        except OSError as e:
+            raise ValueError(f"cannot read {self.path}: {e.strerror or e}.") from None
+        out = []
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                    raise ValueError
+            except ValueError:
+                if n == len(lines) - 1:  # torn final append: drop it
+                    break
+                raise ValueError(f"{self.path} line {n + 1} is not a metrics record; the file is damaged "
+                                 "(remove or fix that line).") from None
+            out.append(row)
+        return out
+
+    def truncate(self, step: int) -> None:
+        """Keep the rows of steps ``<= step`` and drop a torn last line (atomic rewrite)."""
+        if not self.path.exists():
+            return
+        text = "".join(json.dumps(r) + "\n" for r in self.rows() if r["step"] <= step)
+        if text.encode() != self.path.read_bytes():
+            write_text(self.path, text)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with writing(self.path), open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# -- the folder -------------------------------------------------------------------------------
+
+
+class RunFolder:
+    """Paths of a run folder, its lock, and its config (checked against the dataclasses)."""
+
+    def __init__(self, path: str | Path):
+        if isinstance(path, str) and not path.strip():
+            raise ValueError("the run folder path is empty; pass a folder name (e.g. --out runs/fire).")
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    config_path = property(lambda self: self.path / "config.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    metrics = property(lambda self: MetricsLog(self.path / "metrics.jsonl"))
+    tokenizer_path = property(lambda self: self.path / "tokenizer.json")
+
+    def check_exists(self) -> None:
+        if not self.path.exists():
+            raise ValueError(f"run folder {str(self.path)!r} does not exist.")
+        if not self.path.is_dir():
+            raise ValueError(f"run folder {str(self.path)!r} is a file, not a folder.")
+
+    def has_run(self) -> bool:
+        return self.config_path.exists()
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.json`` as a dict with sections ``model``, ``train``, ``data`` (each checked)."""
+        from .data import DataConfig
+        from .model import GPTConfig
+        from .train import TrainConfig
+
+        self.check_exists()
+        cfg = read_json(self.config_path)
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{self.config_path} must hold a JSON object; not a firepe run folder.")
+        for section, cls in (("model", GPTConfig), ("train", TrainConfig), ("data", DataConfig)):
+            if section not in cfg:
+                raise ValueError(f"{self.config_path} has no {section!r} section; not a firepe run folder "
+                                 "or a damaged one.")
+            check_fields(cls, cfg[section], f"{self.config_path} [{section}]")
+        return cfg
+
+    def configs(self):
+        """``(GPTConfig, TrainConfig, DataConfig)`` of the run."""
+        from .data import DataConfig
+        from .model import GPTConfig
+        from .train import TrainConfig
+
+        cfg = self.read_config()
+        return tuple(dataclass_from_dict(cls, cfg[s], f"{self.config_path} [{s}]")
+                     for s, cls in (("model", GPTConfig), ("train", TrainConfig), ("data", DataConfig)))
+
+    def write_config(self, model_cfg, train_cfg, data_cfg) -> None:
+        from dataclasses import asdict
+
+        write_json(self.config_path, {"model": asdict(model_cfg), "train": asdict(train_cfg),
+                                      "data": asdict(data_cfg)})
+
+    # -- lock -----------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold an exclusive ``flock`` on ``RUN/.lock`` until :meth:`unlock` or process exit
+        (the kernel drops it when the process dies, even by kill -9)."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return
+        path = self.path / ".lock"
+        with writing(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = ""
+                try:
+                    holder = path.read_text().strip()
+                except OSError:
+                    pass
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise ValueError(f"run folder {str(self.path)!r} is in use by another firepe process{who}; "
+                                 "wait for it to finish or stop it first.") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self.unlock()
+
+    def clean_temporaries(self) -> None:
+        """Remove leftovers of killed writers (``.tmp-*`` checkpoint folders, ``.*.tmp-*`` files).
+        Call only while holding the lock."""
+        for root in (self.path, self.checkpoints):
+            if not root.is_dir():
+                continue
+            for p in root.iterdir():
+                if p.name.startswith(".") and ".tmp" in p.name:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
