@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from firepe.compare import training_options
+from firepe.positions import training_options
 from firepe.model import GPT, preset
 
 ENCODINGS = ["nope", "rope", "alibi", "kerple_log", "t5", "sandwich", "fire", "fire_s"]

@@ -145,3 +145,12 @@ def test_eval_on_a_read_only_run_prints_the_table_first(trained, capsys, monkeyp
     out, err = capsys.readouterr()
     assert code == 2 and re.search(r"^\s+32\s+\d+\.\d+", out, re.M)
     assert err.startswith("firepe: error: cannot write") and "Read-only" in err
+
+
+def test_compare_refuses_a_label_folder_holding_other_settings(tmp_path, capsys, text_corpus):
+    args = ["compare", "--out", tmp_path / "c", "--encodings", "nope", "--steps", "1", "--lengths", "16",
+            "--corpus", text_corpus, *TINY]
+    assert main([str(a) for a in args]) == 0
+    before = (tmp_path / "c" / "nope" / "config.json").read_text()
+    one_line_error(capsys, [*args, "--lr", "0.5"], r"holds a run with other settings: train.lr")
+    assert (tmp_path / "c" / "nope" / "config.json").read_text() == before

@@ -315,3 +315,57 @@ def test_run_folder_path_checks(tmp_path, text_corpus):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="existing file"):
         Trainer(tmp_path / "file", *cfgs(text_corpus))
+
+
+def test_metrics_truncation_killed_at_the_rename_loses_nothing(run, monkeypatch):
+    path = run / "metrics.jsonl"
+    before = path.read_text()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        MetricsLog(path).truncate(2)
+    assert path.read_text() == before
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_checkpoint_files_and_folder_are_fsynced(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    model = GPT(preset("tiny", position="nope"))
+    final = save_checkpoint(tmp_path, 1, model, build_optimizer(model, TrainConfig()), {"loss": 1.0})
+    names = {os.path.basename(p) for p in synced}
+    assert {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "checkpoints"} <= names
+    assert any(p.endswith(".latest.tmp-" + str(os.getpid())) or p.endswith("latest") for p in synced)
+    assert final.is_dir()
+
+
+@pytest.mark.parametrize("delay", [2.5, 4.0])
+def test_kill_9_during_training_never_leaves_a_stuck_or_torn_folder(tmp_path, text_corpus, delay):
+    import signal
+    import time
+
+    run = tmp_path / "r"
+    argv = [sys.executable, "-m", "firepe", "train", "--out", str(run), "--position", "alibi", "--preset", "tiny",
+            "--seq-len", "16", "--batch-size", "4", "--steps", "400", "--checkpoint-every", "1", "--log-every", "1",
+            "--no-progress", "--corpus", str(text_corpus)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = argv  # killed before config.json existed: the folder must accept a fresh start
+    if (run / "config.json").exists():
+        again = argv[:argv.index("--position")] + ["--resume", "--steps", "400", "--no-progress"]
+    resumed = subprocess.run(again, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "to step 400" in resumed.stdout
+    steps = [r["step"] for r in MetricsLog(run / "metrics.jsonl").rows()]
+    assert steps == list(range(1, 401))

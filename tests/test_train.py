@@ -1,4 +1,3 @@
-import gc
 import json
 import os
 import socket
@@ -102,14 +101,16 @@ def _ddp_worker(rank, world, port, run_dir, corpus, out):
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    trainer = Trainer(run_dir, *cfgs(corpus))
-    trainer.forward_backward(0)
-    if rank == 0:
-        torch.save({n: p.grad.clone() for n, p in trainer.model.named_parameters()}, out)
-    del trainer  # as `firepe train` does: gloo sometimes aborts at exit if DDP objects outlive the group
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    from firepe.train import process_group
+
+    with process_group():  # the teardown `firepe train` uses
+        trainer = Trainer(run_dir, *cfgs(corpus))
+        trainer.forward_backward(0)
+        if rank == 0:
+            torch.save({n: p.grad.clone() for n, p in trainer.model.named_parameters()}, out)
+        dist.barrier()
+        del trainer
+    assert not dist.is_initialized()
 
 
 def test_ddp_gloo_two_processes_match_single_process(tmp_path, text_corpus):

@@ -138,7 +138,7 @@ def _add_train_args(p: argparse.ArgumentParser, train_defaults, data_defaults) -
 
 def _model_config(args, position: str):
     from .model import preset
-    from .positions.registry import parse_spec, training_options
+    from .positions import parse_spec, training_options
 
     overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_head", args.n_head),
                                    ("d_model", args.d_model)) if v is not None}
@@ -175,7 +175,7 @@ def _resume_changes(args, given: set[str]) -> dict[str, Any]:
     """The TrainConfig changes a ``--resume`` command asks for; ValueError naming every given option
     that differs from the saved run and may not change."""
     from .data import DataConfig
-    from .positions.registry import parse_spec
+    from .positions import parse_spec
     from .runs import RunFolder
     from .train import RESUMABLE, TrainConfig
 

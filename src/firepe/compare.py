@@ -10,7 +10,12 @@ optional label prefix ``label=`` (``fire_lin=fire:mlp_layers=0``).
 
 FIRE defaults for training runs (:func:`training_options`): unless given, ``init_L`` is a quarter
 of the training length, the paper's ratio (512 for 2048; the positions-level default stays 512),
-and ``bias_mode="table"`` (the fast interpolated bias, max error ~3e-5, see the README).
+and ``bias_mode="table"`` (the fast interpolated bias, max error ~3e-5, see the README); T5 gets the
+paper's 64 buckets (Appendix C.1) unless ``num_buckets`` is given.
+
+A label folder that already holds a run must hold the same settings (else one error naming them):
+a finished run is reused, an unfinished one resumed; ``steps`` and the checkpoint/log cadence may
+grow, which resumes the run to the new budget.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .checkpoint import latest_checkpoint, read_state
 from .data import DataConfig
 from .evaluate import evaluate_run
 from .model import GPTConfig
-from .positions.registry import Spec, parse_spec, training_options
+from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, write_json, write_text
 from .train import TrainConfig, Trainer
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import positions
 from .attention import BACKENDS, AttentionInputs, KVCache, attend_backend, bias_encoding, encoding_kind
-from .checkpoint import dataclass_from_dict
+from .runs import dataclass_from_dict
 from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
 
