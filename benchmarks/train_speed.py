@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from firepe.positions import training_options
 from firepe.model import GPT, preset
+from firepe.positions import training_options
 
 ENCODINGS = ["nope", "rope", "alibi", "kerple_log", "t5", "sandwich", "fire", "fire_s"]
 

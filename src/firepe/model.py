@@ -17,9 +17,9 @@ from torch import nn
 
 from . import positions
 from .attention import BACKENDS, AttentionInputs, KVCache, attend_backend, bias_encoding, encoding_kind
-from .runs import dataclass_from_dict
 from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
+from .runs import dataclass_from_dict
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "preset", "IGNORE_INDEX", "MIN_TEMPERATURE"]
 
