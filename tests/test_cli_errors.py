@@ -154,3 +154,43 @@ def test_compare_refuses_a_label_folder_holding_other_settings(tmp_path, capsys,
     before = (tmp_path / "c" / "nope" / "config.json").read_text()
     one_line_error(capsys, [*args, "--lr", "0.5"], r"holds a run with other settings: train.lr")
     assert (tmp_path / "c" / "nope" / "config.json").read_text() == before
+
+
+def test_compare_refuses_before_training_anything(tmp_path, capsys, text_corpus):
+    base = ["compare", "--out", tmp_path / "c", "--steps", "1", "--lengths", "16", "--corpus", text_corpus, *TINY]
+    assert main([str(a) for a in [*base, "--encodings", "alibi"]]) == 0
+    one_line_error(capsys, [*base, "--encodings", "nope,alibi", "--lr", "0.5"], "alibi holds a run with other")
+    assert not (tmp_path / "c" / "nope").exists()
+
+
+def test_resume_from_another_directory_reads_the_same_corpus(tmp_path, capsys, text_corpus, monkeypatch):
+    monkeypatch.chdir(text_corpus.parent)
+    run = tmp_path / "r"
+    assert main(["train", "--out", str(run), "--position", "alibi", "--steps", "2", "--corpus", "corpus", *TINY]) == 0
+    saved = json.loads((run / "config.json").read_text())["data"]["corpus"]
+    assert saved == str(text_corpus.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "corpus").mkdir(parents=True)
+    (elsewhere / "corpus" / "other.txt").write_text("something else entirely\n" * 500)
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "3", "--no-progress"]) == 0
+    one_line_error(capsys, ["train", "--out", run, "--resume", "--corpus", "corpus"], "--corpus corpus")
+
+
+def test_resume_below_the_current_step_changes_nothing(trained, capsys):
+    run, _ = trained
+    before = (run / "config.json").read_text()
+    one_line_error(capsys, ["train", "--out", run, "--resume", "--steps", "1"], "already at step .*--steps must be")
+    assert (run / "config.json").read_text() == before
+
+
+def test_allocation_failure_is_one_line(tmp_path, capsys, text_corpus):
+    one_line_error(capsys, ["train", "--out", tmp_path / "r", "--corpus", text_corpus, *TINY,
+                            "--position", "fire:mlp_width=99999999999"], "out of memory")
+
+
+def test_plot_bias_out_must_be_a_png(trained, capsys, tmp_path):
+    run, _ = trained
+    one_line_error(capsys, ["plot-bias", run, "--out", tmp_path / "noext"], "must be a PNG file path")
+    one_line_error(capsys, ["plot-bias", run, "--out", run], "must be a PNG file path")
+    assert not (tmp_path / "noext.png").exists()

@@ -153,8 +153,24 @@ def _configs(args, position: str = "nope"):
     from .train import TrainConfig
 
     train = dataclass_from_args(TrainConfig, args)
-    data = dataclass_from_args(DataConfig, args)
+    data = _absolute_paths(dataclass_from_args(DataConfig, args))
     return _model_config(args, getattr(args, "position", position)), train, data
+
+
+def _absolute_paths(data):
+    """Local corpus paths, ``--hf-data-files`` and a tokenizer.json path made absolute, so that a run
+    resumed or evaluated from another directory reads the same files."""
+    def absolute(items: str) -> str:
+        return ",".join(str(Path(p.strip()).resolve()) if p.strip() else p for p in items.split(","))
+
+    changes = {}
+    if data.corpus != "stdlib" and not data.corpus.startswith("hf:"):
+        changes["corpus"] = absolute(data.corpus)
+    if data.hf_data_files and all(Path(p.strip()).exists() for p in data.hf_data_files.split(",") if p.strip()):
+        changes["hf_data_files"] = absolute(data.hf_data_files)  # local files (not a hub repo's paths or globs)
+    if data.tokenizer.endswith(".json"):
+        changes["tokenizer"] = absolute(data.tokenizer)
+    return replace(data, **changes) if changes else data
 
 
 def _check_out(path: str, what: str = "--out") -> Path:
@@ -192,8 +208,9 @@ def _resume_changes(args, given: set[str]) -> dict[str, Any]:
                 changes[f.name] = getattr(args, f.name)
             else:
                 conflicts.append(f"{flag[f.name]} {getattr(args, f.name)} (run: {getattr(saved_train, f.name)})")
+    wanted_data = _absolute_paths(dataclass_from_args(DataConfig, args))
     for f in fields(DataConfig):
-        if f.name in given and getattr(args, f.name) != getattr(saved_data, f.name):
+        if f.name in given and getattr(wanted_data, f.name) != getattr(saved_data, f.name):
             conflicts.append(f"{flag[f.name]} {getattr(args, f.name)} (run: {getattr(saved_data, f.name)})")
     if "position" in given:
         spec = parse_spec(args.position)
@@ -297,6 +314,8 @@ def cmd_plot_bias(args) -> None:
 
     if not 0 <= args.query <= MAX_PLOT_QUERY:
         raise ValueError(f"--query must be a position in 0..{MAX_PLOT_QUERY}, got {args.query}.")
+    if args.out is not None and (Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir()):
+        raise ValueError(f"--out {args.out!r} must be a PNG file path ending in .png.")
     model, cfg = load_run(args.run)
     mods = model.position_modules()
     if bias_encoding(mods[0]) is None:
@@ -315,6 +334,7 @@ def cmd_generate(args) -> None:
     from .train import load_run, resolve_device
 
     _positive(args.max_new_tokens, "--max-new-tokens", 0)
+    _positive(args.seed, "--seed", 0)
     _positive(args.top_k, "--top-k")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
@@ -471,6 +491,17 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
         print(f"firepe: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"firepe: error: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'}); "
+              "use a smaller model, batch or length.", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # PyTorch reports a failed allocation as RuntimeError / OutOfMemoryError
+        text = str(e)
+        if "allocate" not in text and "out of memory" not in text.lower():
+            raise
+        print(f"firepe: error: out of memory ({text.splitlines()[0][:200]}); use a smaller model, batch or "
+              "length.", file=sys.stderr)
         return 2
     except OSError as e:  # a write or read the user can act on (full disk, permissions)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""

@@ -98,12 +98,15 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
     rows = []
+    for spec in parsed:  # refuse before training anything
+        run = RunFolder(out / spec.label)
+        if run.has_run():
+            opts = training_options(spec.position, spec.options, train_cfg.seq_len)
+            _same_settings(run, replace(model, position=spec.position, position_options=opts), train_cfg, data_cfg)
     for spec in parsed:
         opts = training_options(spec.position, spec.options, train_cfg.seq_len)
         run = RunFolder(out / spec.label)
         mcfg = replace(model, position=spec.position, position_options=opts)
-        if run.has_run():
-            _same_settings(run, mcfg, train_cfg, data_cfg)
         if _run_finished(run.path, train_cfg.steps):
             log(f"[{spec.label}] already trained, reusing {run.path}")
         else:

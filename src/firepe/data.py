@@ -37,6 +37,7 @@ import uuid
 import warnings
 import zlib
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,22 @@ def _cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:300] if lines else 'no message'}"
 
 
+@contextmanager
+def _quiet_hub():
+    """Silence the retry/warning logs of datasets and huggingface_hub (their failure becomes one line)."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "datasets", "fsspec", "urllib3")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _hf_corpus(spec: str, cfg: DataConfig) -> Corpus:
     try:
         import datasets
@@ -237,7 +254,8 @@ def _hf_corpus(spec: str, cfg: DataConfig) -> Corpus:
     if data_files:
         kwargs["data_files"] = data_files
     try:
-        ds = datasets.load_dataset(name, config or None, **kwargs)
+        with _quiet_hub():
+            ds = datasets.load_dataset(name, config or None, **kwargs)
     except Exception as e:  # network, hub, builder and file errors of datasets / huggingface_hub
         raise ValueError(f"could not load {what} ({_cause(e)}).") from e
     if "train" not in ds:

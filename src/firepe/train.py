@@ -308,6 +308,12 @@ class Trainer:
             with writing(self.run.path):
                 self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.lock()
+        if resume:
+            ckpt = latest_checkpoint(self.run.path)
+            done = read_state(ckpt)["step"] if ckpt is not None else 0
+            if done > self.cfg.steps:
+                raise ValueError(f"run {str(self.run.path)!r} is already at step {done}; --steps must be >= {done}, "
+                                 f"got {self.cfg.steps} (nothing was changed).")
         if not resume and self.run.has_run():
             raise ValueError(f"run folder {str(self.run.path)!r} already holds a run; use --resume to continue it "
                              "or choose another --out (nothing was overwritten).")
