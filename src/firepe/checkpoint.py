@@ -23,7 +23,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .runs import STEP_DIR, dataclass_from_dict, fsync_dir, fsync_file, read_json, write_json, write_text, writing
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "checkpoint_step", "load_model_weights",
+__all__ = ["check_finite", "save_checkpoint", "latest_checkpoint", "checkpoint_step", "load_model_weights",
            "load_optimizer_state", "read_state", "dataclass_from_dict", "write_json", "read_json"]
 
 
@@ -47,6 +47,23 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, meta
 
 
+def check_finite(module: torch.nn.Module) -> None:
+    """Raise ``ValueError`` naming the first parameter or buffer of ``module`` holding NaN or inf
+    (one ``isfinite().all()`` per floating tensor, a single host sync for all of them)."""
+    named = [("parameter", n, t) for n, t in module.named_parameters()]
+    named += [("buffer", n, t) for n, t in module.named_buffers()]
+    named = [(kind, n, t) for kind, n, t in named
+             if (t.is_floating_point() or t.is_complex()) and t.numel() and t.device.type != "meta"]
+    if not named:
+        return
+    device = named[0][2].device
+    finite = torch.stack([torch.isfinite(t.detach()).all().to(device) for _, _, t in named]).tolist()
+    for (kind, name, _), ok in zip(named, finite):
+        if not ok:
+            raise ValueError(f"{kind} {name} holds NaN or inf values; the weights come from a diverged run "
+                             "or a corrupt checkpoint.")
+
+
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint ``step``, point ``latest`` at it, and keep the ``keep`` newest (by step number).
@@ -56,10 +73,11 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     """
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"checkpoint step must be an integer >= 0, got {step!r}.")
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise FloatingPointError(f"weights became non-finite ({name}) at step {step}; not checkpointed. "
-                                     "The last checkpoint is kept; lower --lr.")
+    try:
+        check_finite(model)
+    except ValueError as e:
+        raise FloatingPointError(f"weights became non-finite at step {step} ({str(e).split(';')[0]}); not "
+                                 "checkpointed. The last checkpoint is kept; lower --lr.") from None
     ckpt_root = Path(run_dir) / "checkpoints"
     name = f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-{name}-{os.getpid()}"

@@ -342,10 +342,7 @@ def cmd_generate(args) -> None:
     model, cfg = load_run(args.run, device=device)
     if args.attention:
         model.set_attention(args.attention)
-    tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]))
-    if tok.vocab_size != model.cfg.vocab_size:
-        raise ValueError(f"{Path(args.run) / 'tokenizer.json'} has {tok.vocab_size} tokens but the model has "
-                         f"{model.cfg.vocab_size}; the run folder holds another tokenizer.")
+    tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]), model.cfg.vocab_size)
     ids = tok.encode(args.prompt)
     if not ids:
         raise ValueError("--prompt is empty; give at least one character.")

@@ -32,7 +32,7 @@ from .data import DataConfig
 from .evaluate import evaluate_run
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
-from .runs import RunFolder, write_json, write_text
+from .runs import RunFolder, write_json, write_text, writing
 from .train import TrainConfig, Trainer
 
 __all__ = ["Spec", "parse_spec", "split_specs", "training_options", "compare", "format_table", "DEFAULT_SPECS",
@@ -90,23 +90,20 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     if not specs:
         raise ValueError("no encodings to compare; pass e.g. --encodings nope,rope,fire.")
     parsed = [s if isinstance(s, Spec) else parse_spec(s) for s in specs]
-    from .runs import writing
-
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
     labels = [s.label for s in parsed]
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
-    rows = []
-    for spec in parsed:  # refuse before training anything
-        run = RunFolder(out / spec.label)
-        if run.has_run():
-            opts = training_options(spec.position, spec.options, train_cfg.seq_len)
-            _same_settings(run, replace(model, position=spec.position, position_options=opts), train_cfg, data_cfg)
-    for spec in parsed:
+    plans = []
+    for spec in parsed:  # refuse before training (or creating) anything
         opts = training_options(spec.position, spec.options, train_cfg.seq_len)
-        run = RunFolder(out / spec.label)
-        mcfg = replace(model, position=spec.position, position_options=opts)
+        run, mcfg = RunFolder(out / spec.label), replace(model, position=spec.position, position_options=opts)
+        if run.has_run():
+            _same_settings(run, mcfg, train_cfg, data_cfg)
+        plans.append((spec, opts, run, mcfg))
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec, opts, run, mcfg in plans:
         if _run_finished(run.path, train_cfg.steps):
             log(f"[{spec.label}] already trained, reusing {run.path}")
         else:

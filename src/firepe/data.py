@@ -422,11 +422,14 @@ def build_tokenizer(cfg: DataConfig, corpus: Corpus):
     raise ValueError(f"unknown tokenizer {cfg.tokenizer!r}; valid: byte, bpe, or a path to tokenizer.json.")
 
 
-def load_tokenizer(run_dir: Path, cfg: DataConfig):
-    """The tokenizer a run was trained with (``tokenizer.json`` in the run folder for BPE)."""
-    if cfg.tokenizer == "byte":
-        return ByteTokenizer()
-    return BPETokenizer.load(run_dir / "tokenizer.json")
+def load_tokenizer(run_dir: Path, cfg: DataConfig, vocab_size: int | None = None):
+    """The tokenizer a run was trained with (``tokenizer.json`` in the run folder for BPE);
+    ``vocab_size``: the run's model vocabulary, checked against the tokenizer's."""
+    tok = ByteTokenizer() if cfg.tokenizer == "byte" else BPETokenizer.load(Path(run_dir) / "tokenizer.json")
+    if vocab_size is not None and tok.vocab_size != vocab_size:
+        raise ValueError(f"{Path(run_dir) / 'tokenizer.json'} has {tok.vocab_size} tokens but the run's model has "
+                         f"{vocab_size}; the run folder holds another tokenizer.")
+    return tok
 
 
 def _check_max_tokens(max_tokens) -> None:

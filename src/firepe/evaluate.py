@@ -110,10 +110,7 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], val_tokens: int | None
         model.set_attention(attention)
     data_cfg = dataclass_from_dict(DataConfig, cfg["data"], f"{run_dir}/config.json [data]")
     corpus = load_corpus(data_cfg)
-    tok = load_tokenizer(Path(run_dir), data_cfg)
-    if tok.vocab_size != model.cfg.vocab_size:
-        raise ValueError(f"{Path(run_dir) / 'tokenizer.json'} has {tok.vocab_size} tokens but the model has "
-                         f"{model.cfg.vocab_size}; the run folder holds another tokenizer.")
+    tok = load_tokenizer(Path(run_dir), data_cfg, model.cfg.vocab_size)
     cap = val_tokens or data_cfg.val_tokens
     stream = encoded_stream(corpus.validation, tok, max_tokens=cap + max(lengths) + 1)
     tokens = eval_tokens(stream, lengths, cap)

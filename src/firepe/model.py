@@ -17,6 +17,7 @@ from torch import nn
 
 from . import positions
 from .attention import BACKENDS, AttentionInputs, KVCache, attend_backend, bias_encoding, encoding_kind
+from .checkpoint import check_finite
 from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
 from .runs import dataclass_from_dict
@@ -198,21 +199,10 @@ class GPT(nn.Module):
     def check_finite(self) -> None:
         """Raise ``ValueError`` naming the first parameter or buffer holding NaN or inf.
 
-        One ``isfinite().all()`` per floating tensor and a single host sync for all of them; call it
-        after loading a checkpoint and before saving one.
+        :func:`firepe.checkpoint.check_finite` on this model; ``save_checkpoint`` and ``load_run``
+        run the same check.
         """
-        named = [("parameter", n, t) for n, t in self.named_parameters()]
-        named += [("buffer", n, t) for n, t in self.named_buffers()]
-        named = [(kind, n, t) for kind, n, t in named
-                 if (t.is_floating_point() or t.is_complex()) and t.numel() and t.device.type != "meta"]
-        if not named:
-            return
-        device = named[0][2].device
-        finite = torch.stack([torch.isfinite(t.detach()).all().to(device) for _, _, t in named]).tolist()
-        for (kind, name, _), ok in zip(named, finite):
-            if not ok:
-                raise ValueError(f"{kind} {name} holds NaN or inf values; the weights come from a diverged run "
-                                 "or a corrupt checkpoint.")
+        check_finite(self)
 
     def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                       name: str = "idx") -> None:

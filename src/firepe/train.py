@@ -253,11 +253,8 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
 
         corpus = load_corpus(self.data_cfg)
-        self.tokenizer = (load_tokenizer(self.run_dir, self.data_cfg) if resume
+        self.tokenizer = (load_tokenizer(self.run_dir, self.data_cfg, self.model_cfg.vocab_size) if resume
                           else build_tokenizer(self.data_cfg, corpus))
-        if resume and self.model_cfg.vocab_size != self.tokenizer.vocab_size:
-            raise ValueError(f"{self.run.tokenizer_path} has {self.tokenizer.vocab_size} tokens but the run's model "
-                             f"has {self.model_cfg.vocab_size}; the run folder holds another tokenizer.")
         self.model_cfg.vocab_size = self.tokenizer.vocab_size
         self.corpus_description = corpus.describe()
         self.data = TokenData(encoded_stream(corpus.train, self.tokenizer, self.data_cfg.max_train_tokens),
