@@ -197,6 +197,6 @@ def test_plot_bias_out_must_be_a_png(trained, capsys, tmp_path):
 
 
 def test_compare_with_duplicate_labels_creates_nothing(tmp_path, capsys, text_corpus):
-    one_line_error(capsys, ["compare", "--out", tmp_path / "c", "--encodings", "a=fire,a=alibi", "--corpus", text_corpus,
-                            *TINY], "duplicate labels")
+    one_line_error(capsys, ["compare", "--out", tmp_path / "c", "--encodings", "a=fire,a=alibi",
+                            "--corpus", text_corpus, *TINY], "duplicate labels")
     assert not (tmp_path / "c").exists()
