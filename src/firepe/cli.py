@@ -1,4 +1,4 @@
-"""``firepe`` command line: train, eval, compare, ablate, plot-bias, generate, bench-speed.
+"""``firepe`` command line: train, eval, compare, ablate, finetune, score, plot-bias, generate, bench-speed.
 
 Every user error ends in one line ``firepe: error: ...`` and exit status 2; nothing already
 written is removed.
@@ -291,9 +291,40 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
     out = _check_out(args.out)
     if specs is None:
         specs = split_specs(args.encodings, "--encodings")
-    compare(out, specs, replace(model, position="nope", position_options={}), train, data,
-            _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=train.progress)
+    task = getattr(args, "task", None)
+    if task is not None and task != "passkey":
+        raise ValueError(f"compare --task supports passkey only, got {task!r}; fine-tune and score other tasks "
+                         "with firepe finetune and firepe score.")
+    task_train = _passkey_train(args, train) if task else None
+    depths = None
+    if task and args.depths is not None:
+        from .tasks import parse_depths
+
+        depths = parse_depths(args.depths)
+    summary = compare(out, specs, replace(model, position="nope", position_options={}), train, data,
+                      _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=train.progress)
     print(f"wrote {out / 'results.md'}, results.json, results.csv and perplexity.png")
+    if task:
+        from .compare import compare_passkey
+
+        compare_passkey(out, summary, task_train, depths=depths, examples=args.task_examples)
+        print(f"wrote {out / 'passkey'}/score.md, score.json, score.csv, score.png and passkey_<label>.png")
+
+
+def _passkey_train(args, train):
+    """TrainConfig of compare's passkey fine-tuning: the compare run's settings, PASSKEY_DEFAULTS,
+    and the --task-* flags."""
+    from .compare import PASSKEY_DEFAULTS
+
+    _positive(args.task_steps, "--task-steps")
+    _positive(args.task_examples, "--task-examples")
+    changes = dict(PASSKEY_DEFAULTS)
+    if args.task_steps is not None:
+        changes["steps"] = args.task_steps
+        changes["checkpoint_every"] = args.task_steps
+    if args.task_lr is not None:
+        changes["lr"] = args.task_lr
+    return replace(train, **changes)
 
 
 def cmd_ablate(args) -> None:
@@ -301,6 +332,137 @@ def cmd_ablate(args) -> None:
 
     cmd_compare(args, specs=split_specs(args.variants, "--variants", sep=";") if args.variants is not None
                 else ABLATION_SPECS)
+
+
+def _finetune_defaults():
+    from .finetune import FINETUNE_DEFAULTS, FinetuneConfig
+    from .train import TrainConfig
+
+    return TrainConfig(**FINETUNE_DEFAULTS), FinetuneConfig()
+
+
+def _position_options(text: str | None, position: str) -> dict[str, Any]:
+    from .positions import parse_spec
+
+    if text is None:
+        return {}
+    if not text.strip():
+        raise ValueError("--position-options is empty; pass e.g. factor=4.")
+    return parse_spec(f"{position}:{text}").options
+
+
+def _finetune_resume_changes(args) -> dict[str, Any]:
+    """TrainConfig changes of ``finetune --resume``; every other given option must match the run."""
+    from .finetune import FinetuneConfig
+    from .runs import RunFolder
+    from .train import RESUMABLE, TrainConfig
+
+    run = RunFolder(_check_out(args.out))
+    run.check_exists()
+    if not run.has_run():
+        raise ValueError(f"--resume: {args.out!r} holds no run (no config.json); drop --resume to start one.")
+    cfg = run.read_config()
+    if "finetune" not in cfg:
+        raise ValueError(f"--resume: {args.out!r} is a pretraining run; continue it with firepe train --resume.")
+    _, saved_train, _ = run.configs()
+    saved_ft = cfg["finetune"]
+    changes, conflicts = {}, []
+    for f in fields(TrainConfig):
+        if f.name in args.given and getattr(args, f.name) != getattr(saved_train, f.name):
+            if f.name in RESUMABLE:
+                changes[f.name] = getattr(args, f.name)
+            else:
+                conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} "
+                                 f"(run: {getattr(saved_train, f.name)})")
+    for f in fields(FinetuneConfig):
+        if f.name in args.given and getattr(args, f.name) != saved_ft.get(f.name):
+            conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} (run: {saved_ft.get(f.name)})")
+    for flag in ("dropout", "attention", "position_options"):
+        if flag in args.given:
+            conflicts.append(f"--{flag.replace('_', '-')} (fixed by the run's model configuration)")
+    if args.run is not None:
+        conflicts.append(f"RUN {args.run} (the run started from {saved_ft.get('base_run')})")
+    if conflicts:
+        raise ValueError("--resume continues a fine-tuning run with its saved settings; these options differ and "
+                         f"cannot change: {'; '.join(conflicts)}. Only {', '.join(RESUMABLE)} may.")
+    return changes
+
+
+def cmd_finetune(args) -> None:
+    from .finetune import FinetuneConfig, FinetuneTrainer
+    from .runs import RunFolder
+    from .train import TrainConfig, process_group
+
+    _check_out(args.out)
+    with process_group():
+        if args.resume:
+            trainer = FinetuneTrainer(args.out, resume=True, changes=_finetune_resume_changes(args))
+        else:
+            if args.run is None:
+                raise ValueError("finetune needs RUN, the trained run folder to start from (or --resume --out FT).")
+            base = RunFolder(args.run)
+            base.check_exists()
+            if not base.has_run():
+                raise ValueError(f"{args.run!r} is not a firepe run folder (no config.json); pass the folder of a "
+                                 "trained run.")
+            base_model, base_train, _ = base.configs()
+            train = dataclass_from_args(TrainConfig, args)
+            if "seq_len" not in args.given:
+                train = replace(train, seq_len=base_train.seq_len)
+            ft = dataclass_from_args(FinetuneConfig, args)
+            if ft.task_files:
+                ft = replace(ft, task_files=",".join(str(Path(p.strip()).resolve()) for p in ft.task_files.split(",")
+                                                     if p.strip()))
+            ft = replace(ft, task=_absolute_task(args.task))
+            changes = {"dropout": args.dropout, "attention": args.attention,
+                       "position_options": _position_options(args.position_options, base_model.position)}
+            trainer = FinetuneTrainer(args.out, args.run, ft, train, model_changes=changes)
+        if trainer.rank == 0:
+            print(trainer.corpus_description, flush=True)
+        losses = trainer.fit()
+        rank, step = trainer.rank, trainer.step
+        del trainer
+    if rank == 0:
+        last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
+        print(f"fine-tuned {args.out} to step {step}; last loss {last}")
+
+
+def _absolute_task(text: str) -> str:
+    """``jsonl:PATH`` / ``parquet:PATH`` entries with absolute paths (resume from elsewhere reads the same file)."""
+    from .tasks import expand_tasks
+
+    expand_tasks(text)
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        kind, _, rest = item.partition(":")
+        out.append(f"{kind}:{Path(rest).resolve()}" if kind in ("jsonl", "parquet") else item)
+    return ",".join(out)
+
+
+def cmd_score(args) -> None:
+    from .evaluate import parse_lengths
+    from .score import format_scores, score_runs, write_scores
+    from .tasks import parse_depths
+
+    _positive(args.examples, "--examples")
+    _positive(args.limit, "--limit")
+    _positive(args.max_new_tokens, "--max-new-tokens")
+    _positive(args.batch_tokens, "--batch-tokens")
+    _positive(args.seed, "--seed", 0)
+    out = _check_out(args.out)
+    if args.metric is not None:
+        from .tasks.metrics import check_metric
+
+        check_metric(args.metric)
+    res = score_runs(args.runs, args.task, lengths=parse_lengths(args.lengths) if args.lengths else None,
+                     depths=parse_depths(args.depths) if args.depths is not None else None, split=args.split,
+                     task_files=args.task_files, limit=args.limit, examples=args.examples,
+                     max_new_tokens=args.max_new_tokens, metric=args.metric, filler=args.filler, seed=args.seed,
+                     device=args.device, attention=args.attention, batch_tokens=args.batch_tokens)
+    print(format_scores(res))
+    sys.stdout.flush()
+    paths = write_scores(out, res, plot=not args.no_plot)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 #: the largest query position plot-bias draws (a [H, query + 1] row per layer)
@@ -417,9 +579,57 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--variants", help="';'-separated specs (default: the Appendix B set)")
         c.add_argument("--lengths", help="evaluation lengths (default: train length x 1, 2, 4, ... max-factor)")
         c.add_argument("--max-factor", type=_int, default=8)
+        if name == "compare":
+            c.add_argument("--task", choices=["passkey"], help="then fine-tune every model on passkey at its "
+                                                               "training length and score it at every length")
+            c.add_argument("--task-steps", type=_int, help="passkey fine-tuning steps (default 400)")
+            c.add_argument("--task-lr", type=_float, help="passkey fine-tuning learning rate (default 1e-3)")
+            c.add_argument("--task-examples", type=_int, default=10, help="passkey examples per length and depth")
+            c.add_argument("--depths", help="passkey key depths (default 0,0.25,0.5,0.75,1)")
         _add_model_args(c, with_position=False, preset=COMPARE_PRESET)
         _add_train_args(c, *_compare_defaults())
         c.set_defaults(func=cmd_compare if name == "compare" else cmd_ablate, position="nope")
+
+    from .tasks import TASK_HELP
+
+    f = sub.add_parser("finetune", help="fine-tune a trained run on a task (loss on the answer tokens only)")
+    f.add_argument("run", nargs="?", help="the trained run folder to start from (not with --resume)")
+    f.add_argument("--task", default="passkey", help=TASK_HELP)
+    f.add_argument("--out", required=True, help="new run folder of the fine-tuned model")
+    f.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
+    fm = f.add_argument_group("model changes")
+    fm.add_argument("--dropout", type=_float, default=0.1, help="dropout (Tables 10/12: 0.1)")
+    fm.add_argument("--attention", choices=list(BACKENDS), help="attention backend (chunked: O(n) memory)")
+    fm.add_argument("--position-options", help="encoding options that depend on the target length, e.g. "
+                                               "factor=4 for rope_pi/yarn from 2048 to 8192")
+    from .finetune import FinetuneConfig
+    from .train import TrainConfig
+
+    ft_train, ft_task = _finetune_defaults()
+    add_dataclass_args(f.add_argument_group("task"), FinetuneConfig, ft_task)
+    add_dataclass_args(f.add_argument_group("training (seq-len default: the run's)"), TrainConfig, ft_train)
+    f.set_defaults(func=cmd_finetune)
+
+    sc = sub.add_parser("score", help="greedy-decode runs on a task and score them, across context lengths")
+    sc.add_argument("runs", nargs="+", help="run folders (trained or fine-tuned)")
+    sc.add_argument("--task", default="passkey", help=TASK_HELP)
+    sc.add_argument("--lengths", help="context lengths, e.g. 512,2048,8192 (default: the run's training length; "
+                                      "passkey: 1x, 2x, 4x, 8x it)")
+    sc.add_argument("--depths", help="passkey key depths in [0, 1] (default 0,0.25,0.5,0.75,1)")
+    sc.add_argument("--examples", type=_int, default=10, help="passkey examples per length and depth")
+    sc.add_argument("--limit", type=_int, help="first N examples of other tasks")
+    sc.add_argument("--split", default="validation", help="dataset split of Hugging Face tasks")
+    sc.add_argument("--task-files", help="local copies (json/jsonl/parquet/csv, joined by ',') of a Hugging Face task")
+    sc.add_argument("--metric", help="main metric of a jsonl:/parquet: task (default f1): em, f1, rgm, accuracy")
+    sc.add_argument("--max-new-tokens", type=_int, help="default: the longest reference in tokens + 1")
+    sc.add_argument("--filler", choices=["corpus", "classic"], default="corpus", help="passkey filler")
+    sc.add_argument("--seed", type=_int, default=0, help="passkey keys and filler offsets")
+    sc.add_argument("--device", default="cpu")
+    sc.add_argument("--attention", choices=list(BACKENDS))
+    sc.add_argument("--batch-tokens", type=_int, default=16384, help="prompt tokens per forward pass")
+    sc.add_argument("--out", default="runs/score", help="output folder (score.json, .csv, .md, .png)")
+    sc.add_argument("--no-plot", action="store_true")
+    sc.set_defaults(func=cmd_score)
 
     b = sub.add_parser("plot-bias", help="plot a trained model's bias for one query (Fig. 4)")
     b.add_argument("run")

@@ -153,3 +153,51 @@ def format_table(summary: dict[str, Any]) -> str:
             cells.append(f"**{v:.3f}**" if math.isclose(v, best[n], rel_tol=0, abs_tol=5e-4) else f"{v:.3f}")
         lines.append(f"| {run['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: ``firepe compare --task passkey``: fine-tuning settings of the laptop companion table (README)
+PASSKEY_DEFAULTS = dict(steps=400, lr=1e-3, warmup_steps=20, min_lr_ratio=0.1, checkpoint_every=400)
+
+
+def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainConfig, dropout: float = 0.0,
+                    depths: list[float] | None = None, examples: int = 10, filler: str = "corpus",
+                    log=print) -> dict[str, Any]:
+    """The companion of the perplexity table: fine-tune every run of ``summary`` (``compare``'s
+    result) on passkey at its training length into ``out/passkey/<label>``, score each at the
+    compare lengths and depths, and write ``out/passkey/score.{json,csv,md,png}`` and one heat map
+    per encoding. Finished fine-tuning runs are reused, unfinished ones resumed."""
+    from .finetune import FinetuneConfig, FinetuneTrainer
+    from .score import format_scores, score_runs, write_scores
+
+    out = Path(out)
+    folder = out / "passkey"
+    plans = []
+    for row in summary["runs"]:
+        base, ft = out / row["label"], RunFolder(folder / row["label"])
+        if ft.has_run():
+            saved_train = ft.configs()[1]
+            skip = _RUNTIME + _EXTENDABLE
+            diffs = [k for k, v in asdict(saved_train).items() if k not in skip and v != getattr(train_cfg, k)]
+            saved_ft = ft.read_config().get("finetune", {})
+            if saved_ft.get("task") != "passkey" or saved_ft.get("filler") != filler:
+                diffs.append("finetune")
+            if diffs:
+                raise ValueError(f"{ft.path} holds a fine-tuning run with other settings ({', '.join(diffs)}); "
+                                 "use another --out or remove that folder.")
+        plans.append((row["label"], base, ft))
+    for label, base, ft in plans:
+        if _run_finished(ft.path, train_cfg.steps):
+            log(f"[{label}] passkey fine-tuning done, reusing {ft.path}")
+        elif ft.has_run():
+            log(f"[{label}] resuming passkey fine-tuning")
+            changes = {k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE}
+            FinetuneTrainer(ft.path, resume=True, changes=changes).fit()
+        else:
+            log(f"[{label}] fine-tuning on passkey at {train_cfg.seq_len} tokens")
+            FinetuneTrainer(ft.path, base, FinetuneConfig(task="passkey", filler=filler), train_cfg,
+                            model_changes={"dropout": dropout}).fit()
+    res = score_runs([ft.path for _, _, ft in plans], "passkey", lengths=summary["lengths"], depths=depths,
+                     examples=examples, filler=filler, log=log)
+    log(format_scores(res))
+    write_scores(folder, res)
+    return res

@@ -1,6 +1,8 @@
 """Figures of the paper, drawn with matplotlib (Agg backend, PNG files).
 
 * :func:`bias_curves` -- learned bias of every head for one query over all keys (Fig. 4 / 8).
+* :func:`score_vs_length` / :func:`passkey_heatmap` -- task score vs context length (Fig. 3) and the
+  passkey length x depth grid, from ``score.json``.
 * :func:`perplexity_vs_length` -- log perplexity vs evaluation length per encoding (Fig. 1), from
   the ``results.json`` that ``firepe compare`` writes (or the same dictionary).
 """
@@ -90,4 +92,59 @@ def perplexity_vs_length(summary: dict[str, Any] | str | Path, path: str | Path 
     ax.set_title("Train short, test long")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _score_results(results: dict[str, Any] | str | Path) -> dict[str, Any]:
+    return results if isinstance(results, dict) else json.loads(Path(results).read_text())
+
+
+def score_vs_length(results: dict[str, Any] | str | Path, path: str | Path = "score.png") -> Path:
+    """Fig. 3 (left)-style plot from ``score.json``: task score (y) against context length (x, log2
+    scale), one line per run (and task); passkey averages over depths."""
+    results = _score_results(results)
+    lines: dict[str, dict[int, list[float]]] = {}
+    tasks = {r["task"] for r in results["results"]}
+    for r in results["results"]:
+        name = r["label"] if len(tasks) == 1 else f"{r['label']} {r['task']}"
+        lines.setdefault(name, {}).setdefault(r["length"], []).append(r["score"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lengths = sorted({r["length"] for r in results["results"]})
+    for name, by_len in lines.items():
+        xs = sorted(by_len)
+        ax.plot(xs, [sum(by_len[n]) / len(by_len[n]) for n in xs], marker="o", lw=1.5, label=name)
+    if len(lengths) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(f"{results['metric']} (%)")
+    ax.set_title(f"{results['task']} vs context length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def passkey_heatmap(results: dict[str, Any] | str | Path, label: str, path: str | Path) -> Path:
+    """Needle-in-a-haystack grid of one run: accuracy (%) by context length (x) and key depth (y)."""
+    results = _score_results(results)
+    rows = [r for r in results["results"] if r["label"] == label and r["depth"] is not None]
+    if not rows:
+        raise ValueError(f"no passkey results of run {label!r} to plot.")
+    lengths = sorted({r["length"] for r in rows})
+    depths = sorted({r["depth"] for r in rows})
+    grid = torch.full((len(depths), len(lengths)), float("nan"))
+    for r in rows:
+        grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["score"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2.5, 0.5 * len(depths) + 2))
+    im = ax.imshow(grid.numpy(), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            if not math.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("key depth")
+    ax.set_title(f"passkey accuracy: {label}", fontsize=10)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
     return save_figure(fig, path)

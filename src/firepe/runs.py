@@ -294,10 +294,11 @@ class RunFolder:
         return tuple(dataclass_from_dict(cls, cfg[s], f"{self.config_path} [{s}]")
                      for s, cls in (("model", GPTConfig), ("train", TrainConfig), ("data", DataConfig)))
 
-    def write_config(self, model_cfg, train_cfg, data_cfg) -> None:
+    def write_config(self, model_cfg, train_cfg, data_cfg, extra: dict[str, Any] | None = None) -> None:
+        """``config.json``: the three sections, plus ``extra`` ones (e.g. ``finetune``)."""
         from dataclasses import asdict
 
-        write_json(self.config_path, {"model": asdict(model_cfg), "train": asdict(train_cfg),
+        write_json(self.config_path, {**(extra or {}), "model": asdict(model_cfg), "train": asdict(train_cfg),
                                       "data": asdict(data_cfg)})
 
     # -- lock -----------------------------------------------------------------------------

@@ -252,13 +252,7 @@ class Trainer:
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
 
-        corpus = load_corpus(self.data_cfg)
-        self.tokenizer = (load_tokenizer(self.run_dir, self.data_cfg, self.model_cfg.vocab_size) if resume
-                          else build_tokenizer(self.data_cfg, corpus))
-        self.model_cfg.vocab_size = self.tokenizer.vocab_size
-        self.corpus_description = corpus.describe()
-        self.data = TokenData(encoded_stream(corpus.train, self.tokenizer, self.data_cfg.max_train_tokens),
-                              cfg.seq_len)
+        self._build_data(resume)
 
         torch.manual_seed(cfg.seed)
         self.model = GPT(self.model_cfg).to(self.device)
@@ -271,6 +265,8 @@ class Trainer:
                 load_model_weights(self.model, ckpt)
                 self.model.to(self.device)
                 self.step = load_optimizer_state(self.optimizer, ckpt)["step"]
+            else:
+                self._initial_weights()
             if resume and self.rank == 0:
                 self.run.metrics.truncate(self.step)
         except BaseException:
@@ -279,6 +275,24 @@ class Trainer:
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device]
                                                               if self.device.type == "cuda" else None)
                     if self.world > 1 else None)
+
+    # -- hooks (fine-tuning overrides them) -----------------------------------------------
+    def _build_data(self, resume: bool) -> None:
+        """Set ``tokenizer``, ``data`` (``.batch(step, batch_size, seed) -> (x, y)``) and
+        ``corpus_description``; the model's vocabulary follows the tokenizer."""
+        corpus = load_corpus(self.data_cfg)
+        self.tokenizer = (load_tokenizer(self.run_dir, self.data_cfg, self.model_cfg.vocab_size) if resume
+                          else build_tokenizer(self.data_cfg, corpus))
+        self.model_cfg.vocab_size = self.tokenizer.vocab_size
+        self.corpus_description = corpus.describe()
+        self.data = TokenData(encoded_stream(corpus.train, self.tokenizer, self.data_cfg.max_train_tokens),
+                              self.cfg.seq_len)
+
+    def _initial_weights(self) -> None:
+        """Weights of a run without a checkpoint: the seeded initialization (pretraining)."""
+
+    #: config.json sections besides model/train/data (fine-tuning adds "finetune")
+    extra_sections: dict[str, Any] = {}
 
     # -- run folder ------------------------------------------------------------------------
     def _resumed_configs(self, changes: dict[str, Any]) -> tuple[GPTConfig, TrainConfig, DataConfig]:
@@ -318,7 +332,7 @@ class Trainer:
         if not resume:
             self.tokenizer.save(self.run.tokenizer_path)
         if not resume or self.run.configs()[1] != self.cfg:
-            self.run.write_config(self.model_cfg, self.cfg, self.data_cfg)
+            self.run.write_config(self.model_cfg, self.cfg, self.data_cfg, self.extra_sections)
 
     def config_dict(self) -> dict[str, Any]:
         return _config_dict(self.model_cfg, self.cfg, self.data_cfg)

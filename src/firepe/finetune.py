@@ -1,0 +1,248 @@
+"""Fine-tuning a trained run on a task (the paper's Sec. 4.2-4.4, Tables 10 and 12).
+
+``FinetuneTrainer(out, base_run, FinetuneConfig, TrainConfig)`` starts from the base run's latest
+checkpoint (weights, tokenizer, model configuration) and trains on ``prompt + answer`` sequences
+with the loss on the answer tokens (and the end-of-document token after them) only: every other
+target is :data:`~firepe.model.IGNORE_INDEX`. It is a :class:`~firepe.train.Trainer`, so the run
+folder, checkpoints, ``--resume``, ``torchrun``, the progress bar (tokens/s) and the error contract
+are those of ``firepe train``; ``config.json`` gains a ``finetune`` section naming the base run.
+
+Sequences: one example per row, right-padded to ``seq_len`` (padding is never a target; causal
+attention never lets a token see the padding after it). Inputs longer than ``seq_len`` lose their
+end (see :mod:`firepe.tasks.base`). A mixture (``--task glue``) is the union of its tasks'
+examples, shuffled together (the paper's GLUE/SuperGLUE mixture). Passkey examples are generated
+on the fly at ``seq_len`` with a uniformly random depth and the corpus's *training* split as filler
+(scoring uses the validation split).
+
+Model options that depend on the target length may change (``position_options``: RoPE-PI's or
+YaRN's ``factor`` from 2048 to 8192 as in the paper's RoPE-PI rows), as may ``dropout`` and the
+attention backend; an option stored in the checkpoint (a learned or saved value, e.g. FIRE's
+``init_L``) cannot.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import latest_checkpoint, load_model_weights, read_state
+from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
+from .model import IGNORE_INDEX, GPTConfig
+from .runs import RunFolder, dataclass_from_dict
+from .tasks import PasskeyTask, Prepared, expand_tasks, load_task, prepare
+from .train import TrainConfig, Trainer
+
+__all__ = ["FinetuneConfig", "FinetuneData", "FinetuneTrainer", "finetune_model_config", "task_data",
+           "FINETUNE_DEFAULTS"]
+
+
+def _help(text: str, **more: Any) -> dict[str, Any]:
+    return {"help": text, **more}
+
+
+@dataclass
+class FinetuneConfig:
+    """What a fine-tuning run trains on; saved as ``config.json["finetune"]``."""
+
+    task: str = field(default="passkey", metadata=_help("task spec (see firepe.tasks)", cli=False))
+    split: str = field(default="train", metadata=_help("dataset split of Hugging Face tasks"))
+    task_files: str | None = field(default=None, metadata=_help(
+        "local copies (json/jsonl/parquet/csv, joined by ',') of a Hugging Face task"))
+    limit: int | None = field(default=None, metadata=_help("use the first N examples of each task"))
+    filler: str = field(default="corpus", metadata=_help("passkey filler: corpus | classic",
+                                                         choices=("corpus", "classic")))
+    base_run: str = field(default="", metadata=_help("the run fine-tuned from (absolute path)", cli=False))
+    base_step: int = field(default=0, metadata=_help("its checkpoint step", cli=False))
+
+    def __post_init__(self) -> None:
+        expand_tasks(self.task)
+        if not isinstance(self.split, str) or not self.split.strip():
+            raise ValueError(f"split must be a dataset split name (train, validation, ...), got {self.split!r}.")
+        if self.limit is not None and (not isinstance(self.limit, int) or isinstance(self.limit, bool)
+                                       or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {self.limit!r}.")
+        if self.filler not in ("corpus", "classic"):
+            raise ValueError(f"filler must be corpus or classic, got {self.filler!r}.")
+
+
+#: passkey keys of fine-tuning come from this seed (scoring uses 0 by default: other keys)
+TRAIN_PASSKEY_SEED = 1_000_000
+
+#: fine-tuning defaults (the paper's Tables 10/12 use lr 1e-5 and dropout 0.1 at batch 128/256 for 25k
+#: steps; constant learning rate after the warm-up)
+FINETUNE_DEFAULTS = dict(lr=1e-5, min_lr_ratio=1.0, warmup_steps=0, steps=1000, batch_size=16, checkpoint_every=500)
+
+
+class FinetuneData:
+    """``batch(step, batch_size, seed) -> (x, y)`` of padded ``[B, seq_len]`` rows; ``y`` is the next
+    token on the answer span and ``IGNORE_INDEX`` elsewhere. ``rows``: a list of prepared
+    examples (shuffled per epoch) or a passkey generator (``example(i)`` for any ``i``)."""
+
+    def __init__(self, seq_len: int, pad_id: int, rows: list[Prepared] | None = None,
+                 passkey: PasskeyTask | None = None):
+        if (rows is None) == (passkey is None):
+            raise ValueError("FinetuneData needs rows or a passkey task (one of them).")
+        if rows is not None and not rows:
+            raise ValueError("the fine-tuning task has no examples.")
+        self.seq_len, self.pad_id, self.rows, self.passkey = seq_len, pad_id, rows, passkey
+        self.num_sequences = len(rows) if rows is not None else None
+
+    def _example(self, i: int, seed: int) -> Prepared:
+        if self.passkey is not None:
+            depth = random.Random(f"depth:{seed}:{i}").random()
+            return self.passkey.example(i + 100_000_000 * seed, self.seq_len, depth, for_training=True)
+        epoch, offset = divmod(i, len(self.rows))
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        if getattr(self, "_perm_key", None) != (epoch, seed):
+            self._perm, self._perm_key = torch.randperm(len(self.rows), generator=gen), (epoch, seed)
+        return self.rows[int(self._perm[offset])]
+
+    def row(self, ex: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """One example -> ``x, y`` of ``seq_len`` tokens (answer targets only)."""
+        seq = ex.prompt + ex.answer
+        if len(seq) > self.seq_len + 1:
+            raise ValueError(f"example {ex.id!r} has {len(seq)} tokens, more than seq_len + 1 = {self.seq_len + 1}.")
+        x = torch.full((self.seq_len,), self.pad_id, dtype=torch.long)
+        y = torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long)
+        x[:len(seq) - 1] = torch.tensor(seq[:-1])
+        start = len(ex.prompt) - 1  # target t is token t + 1: the first answer token is predicted here
+        y[start:len(seq) - 1] = torch.tensor(ex.answer)
+        return x, y
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.row(self._example(step * batch_size + j, seed)) for j in range(batch_size)]
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+
+
+def task_data(ft: FinetuneConfig, tokenizer, data_cfg: DataConfig, seq_len: int) -> tuple[FinetuneData, str]:
+    """The training data of ``ft`` and a one-line description."""
+    specs = expand_tasks(ft.task)
+    if specs == ["passkey"]:
+        filler = None
+        if ft.filler == "corpus":
+            corpus = load_corpus(data_cfg)
+            filler = encoded_stream(corpus.train, tokenizer, max_tokens=1 << 20).tolist()
+        task = PasskeyTask(tokenizer, filler, seed=TRAIN_PASSKEY_SEED)
+        task.example(0, seq_len, 0.5, for_training=True)  # fits seq_len, else one clear error
+        return (FinetuneData(seq_len, tokenizer.eos_id, passkey=task),
+                f"task passkey: generated at {seq_len} tokens, random depth, filler {ft.filler}")
+    rows: list[Prepared] = []
+    counts = []
+    for spec in specs:
+        task = load_task(spec, ft.split, data_files=ft.task_files, limit=ft.limit)
+        prepared = prepare(task.examples, tokenizer, seq_len, for_training=True, task=spec)
+        # several references: one training row per reference (the first is the answer of prepare)
+        for ex, p in zip(task.examples, prepared):
+            rows.append(p)
+            for extra in ex.outputs[1:]:
+                ans = tokenizer.encode(extra) + [tokenizer.eos_id]
+                if len(p.prompt) + len(ans) <= seq_len + 1:
+                    rows.append(replace(p, answer=ans))
+        counts.append(f"{spec} {len(task.examples)}")
+    cut = sum(1 for r in rows if r.truncated)
+    return (FinetuneData(seq_len, tokenizer.eos_id, rows=rows),
+            f"task {ft.task}: {len(rows)} training rows ({', '.join(counts)} examples; {cut} inputs cut to fit)")
+
+
+def finetune_model_config(base: GPTConfig, dropout: float | None = None, attention: str | None = None,
+                          position_options: dict[str, Any] | None = None) -> GPTConfig:
+    """The base run's model configuration with the options fine-tuning may change; an encoding
+    option whose value the checkpoint stores (a persistent buffer) is refused."""
+    changes: dict[str, Any] = {}
+    if dropout is not None:
+        changes["dropout"] = dropout
+    if attention is not None:
+        changes["attention"] = attention
+    cfg = replace(base, **changes)
+    if position_options:
+        cfg = replace(cfg, position_options={**base.position_options, **position_options})
+        from . import positions
+
+        torch.manual_seed(0)
+        old = positions.build(base.position, num_heads=base.n_head, head_dim=base.head_dim, **base.position_options)
+        torch.manual_seed(0)
+        new = positions.build(cfg.position, num_heads=cfg.n_head, head_dim=cfg.head_dim, **cfg.position_options)
+        a, b = old.state_dict(), new.state_dict()
+        stored = [k for k in set(a) | set(b) if k not in a or k not in b or a[k].shape != b[k].shape
+                  or not torch.equal(a[k], b[k])]
+        if stored:
+            keys = ", ".join(sorted(position_options))
+            raise ValueError(f"position option(s) {keys} of {base.position!r} change values stored in the "
+                             f"checkpoint ({', '.join(sorted(stored))}); fine-tuning keeps them. Only options "
+                             "the checkpoint does not store (e.g. RoPE-PI/YaRN factor) may change.")
+    return cfg
+
+
+class FinetuneTrainer(Trainer):
+    """A :class:`~firepe.train.Trainer` whose data is a task and whose first weights are the base run's.
+
+    New run: ``FinetuneTrainer(out, base_run=..., finetune=FinetuneConfig(task=...), train_cfg=...,
+    model_changes={"dropout": 0.1, ...})``. Resume: ``FinetuneTrainer(out, resume=True, changes=...)``.
+    """
+
+    def __init__(self, run_dir: str | Path, base_run: str | Path | None = None,
+                 finetune: FinetuneConfig | None = None, train_cfg: TrainConfig | None = None,
+                 model_changes: dict[str, Any] | None = None, resume: bool = False,
+                 changes: dict[str, Any] | None = None):
+        if resume:
+            cfg = RunFolder(run_dir).read_config() if RunFolder(run_dir).has_run() else {}
+            if cfg and "finetune" not in cfg:
+                raise ValueError(f"--resume: {str(run_dir)!r} is a pretraining run, not a fine-tuning run; "
+                                 "continue it with firepe train --resume.")
+            self.ft = dataclass_from_dict(FinetuneConfig, cfg.get("finetune", {}), f"{run_dir}/config.json [finetune]")
+            self.base_ckpt = None
+            super().__init__(run_dir, resume=True, changes=changes)
+            return
+        if base_run is None:
+            raise ValueError("fine-tuning needs the run to start from (base_run).")
+        base = RunFolder(base_run)
+        base.check_exists()
+        if not base.has_run():
+            raise ValueError(f"{str(base_run)!r} is not a firepe run folder (no config.json); pass the folder "
+                             "of a trained run.")
+        if Path(run_dir).resolve() == base.path.resolve():
+            raise ValueError("--out must be a new folder, not the run fine-tuned from (it would be overwritten).")
+        base_model, base_train, base_data = base.configs()
+        self.base_ckpt = latest_checkpoint(base.path)
+        if self.base_ckpt is None:
+            raise ValueError(f"run {str(base_run)!r} has no checkpoint yet; train it first.")
+        state = read_state(self.base_ckpt)
+        self.base_dir = base.path
+        ft = finetune or FinetuneConfig()
+        self.ft = replace(ft, base_run=str(base.path.resolve()), base_step=state["step"])
+        train_cfg = train_cfg or TrainConfig(**{**{f.name: getattr(base_train, f.name) for f in fields(TrainConfig)
+                                                   if f.name in ("seq_len", "device", "threads", "precision")},
+                                                **FINETUNE_DEFAULTS})
+        model_cfg = finetune_model_config(base_model, **(model_changes or {}))
+        super().__init__(run_dir, model_cfg, train_cfg, base_data)
+
+    @property
+    def extra_sections(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"finetune": asdict(self.ft)}
+
+    def _build_data(self, resume: bool) -> None:
+        source = self.run_dir if resume else self.base_dir
+        self.tokenizer = load_tokenizer(source, self.data_cfg, self.model_cfg.vocab_size)
+        self.data, self.corpus_description = task_data(self.ft, self.tokenizer, self.data_cfg, self.cfg.seq_len)
+
+    def _initial_weights(self) -> None:
+        ckpt = self.base_ckpt
+        if ckpt is None:  # a resumed fine-tuning run stopped before its first checkpoint
+            base = Path(self.ft.base_run)
+            ckpt = latest_checkpoint(base)
+            if ckpt is None or read_state(ckpt)["step"] != self.ft.base_step:
+                raise ValueError(f"the base run {str(base)!r} no longer has its step-{self.ft.base_step} checkpoint; "
+                                 "start the fine-tuning again with a new --out.")
+        load_model_weights(self.model, ckpt)
+        self.model.to(self.device)
+
+
+def load_finetune_config(run_dir: str | Path) -> FinetuneConfig | None:
+    cfg = RunFolder(run_dir).read_config()
+    return dataclass_from_dict(FinetuneConfig, cfg["finetune"], f"{run_dir}/config.json [finetune]") \
+        if "finetune" in cfg else None
+

@@ -1,0 +1,136 @@
+"""finetune / score / compare --task from the command line: happy paths and the error contract."""
+
+import json
+import re
+
+import pytest
+
+from firepe.cli import main
+
+TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress", "--val-tokens", "512"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clitasks")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for k in range(30):
+        (corpus / f"f{k:02d}.py").write_text(f"def g(x):\n    return x - {k}\n" * 50)
+    run = root / "base"
+    assert main(["train", "--out", str(run), "--position", "fire", "--steps", "2", "--seq-len", "96",
+                 "--corpus", str(corpus), *TINY]) == 0
+    good = root / "good.jsonl"
+    good.write_text("".join(json.dumps({"id": str(i), "input": f"say {i}", "output": f"{i}"}) + "\n"
+                            for i in range(6)))
+    return run, good
+
+
+def run_cli(argv):
+    return main([str(a) for a in argv])
+
+
+def err_of(capsys, argv, match):
+    code = main([str(a) for a in argv])
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert err.startswith("firepe: error:") and err.count("\n") == 1, err
+    assert re.search(match, err), err
+    return err
+
+
+def test_finetune_then_score_then_resume(tmp_path, base, capsys):
+    run, good = base
+    ft = tmp_path / "ft"
+    assert run_cli(["finetune", run, "--task", f"jsonl:{good}", "--out", ft, "--steps", "2", "--batch-size", "2",
+                    "--no-progress", "--lr", "1e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "task jsonl:" in out and "fine-tuned" in out
+    cfg = json.loads((ft / "config.json").read_text())
+    assert cfg["train"]["seq_len"] == 96 and cfg["model"]["dropout"] == 0.1 and cfg["train"]["lr"] == 1e-4
+    assert run_cli(["finetune", "--resume", "--out", ft, "--steps", "3", "--no-progress"]) == 0
+    err_of(capsys, ["finetune", "--resume", "--out", ft, "--lr", "0.5"], r"--lr 0\.5 \(run: 0\.0001\)")
+    err_of(capsys, ["finetune", "--resume", "--out", run], "pretraining run")
+    sc = tmp_path / "sc"
+    assert run_cli(["score", ft, run, "--task", f"jsonl:{good}", "--lengths", "32,96", "--out", sc,
+                    "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| run | 32 | 96 |" in out and "tokens/s" in out
+    res = json.loads((sc / "score.json").read_text())
+    assert {r["label"] for r in res["results"]} == {"ft", "base"} and len(res["results"]) == 4
+    assert (sc / "score.png").exists()
+
+
+@pytest.mark.parametrize("rows,match", [
+    ([{"id": "1", "input": "x"}], r"line 1 has no 'output' field"),
+    ([], "holds no examples"),
+    ([{"id": "1", "input": "x", "output": "y" * 200}], r"does not fit length 96.*answer is longer"),
+])
+def test_finetune_bad_task_files(tmp_path, base, capsys, rows, match):
+    run, _ = base
+    f = tmp_path / "bad.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    err_of(capsys, ["finetune", run, "--task", f"jsonl:{f}", "--out", tmp_path / "o", "--no-progress"], match)
+    assert not (tmp_path / "o").exists() or not (tmp_path / "o" / "config.json").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--task", "squad"], r"unknown task 'squad'; valid: passkey, jsonl:PATH"),
+    (["--task", ""], "--task is empty"),
+    (["--steps", "0"], "steps must be an integer >= 1"),
+    (["--lr", "nan"], "expected a finite number"),
+    (["--dropout", "1.5"], r"dropout must be a number in \[0, 1\)"),
+    (["--limit", "-1"], "limit must be a positive integer"),
+    (["--position-options", "init_L=9"], "stored in the checkpoint"),
+    (["--position-options", "factor=2"], "unknown option"),
+    (["--filler", "x"], "invalid choice"),
+])
+def test_finetune_bad_flags(tmp_path, base, capsys, argv, match):
+    run, _ = base
+    err_of(capsys, ["finetune", run, "--out", tmp_path / "o", "--no-progress", *argv], match)
+    assert not (tmp_path / "o" / "config.json").exists()
+
+
+def test_finetune_run_that_is_not_a_run(tmp_path, capsys):
+    err_of(capsys, ["finetune", tmp_path, "--out", tmp_path / "o"], "not a firepe run folder")
+    err_of(capsys, ["finetune", tmp_path / "missing", "--out", tmp_path / "o"], "does not exist")
+    err_of(capsys, ["finetune", "--out", tmp_path / "o"], "needs RUN")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--lengths", "0"], "at least 2 tokens"),
+    (["--depths", "2"], r"in \[0, 1\]"),
+    (["--examples", "0"], "--examples must be >= 1"),
+    (["--metric", "bleu"], "unknown metric"),
+    (["--out", ""], "--out is empty"),
+])
+def test_score_bad_flags(tmp_path, base, capsys, argv, match):
+    run, _ = base
+    err_of(capsys, ["score", run, "--out", tmp_path / "sc", *argv], match)
+    assert not (tmp_path / "sc").exists()
+
+
+def test_score_not_a_run_and_missing_datasets(tmp_path, base, capsys, monkeypatch):
+    run, _ = base
+    err_of(capsys, ["score", tmp_path, "--out", tmp_path / "sc"], "not a firepe run folder")
+    import builtins
+
+    real = builtins.__import__
+
+    def no_datasets(name, *a, **k):
+        if name == "datasets" or name.startswith("datasets."):
+            raise ImportError("No module named 'datasets'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    err_of(capsys, ["score", run, "--task", "glue:cola", "--out", tmp_path / "sc"], r"pip install 'firepe\[tasks\]'")
+    assert not (tmp_path / "sc").exists()
+
+
+def test_compare_passkey_task_flags(tmp_path, capsys):
+    err_of(capsys, ["compare", "--task", "glue", "--out", tmp_path / "c"], "invalid choice")
+    err_of(capsys, ["compare", "--task", "passkey", "--task-steps", "0", "--out", tmp_path / "c"],
+           "--task-steps must be >= 1")
+    err_of(capsys, ["compare", "--task", "passkey", "--depths", "x", "--out", tmp_path / "c"], "depths")
+    assert not (tmp_path / "c").exists()

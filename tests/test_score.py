@@ -1,0 +1,107 @@
+"""Scoring: greedy decoding with the KV cache equals decoding without it; score files; errors."""
+
+import json
+
+import pytest
+import torch
+
+from firepe.data import ByteTokenizer, DataConfig
+from firepe.model import GPT, preset
+from firepe.score import greedy_generate, score_runs, write_scores
+from firepe.train import TrainConfig, Trainer
+
+TOK = ByteTokenizer()
+
+
+@pytest.mark.parametrize("position", ["nope", "rope", "alibi", "kerple_log", "t5", "fire", "fire_s"])
+def test_cache_and_no_cache_decode_the_same_tokens(position):
+    torch.manual_seed(1)
+    opts = {"init_L": 16} if position.startswith("fire") else {}
+    model = GPT(preset("tiny", position=position, position_options=opts)).eval()
+    prompts = [TOK.encode("def f(x): return x"), TOK.encode("abcdefghijklmnopqrs"), TOK.encode("short")]
+    cached = greedy_generate(model, prompts, 12, TOK.eos_id, use_cache=True)
+    plain = greedy_generate(model, prompts, 12, TOK.eos_id, use_cache=False)
+    assert cached == plain
+    assert all(len(g) <= 12 for g in cached)
+
+
+def test_generation_stops_at_eos_and_batches_equal_lengths():
+    class Scripted(torch.nn.Module):
+        """Emits token 65 twice, then end-of-document."""
+
+        cfg = preset("tiny")
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.calls = []
+
+        def forward(self, x, cache=None):
+            self.calls.append(tuple(x.shape))
+            total = x.shape[1] + (cache.length if cache is not None else 0)
+            if cache is not None:
+                cache.length = total
+            logits = torch.zeros(x.shape[0], x.shape[1], 257)
+            logits[:, -1, 65 if total < 8 else TOK.eos_id] = 1
+            return logits, None
+
+    m = Scripted()
+    out = greedy_generate(m, [[1] * 6, [2] * 6, [3] * 3], 10, TOK.eos_id)
+    assert out[0] == out[1] == [65, 65] and out[2][:2] == [65, 65]
+    assert (2, 6) in m.calls and (1, 3) in m.calls  # equal-length prompts share one batch
+    with pytest.raises(ValueError, match="empty"):
+        greedy_generate(m, [[]], 3, TOK.eos_id)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for k in range(30):
+        (corpus / f"f{k}.py").write_text(f"value_{k} = {k} * 2\n" * 60)
+    out = []
+    for pos in ("alibi", "rope"):
+        Trainer(root / pos, preset("tiny", position=pos), TrainConfig(seq_len=80, batch_size=2, steps=2, progress=False),
+                DataConfig(corpus=str(corpus), val_tokens=512)).fit()
+        out.append(root / pos)
+    return out
+
+
+def test_passkey_grid_and_files(tmp_path, runs):
+    res = score_runs(runs, "passkey", lengths=[80, 160], depths=[0.0, 1.0], examples=2, filler="classic",
+                     log=lambda s: None)
+    rows = res["results"]
+    assert {(r["label"], r["length"], r["depth"]) for r in rows} == {
+        (label, n, d) for label in ("alibi", "rope") for n in (80, 160) for d in (0.0, 1.0)}
+    assert all(r["examples"] == 2 and r["score"] in (0, 50, 100) and r["tokens_per_s"] > 0 for r in rows)
+    paths = write_scores(tmp_path / "out", res)
+    names = {p.name for p in paths}
+    assert {"score.json", "score.csv", "score.md", "score.png", "passkey_alibi.png", "passkey_rope.png"} <= names
+    saved = json.loads((tmp_path / "out" / "score.json").read_text())
+    assert saved["task"] == "passkey" and saved["metric"] == "accuracy" and len(saved["results"]) == 8
+    assert (tmp_path / "out" / "score.csv").read_text().count("\n") == 9
+
+
+def test_same_examples_cut_to_every_length(tmp_path, runs):
+    rows = [{"id": str(i), "input": f"Q{i}: " + "text " * 40, "output": [f"a{i}", "b"]} for i in range(3)]
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = score_runs(runs[:1], f"jsonl:{f}", lengths=[30, 60, 400], max_new_tokens=3, log=lambda s: None)
+    by_len = {r["length"]: r for r in res["results"]}
+    assert by_len[30]["truncated"] == 3 and by_len[400]["truncated"] == 0
+    assert all(r["examples"] == 3 and r["task"] == f"jsonl:{f}" and r["metric"] == "f1" for r in res["results"])
+
+
+def test_score_errors(tmp_path, runs):
+    with pytest.raises(ValueError, match="not a firepe run folder"):
+        score_runs([tmp_path], "passkey")
+    with pytest.raises(ValueError, match="unknown task"):
+        score_runs(runs, "squad")
+    with pytest.raises(ValueError, match="passkey task only"):
+        (tmp_path / "t.jsonl").write_text('{"id": "1", "input": "x", "output": "y"}\n')
+        score_runs(runs, f"jsonl:{tmp_path / 't.jsonl'}", depths=[0.5])
+    with pytest.raises(ValueError, match="examples"):
+        score_runs(runs, "passkey", examples=0)
+    with pytest.raises(ValueError, match=r"run alibi \(trained at 80\): passkey needs a length of at least"):
+        score_runs(runs, "passkey", lengths=[40], filler="classic")
