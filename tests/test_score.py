@@ -62,7 +62,8 @@ def runs(tmp_path_factory):
         (corpus / f"f{k}.py").write_text(f"value_{k} = {k} * 2\n" * 60)
     out = []
     for pos in ("alibi", "rope"):
-        Trainer(root / pos, preset("tiny", position=pos), TrainConfig(seq_len=80, batch_size=2, steps=2, progress=False),
+        Trainer(root / pos, preset("tiny", position=pos),
+                TrainConfig(seq_len=80, batch_size=2, steps=2, progress=False),
                 DataConfig(corpus=str(corpus), val_tokens=512)).fit()
         out.append(root / pos)
     return out
