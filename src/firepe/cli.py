@@ -420,11 +420,12 @@ def cmd_finetune(args) -> None:
         if trainer.rank == 0:
             print(trainer.corpus_description, flush=True)
         losses = trainer.fit()
-        rank, step = trainer.rank, trainer.step
+        rank, step, tok_s = trainer.rank, trainer.step, trainer.tokens_per_s
         del trainer
     if rank == 0:
         last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
-        print(f"fine-tuned {args.out} to step {step}; last loss {last}")
+        speed = f"; {tok_s:,.0f} tokens/s (padded rows)" if tok_s else ""
+        print(f"fine-tuned {args.out} to step {step}; last loss {last}{speed}")
 
 
 def _absolute_task(text: str) -> str:
@@ -582,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compare":
             c.add_argument("--task", choices=["passkey"], help="then fine-tune every model on passkey at its "
                                                                "training length and score it at every length")
-            c.add_argument("--task-steps", type=_int, help="passkey fine-tuning steps (default 400)")
-            c.add_argument("--task-lr", type=_float, help="passkey fine-tuning learning rate (default 1e-3)")
+            c.add_argument("--task-steps", type=_int, help="passkey fine-tuning steps (default 900)")
+            c.add_argument("--task-lr", type=_float, help="passkey fine-tuning learning rate (default 2e-3)")
             c.add_argument("--task-examples", type=_int, default=10, help="passkey examples per length and depth")
             c.add_argument("--depths", help="passkey key depths (default 0,0.25,0.5,0.75,1)")
         _add_model_args(c, with_position=False, preset=COMPARE_PRESET)
@@ -607,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft_train, ft_task = _finetune_defaults()
     add_dataclass_args(f.add_argument_group("task"), FinetuneConfig, ft_task)
-    add_dataclass_args(f.add_argument_group("training (seq-len default: the run's)"), TrainConfig, ft_train)
+    add_dataclass_args(f.add_argument_group("training"), TrainConfig, ft_train)
+    next(a for a in f._actions if a.dest == "seq_len").help = "training length (default: the run's)"
     f.set_defaults(func=cmd_finetune)
 
     sc = sub.add_parser("score", help="greedy-decode runs on a task and score them, across context lengths")

@@ -156,7 +156,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 #: ``firepe compare --task passkey``: fine-tuning settings of the laptop companion table (README)
-PASSKEY_DEFAULTS = dict(steps=400, lr=1e-3, warmup_steps=20, min_lr_ratio=0.1, checkpoint_every=400)
+PASSKEY_DEFAULTS = dict(steps=900, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1, checkpoint_every=300)
 
 
 def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainConfig, dropout: float = 0.0,

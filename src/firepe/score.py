@@ -185,7 +185,8 @@ def _score(model, tok, name: str, task, prepared: list[Prepared], run: str, labe
     gen = greedy_generate(model, [p.prompt for p in prepared], max_new, tok.eos_id, batch_tokens=batch_tokens)
     seconds = max(time.perf_counter() - t0, 1e-9)
     tokens = sum(len(p.prompt) for p in prepared) + sum(len(g) for g in gen)
-    preds = [tok.decode(g).strip() for g in gen]
+    post = getattr(task, "postprocess", None) or str.strip
+    preds = [post(tok.decode(g)) for g in gen]
     groups = [p.group for p in prepared] if any(p.group for p in prepared) else None
     scores = score_predictions(task.metrics, preds, [p.references for p in prepared], groups=groups,
                                labels=task.labels)

@@ -416,6 +416,7 @@ class Trainer:
             if callback is not None:
                 callback(self.step, loss)
         bar.close()
+        self.tokens_per_s = done_tokens / max(time.perf_counter() - t0, 1e-9) if losses else None
         if self.world > 1:
             dist.barrier()
         return losses

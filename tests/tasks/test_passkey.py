@@ -3,7 +3,7 @@
 import pytest
 
 from firepe.data import ByteTokenizer
-from firepe.tasks import ANSWER_PREFIX, PasskeyTask, parse_depths
+from firepe.tasks import PasskeyTask, parse_depths
 from firepe.tasks.passkey import QUESTION, key_sentence
 
 TOK = ByteTokenizer()
@@ -24,10 +24,10 @@ def test_key_once_at_depth_and_exact_length(length, depth):
     key = ex.references[0]
     assert len(key) == 5 and key.isdigit()
     assert text.count(key) == 1
-    assert text.count("pass key is") == 1
-    assert text.endswith(QUESTION + ANSWER_PREFIX)
+    assert text.count("pass key is") == 2  # the key sentence, and the question that repeats its prefix
+    assert text.endswith(QUESTION) and QUESTION.endswith("The pass key is ")
     # the key sentence starts after round(depth * F) filler tokens, F = all filler tokens
-    n_filler = length - len(TOK.encode(key_sentence(key))) - len(TOK.encode(QUESTION + ANSWER_PREFIX))
+    n_filler = length - len(TOK.encode(key_sentence(key))) - len(TOK.encode(QUESTION))
     assert text.index(key_sentence(key)) == round(depth * n_filler)
     assert _text(ex.answer[:-1]) == key and ex.answer[-1] == TOK.eos_id
 
@@ -73,3 +73,9 @@ def test_parse_depths():
     for bad in ("", "1.5", "-0.1", "nan", "a", ","):
         with pytest.raises(ValueError, match="depths"):
             parse_depths(bad)
+
+
+def test_postprocess_keeps_the_leading_digits():
+    assert PasskeyTask.postprocess(" 48213. Remember it.") == "48213"
+    assert PasskeyTask.postprocess("48213") == "48213"
+    assert PasskeyTask.postprocess(" no digits ") == "no digits"

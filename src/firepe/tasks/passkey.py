@@ -2,31 +2,35 @@
 
 A prompt of exactly ``length`` tokens::
 
-    filler[:p] + "\\nThe pass key is 48213. Remember it.\\n" + filler[p:] + "\\nWhat is the pass key?" + "\\nAnswer: "
+    filler[:p] + "\\nThe pass key is 48213. Remember it.\\n" + filler[p:] + "\\nWhat is the pass key? The pass key is "
 
-and the answer ``48213``. The key sentence starts at token ``p = round(depth * F)`` of the ``F``
-filler tokens, so depth 0 puts it first and depth 1 right before the question. The filler is the
-run's corpus (its validation split when scoring, its training split when fine-tuning) or the
-classic repeated sentences (``filler="classic"``). Lengths are counted in the run's tokens, so one
-task spans any multiple of the training length.
+and the answer ``48213`` (the classic format of Mohtashami & Jaggi: the question ends by
+repeating the key sentence's prefix, so the answer is a copy; passkey takes no ``"\\nAnswer: "``
+prefix). The key sentence starts at token ``p = round(depth * F)`` of the ``F`` filler tokens, so
+depth 0 puts it first and depth 1 right before the question. The filler is the run's corpus (its
+validation split when scoring, its training split when fine-tuning) or the classic repeated
+sentences (``filler="classic"``). Lengths are counted in the run's tokens, so one task spans any
+multiple of the training length.
 
 Example ``index`` draws its key and its filler offset from ``Random(f"{seed}:{index}")``: the same
 example has the same key and filler start at every length and depth (the needle-in-a-haystack
 grid scores the same examples everywhere). A key whose digits occur elsewhere in the prompt is
-redrawn, so the key is present exactly once.
+redrawn, so the key is present exactly once. Scored by exact match of the leading digits of the
+generation (:meth:`PasskeyTask.postprocess`).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
-from .base import ANSWER_PREFIX, Prepared
+from .base import Prepared
 
 __all__ = ["CLASSIC_FILLER", "QUESTION", "key_sentence", "PasskeyTask", "parse_depths", "DEFAULT_DEPTHS"]
 
 CLASSIC_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-QUESTION = "\nWhat is the pass key?"
+QUESTION = "\nWhat is the pass key? The pass key is "
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 FILLERS = ("corpus", "classic")
 
@@ -71,8 +75,15 @@ class PasskeyTask:
         if len(self.filler) < 16:
             raise ValueError(f"the passkey filler has {len(self.filler)} tokens; it needs at least 16 "
                              "(use a larger validation split or filler 'classic').")
-        self.question = tokenizer.encode(QUESTION) + tokenizer.encode(ANSWER_PREFIX)
+        self.question = tokenizer.encode(QUESTION)
         self._fixed = len(self.question) + len(tokenizer.encode(key_sentence("00000")))
+
+    @staticmethod
+    def postprocess(text: str) -> str:
+        """The generated answer as scored: its leading digits (``"48213. Remember"`` -> ``"48213"``),
+        so a model that goes on after the key (no end-of-document token) is still judged on the key."""
+        m = re.match(r"\s*(\d+)", text)
+        return m.group(1) if m else text.strip()
 
     def min_length(self) -> int:
         """The shortest prompt: key sentence + question + answer prefix and one filler token."""
