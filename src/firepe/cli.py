@@ -234,18 +234,22 @@ def cmd_train(args) -> None:
 
     _check_out(args.out)
     with process_group():
-        if args.resume:
-            trainer = Trainer(args.out, resume=True, changes=_resume_changes(args, args.given))
-        else:
-            trainer = Trainer(args.out, *_configs(args))
-        if trainer.rank == 0:
-            print(trainer.corpus_description, flush=True)
-        losses = trainer.fit()
-        rank, step = trainer.rank, trainer.step
-        del trainer  # free the DDP model before the process group goes (see process_group)
-    if rank == 0:
+        # built in the call: _fit_and_report holds the only reference and frees it in the group
+        _fit_and_report(Trainer(args.out, resume=True, changes=_resume_changes(args, args.given)) if args.resume
+                        else Trainer(args.out, *_configs(args)), f"trained {args.out}")
+
+
+def _fit_and_report(trainer, done: str) -> None:
+    """Train to the end; rank 0 prints the data description first and the last loss and tokens/s
+    after. The trainer is freed here, inside :func:`process_group` (DDP before the group goes)."""
+    if trainer.rank == 0:
+        print(trainer.corpus_description, flush=True)
+    losses = trainer.fit()
+    if trainer.rank == 0:
         last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
-        print(f"trained {args.out} to step {step}; last loss {last}")
+        speed = f"; {trainer.tokens_per_s:,.0f} tokens/s" if trainer.tokens_per_s else ""
+        print(f"{done} to step {trainer.step}; last loss {last}{speed}", flush=True)
+    del trainer
 
 
 def _positive(value: Any, flag: str, minimum: int = 1) -> None:
@@ -389,43 +393,42 @@ def _finetune_resume_changes(args) -> dict[str, Any]:
 
 
 def cmd_finetune(args) -> None:
-    from .finetune import FinetuneConfig, FinetuneTrainer
-    from .runs import RunFolder
-    from .train import TrainConfig, process_group
+    from .finetune import FinetuneTrainer
+    from .train import process_group
 
     _check_out(args.out)
     with process_group():
-        if args.resume:
-            trainer = FinetuneTrainer(args.out, resume=True, changes=_finetune_resume_changes(args))
-        else:
-            if args.run is None:
-                raise ValueError("finetune needs RUN, the trained run folder to start from (or --resume --out FT).")
-            base = RunFolder(args.run)
-            base.check_exists()
-            if not base.has_run():
-                raise ValueError(f"{args.run!r} is not a firepe run folder (no config.json); pass the folder of a "
-                                 "trained run.")
-            base_model, base_train, _ = base.configs()
-            train = dataclass_from_args(TrainConfig, args)
-            if "seq_len" not in args.given:
-                train = replace(train, seq_len=base_train.seq_len)
-            ft = dataclass_from_args(FinetuneConfig, args)
-            if ft.task_files:
-                ft = replace(ft, task_files=",".join(str(Path(p.strip()).resolve()) for p in ft.task_files.split(",")
-                                                     if p.strip()))
-            ft = replace(ft, task=_absolute_task(args.task))
-            changes = {"dropout": args.dropout, "attention": args.attention,
-                       "position_options": _position_options(args.position_options, base_model.position)}
-            trainer = FinetuneTrainer(args.out, args.run, ft, train, model_changes=changes)
-        if trainer.rank == 0:
-            print(trainer.corpus_description, flush=True)
-        losses = trainer.fit()
-        rank, step, tok_s = trainer.rank, trainer.step, trainer.tokens_per_s
-        del trainer
-    if rank == 0:
-        last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
-        speed = f"; {tok_s:,.0f} tokens/s (padded rows)" if tok_s else ""
-        print(f"fine-tuned {args.out} to step {step}; last loss {last}{speed}")
+        # built in the call: _fit_and_report holds the only reference and frees it in the group
+        _fit_and_report(FinetuneTrainer(args.out, resume=True, changes=_finetune_resume_changes(args)) if args.resume
+                        else FinetuneTrainer(args.out, args.run, *_finetune_configs(args)), f"fine-tuned {args.out}")
+
+
+def _finetune_configs(args):
+    """``(FinetuneConfig, TrainConfig, model changes)`` of a new fine-tuning run (``--seq-len``
+    defaults to the base run's; task file paths made absolute)."""
+    from .finetune import FinetuneConfig
+    from .runs import RunFolder
+    from .train import TrainConfig
+
+    if args.run is None:
+        raise ValueError("finetune needs RUN, the trained run folder to start from (or --resume --out FT).")
+    base = RunFolder(args.run)
+    base.check_exists()
+    if not base.has_run():
+        raise ValueError(f"{args.run!r} is not a firepe run folder (no config.json); pass the folder of a "
+                         "trained run.")
+    base_model, base_train, _ = base.configs()
+    train = dataclass_from_args(TrainConfig, args)
+    if "seq_len" not in args.given:
+        train = replace(train, seq_len=base_train.seq_len)
+    ft = dataclass_from_args(FinetuneConfig, args)
+    if ft.task_files:
+        ft = replace(ft, task_files=",".join(str(Path(p.strip()).resolve()) for p in ft.task_files.split(",")
+                                             if p.strip()))
+    ft = replace(ft, task=_absolute_task(args.task))
+    changes = {"dropout": args.dropout, "attention": args.attention,
+               "position_options": _position_options(args.position_options, base_model.position)}
+    return ft, train, changes
 
 
 def _absolute_task(text: str) -> str:
