@@ -134,3 +134,25 @@ def test_compare_passkey_task_flags(tmp_path, capsys):
            "--task-steps must be >= 1")
     err_of(capsys, ["compare", "--task", "passkey", "--depths", "x", "--out", tmp_path / "c"], "depths")
     assert not (tmp_path / "c").exists()
+
+
+def test_compare_then_passkey_end_to_end_and_reuse(tmp_path, base, capsys):
+    corpus = base[0].parent / "corpus"
+    out = tmp_path / "cmp"
+    argv = ["compare", "--out", out, "--encodings", "nope,alibi", "--preset", "tiny", "--seq-len", "96",
+            "--steps", "2", "--batch-size", "2", "--max-factor", "2", "--corpus", corpus, "--val-tokens", "512",
+            "--no-progress", "--task", "passkey", "--task-steps", "2", "--task-examples", "1", "--depths", "0,1"]
+    assert run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuned to step 2" in printed and "tokens/s" in printed
+    res = json.loads((out / "passkey" / "score.json").read_text())
+    assert {(r["label"], r["length"], r["depth"]) for r in res["results"]} == {
+        (lab, n, d) for lab in ("nope", "alibi") for n in (96, 192) for d in (0.0, 1.0)}
+    for name in ("score.md", "score.png", "passkey_nope.png", "passkey_alibi.png"):
+        assert (out / "passkey" / name).exists()
+    ft_cfg = json.loads((out / "passkey" / "alibi" / "config.json").read_text())
+    assert ft_cfg["finetune"]["base_run"] == str((out / "alibi").resolve()) and ft_cfg["train"]["steps"] == 2
+    assert run_cli(argv) == 0  # finished runs are reused, nothing retrained
+    assert "passkey fine-tuning done, reusing" in capsys.readouterr().out
+    err_of(capsys, [*argv[:-6], "--task-steps", "2", "--task-lr", "0.5", "--task-examples", "1"],
+           "holds a fine-tuning run with other settings")

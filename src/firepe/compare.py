@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -191,13 +192,21 @@ def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainCo
         elif ft.has_run():
             log(f"[{label}] resuming passkey fine-tuning")
             changes = {k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE}
-            FinetuneTrainer(ft.path, resume=True, changes=changes).fit()
+            _fit_logged(FinetuneTrainer(ft.path, resume=True, changes=changes), label, log)
         else:
             log(f"[{label}] fine-tuning on passkey at {train_cfg.seq_len} tokens")
-            FinetuneTrainer(ft.path, base, FinetuneConfig(task="passkey", filler=filler), train_cfg,
-                            model_changes={"dropout": dropout}).fit()
+            _fit_logged(FinetuneTrainer(ft.path, base, FinetuneConfig(task="passkey", filler=filler), train_cfg,
+                                        model_changes={"dropout": dropout}), label, log)
     res = score_runs([ft.path for _, _, ft in plans], "passkey", lengths=summary["lengths"], depths=depths,
                      examples=examples, filler=filler, log=log)
     log(format_scores(res))
     write_scores(folder, res)
     return res
+
+
+def _fit_logged(trainer: Trainer, label: str, log) -> None:
+    t0 = time.perf_counter()
+    losses = trainer.fit()
+    speed = f", {trainer.tokens_per_s:,.0f} tokens/s" if trainer.tokens_per_s else ""
+    last = f"{losses[-1]:.4f}" if losses else "n/a"
+    log(f"[{label}] fine-tuned to step {trainer.step} in {time.perf_counter() - t0:.0f} s: last loss {last}{speed}")
