@@ -11,7 +11,7 @@ import math
 import sys
 import types
 import typing
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,9 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
     if specs is None:
         specs = split_specs(args.encodings, "--encodings")
     task = getattr(args, "task", None)
+    for dest in ("task_steps", "task_lr", "task_examples", "depths"):
+        if task is None and dest in args.given:
+            raise ValueError(f"--{dest.replace('_', '-')} applies with --task passkey only.")
     if task is not None and task != "passkey":
         raise ValueError(f"compare --task supports passkey only, got {task!r}; fine-tune and score other tasks "
                          "with firepe finetune and firepe score.")
@@ -357,7 +360,7 @@ def _position_options(text: str | None, position: str) -> dict[str, Any]:
 
 def _finetune_resume_changes(args) -> dict[str, Any]:
     """TrainConfig changes of ``finetune --resume``; every other given option must match the run."""
-    from .finetune import FinetuneConfig
+    from .finetune import FinetuneConfig, finetune_section
     from .runs import RunFolder
     from .train import RESUMABLE, TrainConfig
 
@@ -369,7 +372,7 @@ def _finetune_resume_changes(args) -> dict[str, Any]:
     if "finetune" not in cfg:
         raise ValueError(f"--resume: {args.out!r} is a pretraining run; continue it with firepe train --resume.")
     _, saved_train, _ = run.configs()
-    saved_ft = cfg["finetune"]
+    saved_ft = asdict(finetune_section(cfg, f"{run.config_path} [finetune]"))
     changes, conflicts = {}, []
     for f in fields(TrainConfig):
         if f.name in args.given and getattr(args, f.name) != getattr(saved_train, f.name):
@@ -379,13 +382,20 @@ def _finetune_resume_changes(args) -> dict[str, Any]:
                 conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} "
                                  f"(run: {getattr(saved_train, f.name)})")
     for f in fields(FinetuneConfig):
-        if f.name in args.given and getattr(args, f.name) != saved_ft.get(f.name):
-            conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} (run: {saved_ft.get(f.name)})")
+        if f.name not in args.given:
+            continue
+        value = getattr(args, f.name)
+        if f.name == "task":  # saved with absolute paths: the same relative path is the same task
+            value = _absolute_task(value)
+        elif f.name == "task_files" and value:
+            value = _absolute_files(value)
+        if value != saved_ft[f.name]:
+            conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} (run: {saved_ft[f.name]})")
     for flag in ("dropout", "attention", "position_options"):
         if flag in args.given:
             conflicts.append(f"--{flag.replace('_', '-')} (fixed by the run's model configuration)")
     if args.run is not None:
-        conflicts.append(f"RUN {args.run} (the run started from {saved_ft.get('base_run')})")
+        conflicts.append(f"RUN {args.run} (the run started from {saved_ft['base_run']})")
     if conflicts:
         raise ValueError("--resume continues a fine-tuning run with its saved settings; these options differ and "
                          f"cannot change: {'; '.join(conflicts)}. Only {', '.join(RESUMABLE)} may.")
@@ -421,14 +431,39 @@ def _finetune_configs(args):
     train = dataclass_from_args(TrainConfig, args)
     if "seq_len" not in args.given:
         train = replace(train, seq_len=base_train.seq_len)
+    _check_task_flags(args, passkey_only=("filler",))
     ft = dataclass_from_args(FinetuneConfig, args)
     if ft.task_files:
-        ft = replace(ft, task_files=",".join(str(Path(p.strip()).resolve()) for p in ft.task_files.split(",")
-                                             if p.strip()))
+        ft = replace(ft, task_files=_absolute_files(ft.task_files))
     ft = replace(ft, task=_absolute_task(args.task))
     changes = {"dropout": args.dropout, "attention": args.attention,
                "position_options": _position_options(args.position_options, base_model.position)}
     return ft, train, changes
+
+
+def _absolute_files(text: str) -> str:
+    """``--task-files`` items made absolute (globs too)."""
+    return ",".join(str(Path(p.strip()).resolve()) for p in text.split(",") if p.strip())
+
+
+def _check_task_flags(args, passkey_only: tuple[str, ...]) -> None:
+    """A given option the task does not read is an error rather than ignored: ``passkey_only`` options
+    with another task, ``--limit`` / ``--metric`` with passkey, ``--split`` without a Hugging Face task
+    (``--task-files`` and ``--depths`` are checked by the library)."""
+    from .tasks import expand_tasks
+
+    specs = expand_tasks(args.task)
+    passkey = specs == ["passkey"]
+    for dest in passkey_only:
+        if dest in args.given and not passkey:
+            raise ValueError(f"--{dest} applies to the passkey task only; --task {args.task} does not read it.")
+    for dest in ("limit", "metric"):
+        if dest in args.given and passkey:
+            raise ValueError(f"--{dest} does not apply to the passkey task (generated per length and depth, "
+                             "--examples of each, scored by accuracy).")
+    if "split" in args.given and not any(s.partition(":")[0] in ("scrolls", "glue", "super_glue") for s in specs):
+        raise ValueError(f"--split applies to scrolls:, glue: and super_glue: tasks only; --task {args.task} does not "
+                         "read it.")
 
 
 def _absolute_task(text: str) -> str:
@@ -453,12 +488,13 @@ def cmd_score(args) -> None:
     _positive(args.max_new_tokens, "--max-new-tokens")
     _positive(args.batch_tokens, "--batch-tokens")
     _positive(args.seed, "--seed", 0)
+    _check_task_flags(args, passkey_only=("examples", "filler", "seed"))
     out = _check_out(args.out)
     if args.metric is not None:
         from .tasks.metrics import check_metric
 
         check_metric(args.metric)
-    res = score_runs(args.runs, args.task, lengths=parse_lengths(args.lengths) if args.lengths else None,
+    res = score_runs(args.runs, args.task, lengths=parse_lengths(args.lengths) if args.lengths is not None else None,
                      depths=parse_depths(args.depths) if args.depths is not None else None, split=args.split,
                      task_files=args.task_files, limit=args.limit, examples=args.examples,
                      max_new_tokens=args.max_new_tokens, metric=args.metric, filler=args.filler, seed=args.seed,
