@@ -431,8 +431,8 @@ def _finetune_configs(args):
     train = dataclass_from_args(TrainConfig, args)
     if "seq_len" not in args.given:
         train = replace(train, seq_len=base_train.seq_len)
-    _check_task_flags(args, passkey_only=("filler",))
     ft = dataclass_from_args(FinetuneConfig, args)
+    _check_task_flags(args, passkey_only=("filler",))  # after the values' own checks
     if ft.task_files:
         ft = replace(ft, task_files=_absolute_files(ft.task_files))
     ft = replace(ft, task=_absolute_task(args.task))
@@ -488,12 +488,12 @@ def cmd_score(args) -> None:
     _positive(args.max_new_tokens, "--max-new-tokens")
     _positive(args.batch_tokens, "--batch-tokens")
     _positive(args.seed, "--seed", 0)
-    _check_task_flags(args, passkey_only=("examples", "filler", "seed"))
     out = _check_out(args.out)
     if args.metric is not None:
         from .tasks.metrics import check_metric
 
         check_metric(args.metric)
+    _check_task_flags(args, passkey_only=("examples", "filler", "seed"))  # after the values' own checks
     res = score_runs(args.runs, args.task, lengths=parse_lengths(args.lengths) if args.lengths is not None else None,
                      depths=parse_depths(args.depths) if args.depths is not None else None, split=args.split,
                      task_files=args.task_files, limit=args.limit, examples=args.examples,

@@ -79,6 +79,15 @@ def _same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, data: D
                          "or remove that folder.")
 
 
+def _check_not_past(run: RunFolder, steps: int, flag: str) -> None:
+    """A run already trained past ``steps`` would be reused as is while the results name ``steps``."""
+    ckpt = latest_checkpoint(run.path) if run.checkpoints.exists() else None
+    done = read_state(ckpt)["step"] if ckpt is not None else 0
+    if done > steps:
+        raise ValueError(f"{run.path} is already at step {done}, past {flag} {steps} (it would be reused as is while "
+                         f"the results name {steps} steps); pass {flag} {done} or more, or use another --out.")
+
+
 def _run_finished(run_dir: Path, steps: int) -> bool:
     ckpt = latest_checkpoint(run_dir) if (run_dir / "checkpoints").exists() else None
     return ckpt is not None and read_state(ckpt)["step"] >= steps
@@ -100,6 +109,7 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
         run, mcfg = RunFolder(out / spec.label), replace(model, position=spec.position, position_options=opts)
         if run.has_run():
             _same_settings(run, mcfg, train_cfg, data_cfg)
+            _check_not_past(run, train_cfg.steps, "--steps")
         plans.append((spec, opts, run, mcfg))
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -179,12 +189,13 @@ def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainCo
             saved_train = ft.configs()[1]
             skip = _RUNTIME + _EXTENDABLE
             diffs = [k for k, v in asdict(saved_train).items() if k not in skip and v != getattr(train_cfg, k)]
-            saved_ft = ft.read_config().get("finetune", {})
-            if saved_ft.get("task") != "passkey" or saved_ft.get("filler") != filler:
+            saved_ft = ft.read_config().get("finetune")
+            if not isinstance(saved_ft, dict) or saved_ft.get("task") != "passkey" or saved_ft.get("filler") != filler:
                 diffs.append("finetune")
             if diffs:
                 raise ValueError(f"{ft.path} holds a fine-tuning run with other settings ({', '.join(diffs)}); "
                                  "use another --out or remove that folder.")
+            _check_not_past(ft, train_cfg.steps, "--task-steps")
         plans.append((row["label"], base, ft))
     for label, base, ft in plans:
         if _run_finished(ft.path, train_cfg.steps):

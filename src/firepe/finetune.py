@@ -33,11 +33,11 @@ from .checkpoint import latest_checkpoint, load_model_weights, read_state
 from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
 from .model import IGNORE_INDEX, GPTConfig
 from .runs import RunFolder, dataclass_from_dict
-from .tasks import PasskeyTask, Prepared, expand_tasks, load_task, prepare
+from .tasks import PasskeyTask, Prepared, check_task_files, expand_tasks, load_task, prepare
 from .train import TrainConfig, Trainer
 
 __all__ = ["FinetuneConfig", "FinetuneData", "FinetuneTrainer", "finetune_model_config", "task_data",
-           "FINETUNE_DEFAULTS"]
+           "finetune_section", "FINETUNE_DEFAULTS"]
 
 
 def _help(text: str, **more: Any) -> dict[str, Any]:
@@ -67,6 +67,7 @@ class FinetuneConfig:
             raise ValueError(f"limit must be a positive integer, got {self.limit!r}.")
         if self.filler not in ("corpus", "classic"):
             raise ValueError(f"filler must be corpus or classic, got {self.filler!r}.")
+        check_task_files(expand_tasks(self.task), self.task_files)
 
 
 #: passkey keys of fine-tuning come from this seed (scoring uses 0 by default: other keys)
@@ -193,7 +194,7 @@ class FinetuneTrainer(Trainer):
             if cfg and "finetune" not in cfg:
                 raise ValueError(f"--resume: {str(run_dir)!r} is a pretraining run, not a fine-tuning run; "
                                  "continue it with firepe train --resume.")
-            self.ft = dataclass_from_dict(FinetuneConfig, cfg.get("finetune", {}), f"{run_dir}/config.json [finetune]")
+            self.ft = finetune_section(cfg, f"{run_dir}/config.json [finetune]") if cfg else FinetuneConfig()
             self.base_ckpt = None
             super().__init__(run_dir, resume=True, changes=changes)
             return
@@ -231,18 +232,34 @@ class FinetuneTrainer(Trainer):
 
     def _initial_weights(self) -> None:
         ckpt = self.base_ckpt
-        if ckpt is None:  # a resumed fine-tuning run stopped before its first checkpoint
-            base = Path(self.ft.base_run)
-            ckpt = latest_checkpoint(base)
-            if ckpt is None or read_state(ckpt)["step"] != self.ft.base_step:
+        if ckpt is None:  # a resumed fine-tuning run stopped before its first checkpoint: the step it started
+            base = Path(self.ft.base_run)  # from (kept after the base run went on, when keep_checkpoints allows)
+            ckpt = base / "checkpoints" / f"step-{self.ft.base_step:07d}"
+            if not ckpt.is_dir():
                 raise ValueError(f"the base run {str(base)!r} no longer has its step-{self.ft.base_step} checkpoint; "
                                  "start the fine-tuning again with a new --out.")
+            read_state(ckpt)
         load_model_weights(self.model, ckpt)
         self.model.to(self.device)
 
 
+def finetune_section(cfg: dict[str, Any], where: str) -> FinetuneConfig:
+    """``cfg["finetune"]`` (a run's config.json) checked: the fields of :class:`FinetuneConfig`, of which
+    ``task``, ``base_run`` (an absolute path) and ``base_step`` must be present -- a default there would
+    continue on another task or from another run."""
+    section = cfg["finetune"]
+    if isinstance(section, dict):
+        missing = [k for k in ("task", "base_run", "base_step") if k not in section]
+        if missing:
+            raise ValueError(f"{where}: the required key {missing[0]!r} is missing; the run folder is damaged.")
+    ft = dataclass_from_dict(FinetuneConfig, section, where)
+    if not Path(ft.base_run).is_absolute():
+        raise ValueError(f"{where}: base_run must be the absolute path of the run fine-tuned from, got "
+                         f"{ft.base_run!r}.")
+    return ft
+
+
 def load_finetune_config(run_dir: str | Path) -> FinetuneConfig | None:
     cfg = RunFolder(run_dir).read_config()
-    return dataclass_from_dict(FinetuneConfig, cfg["finetune"], f"{run_dir}/config.json [finetune]") \
-        if "finetune" in cfg else None
+    return finetune_section(cfg, f"{run_dir}/config.json [finetune]") if "finetune" in cfg else None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .positions.base import BiasEncoding  # noqa: E402
+from .runs import writing  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write ``fig`` as a PNG at ``path`` (creating folders) and close it."""
-    fig.tight_layout()
+    """Lay out, write ``fig`` as a PNG at ``path`` (creating folders) and close it. Written under a
+    temporary name and renamed, so a failed write (full disk, read-only folder) keeps the previous
+    file; the failure is one ``ValueError`` naming ``path``."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        fig.tight_layout()
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fig.savefig(tmp, dpi=120, format=out.suffix[1:].lower() or "png")
+                os.replace(tmp, out)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 from .attention import KVCache
 from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
 from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
-from .tasks import PasskeyTask, Prepared, Task, expand_tasks, load_task, prepare
+from .tasks import PasskeyTask, Prepared, Task, check_task_files, expand_tasks, load_task, prepare
 from .tasks.passkey import DEFAULT_DEPTHS
 
 __all__ = ["greedy_generate", "score_runs", "write_scores", "format_scores", "run_label"]
@@ -107,6 +107,18 @@ def _check_lengths(lengths: Sequence[int] | None) -> None:
                 raise ValueError(f"scoring lengths must be integers >= 2, got {n!r}.")
 
 
+def _check_positive_label(task: Task) -> None:
+    """``f1_binary:<label>`` on a task without a label set (a local file): ``<label>`` must be one of
+    its references, else a typo would score 0 whatever the model says."""
+    from .tasks.metrics import F1_BINARY
+
+    refs = {o.strip() for ex in task.examples for o in ex.outputs}
+    for m in task.metrics:
+        if m.startswith(F1_BINARY) and task.labels is None and m[len(F1_BINARY):] not in refs:
+            raise ValueError(f"{m}: no reference of task {task.name} is {m[len(F1_BINARY):]!r}, so its F1 would be 0 "
+                             "whatever the model says; name the positive label as the references spell it.")
+
+
 def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | None = None,
                depths: Sequence[float] | None = None, split: str = "validation", task_files: str | None = None,
                limit: int | None = None, examples: int = 10, max_new_tokens: int | None = None,
@@ -125,6 +137,7 @@ def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | N
     if not runs:
         raise ValueError("no runs to score; pass one or more run folders.")
     specs = expand_tasks(task)
+    check_task_files(specs, task_files)
     _check_lengths(lengths)
     passkey = specs == ["passkey"]
     if depths is not None and not passkey:
@@ -135,10 +148,17 @@ def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | N
         raise ValueError(f"--max-new-tokens must be a positive integer, got {max_new_tokens!r}.")
     if filler not in ("corpus", "classic"):
         raise ValueError(f"--filler must be corpus or classic, got {filler!r}.")
+    seen: dict[Path, str] = {}
     for r in runs:
         _check_run(r)
+        if Path(r).resolve() in seen:
+            raise ValueError(f"score names the run {str(r)!r} twice (also as {seen[Path(r).resolve()]!r}); pass each "
+                             "run once.")
+        seen[Path(r).resolve()] = str(r)
     dev = resolve_device(device)
     tasks: list[Task] = [] if passkey else [load_task(s, split, task_files, limit, metric) for s in specs]
+    for t in tasks:
+        _check_positive_label(t)
     labels = run_label(runs)
     rows: list[dict[str, Any]] = []
     for run, label in zip(runs, labels):

@@ -16,7 +16,8 @@ from .base import ANSWER_PREFIX, Example, Prepared, Task, file_task, group_rows,
 from .passkey import PasskeyTask, parse_depths
 
 __all__ = ["Example", "Task", "Prepared", "ANSWER_PREFIX", "group_rows", "read_jsonl", "read_parquet", "prepare",
-           "file_task", "PasskeyTask", "parse_depths", "expand_tasks", "load_task", "valid_tasks", "TASK_HELP"]
+           "file_task", "PasskeyTask", "parse_depths", "expand_tasks", "load_task", "valid_tasks", "check_task_files",
+           "TASK_HELP"]
 
 TASK_HELP = ("passkey | jsonl:PATH | parquet:PATH | scrolls[:NAME] | glue[:TASK] | super_glue[:TASK]; "
              "several joined by ','")
@@ -57,6 +58,21 @@ def expand_tasks(text: str) -> list[str]:
     if "passkey" in out and len(out) > 1:
         raise ValueError("passkey is generated per length; run it alone (not in a mixture with other tasks).")
     return out
+
+
+def check_task_files(specs: list[str], data_files: str | None) -> None:
+    """``data_files`` (``--task-files``) are the local copies of *one* Hugging Face task: a ``ValueError``
+    for passkey and ``jsonl:``/``parquet:`` tasks (nothing would read them) and for several tasks (every
+    task would read the same files)."""
+    if data_files is None:
+        return
+    if not any(s.partition(":")[0] in ("scrolls", "glue", "super_glue") for s in specs):
+        raise ValueError(f"--task-files applies to scrolls:, glue: and super_glue: tasks (local copies of their "
+                         f"Hugging Face data); --task {','.join(specs)} does not read it.")
+    if len(specs) > 1:
+        raise ValueError(f"--task-files holds the local copies of one task, but the task names {len(specs)} "
+                         f"({', '.join(specs)}) and each would read the same files; fine-tune or score them one at "
+                         "a time.")
 
 
 def load_task(spec: str, split: str, data_files: str | None = None, limit: int | None = None,

@@ -18,6 +18,7 @@ prefix and answer do not fit the length is an error naming it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ def _text(value: Any, what: str, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # json reads NaN / Infinity: a missing value, not the text "nan"
+            raise ValueError(f"{where}: field {what!r} is {value!r}, not text (NaN / Infinity in a JSON file "
+                             "usually marks a missing value); give a string.")
         return str(value)
     raise ValueError(f"{where}: field {what!r} must be a string, got {type(value).__name__} {value!r:.60}.")
 
@@ -84,8 +88,8 @@ def _text(value: Any, what: str, where: str) -> str:
 def group_rows(rows: Iterable[tuple[str, Any]], source: str) -> list[Example]:
     """Rows ``(where, {"id", "input", "output"[, "question"]})`` -> examples, rows sharing an id
     merged into one example with several references (first-seen order). ``output`` may also be a
-    list of references. A missing field, an empty input or conflicting inputs for one id are one
-    ``ValueError`` naming the row (``where``, e.g. ``data.jsonl line 3``)."""
+    list of references. A missing field, an empty input, an empty (or blank) reference, or conflicting
+    inputs for one id are one ``ValueError`` naming the row (``where``, e.g. ``data.jsonl line 3``)."""
     by_id: dict[str, dict[str, Any]] = {}
     for where, row in rows:
         if not isinstance(row, dict):
@@ -101,6 +105,9 @@ def group_rows(rows: Iterable[tuple[str, Any]], source: str) -> list[Example]:
         if not outs:
             raise ValueError(f"{where}: field 'output' is an empty list.")
         outs = [_text(o, "output", where) for o in outs]
+        if any(not o.strip() for o in outs):
+            raise ValueError(f"{where}: example {ex_id!r} has an empty output (as in an unlabeled test split); every "
+                             "reference must hold text.")
         if not text.strip() and not question.strip():
             raise ValueError(f"{where}: example {ex_id!r} has an empty input.")
         seen = by_id.get(ex_id)
