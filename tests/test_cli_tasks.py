@@ -156,3 +156,12 @@ def test_compare_then_passkey_end_to_end_and_reuse(tmp_path, base, capsys):
     assert "passkey fine-tuning done, reusing" in capsys.readouterr().out
     err_of(capsys, [*argv[:-6], "--task-steps", "2", "--task-lr", "0.5", "--task-examples", "1"],
            "holds a fine-tuning run with other settings")
+
+
+def test_finetune_position_switch_flags(tmp_path, base, capsys):
+    run, good = base
+    err_of(capsys, ["finetune", run, "--task", f"jsonl:{good}", "--out", tmp_path / "o", "--position", "alibi"],
+           "changing 'fire' to 'alibi' would change values stored in the checkpoint")
+    err_of(capsys, ["finetune", run, "--task", f"jsonl:{good}", "--out", tmp_path / "o", "--position", "fire",
+                    "--position-options", "bias_mode=exact"], "not also in --position-options")
+    assert not (tmp_path / "o").exists()

@@ -131,3 +131,14 @@ def test_finetune_config_validation():
                           ({"split": ""}, "split"), ({"filler": "x"}, "filler")):
         with pytest.raises(ValueError, match=match):
             FinetuneConfig(**kwargs)
+
+
+def test_rope_run_fine_tuned_with_position_interpolation():
+    rope = GPTConfig(n_layer=1, n_head=2, d_model=32, position="rope")
+    pi = finetune_model_config(rope, position="rope_pi", position_options={"factor": 4.0})
+    assert (pi.position, pi.position_options) == ("rope_pi", {"factor": 4.0})
+    fire = GPTConfig(n_layer=1, n_head=2, d_model=32, position="fire")
+    with pytest.raises(ValueError, match="changing 'fire' to 'alibi' would change values stored"):
+        finetune_model_config(fire, position="alibi")
+    with pytest.raises(ValueError, match="needs option"):
+        finetune_model_config(rope, position="rope_pi")

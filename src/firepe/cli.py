@@ -391,7 +391,7 @@ def _finetune_resume_changes(args) -> dict[str, Any]:
             value = _absolute_files(value)
         if value != saved_ft[f.name]:
             conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} (run: {saved_ft[f.name]})")
-    for flag in ("dropout", "attention", "position_options"):
+    for flag in ("dropout", "attention", "position_options", "position"):
         if flag in args.given:
             conflicts.append(f"--{flag.replace('_', '-')} (fixed by the run's model configuration)")
     if args.run is not None:
@@ -436,8 +436,18 @@ def _finetune_configs(args):
     if ft.task_files:
         ft = replace(ft, task_files=_absolute_files(ft.task_files))
     ft = replace(ft, task=_absolute_task(args.task))
-    changes = {"dropout": args.dropout, "attention": args.attention,
-               "position_options": _position_options(args.position_options, base_model.position)}
+    position = None
+    if args.position is not None:
+        from .positions import parse_spec
+
+        spec = parse_spec(args.position)
+        position = spec.position
+        if args.position_options is not None:
+            raise ValueError("give the encoding's options in --position (e.g. rope_pi:factor=4), not also in "
+                             "--position-options.")
+    changes = {"dropout": args.dropout, "attention": args.attention, "position": position,
+               "position_options": spec.options if position else _position_options(args.position_options,
+                                                                                  base_model.position)}
     return ft, train, changes
 
 
@@ -642,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--attention", choices=list(BACKENDS), help="attention backend (chunked: O(n) memory)")
     fm.add_argument("--position-options", help="encoding options that depend on the target length, e.g. "
                                                "factor=4 for rope_pi/yarn from 2048 to 8192")
+    fm.add_argument("--position", help="switch to an encoding with the same checkpoint state, e.g. "
+                                       "rope_pi:factor=4 for a rope run (position interpolation)")
     from .finetune import FinetuneConfig
     from .train import TrainConfig
 

@@ -150,31 +150,43 @@ def task_data(ft: FinetuneConfig, tokenizer, data_cfg: DataConfig, seq_len: int)
 
 
 def finetune_model_config(base: GPTConfig, dropout: float | None = None, attention: str | None = None,
-                          position_options: dict[str, Any] | None = None) -> GPTConfig:
-    """The base run's model configuration with the options fine-tuning may change; an encoding
-    option whose value the checkpoint stores (a persistent buffer) is refused."""
+                          position_options: dict[str, Any] | None = None, position: str | None = None) -> GPTConfig:
+    """The base run's model configuration with what fine-tuning may change: dropout, the attention
+    backend, encoding options (merged over the base's) and the encoding itself (``position``, e.g.
+    ``rope`` -> ``rope_pi`` with ``factor=4``: Chen et al.'s position interpolation of a pretrained
+    RoPE model, the paper's RoPE-PI rows; its options are then the given ones only).
+
+    A change is refused when the new encoding's checkpoint state differs from the base's (other
+    parameter names or shapes, or a persistent buffer with another value, e.g. FIRE's ``init_L``):
+    the fine-tuned model would silently load the base's values over the new ones.
+    """
     changes: dict[str, Any] = {}
     if dropout is not None:
         changes["dropout"] = dropout
     if attention is not None:
         changes["attention"] = attention
     cfg = replace(base, **changes)
-    if position_options:
-        cfg = replace(cfg, position_options={**base.position_options, **position_options})
-        from . import positions
+    if not position_options and (position is None or position == base.position):
+        return cfg
+    new_position = position or base.position
+    opts = dict(position_options or {}) if new_position != base.position else {**base.position_options,
+                                                                               **(position_options or {})}
+    cfg = replace(cfg, position=new_position, position_options=opts)  # validates the options
+    from . import positions
 
-        torch.manual_seed(0)
-        old = positions.build(base.position, num_heads=base.n_head, head_dim=base.head_dim, **base.position_options)
-        torch.manual_seed(0)
-        new = positions.build(cfg.position, num_heads=cfg.n_head, head_dim=cfg.head_dim, **cfg.position_options)
-        a, b = old.state_dict(), new.state_dict()
-        stored = [k for k in set(a) | set(b) if k not in a or k not in b or a[k].shape != b[k].shape
-                  or not torch.equal(a[k], b[k])]
-        if stored:
-            keys = ", ".join(sorted(position_options))
-            raise ValueError(f"position option(s) {keys} of {base.position!r} change values stored in the "
-                             f"checkpoint ({', '.join(sorted(stored))}); fine-tuning keeps them. Only options "
-                             "the checkpoint does not store (e.g. RoPE-PI/YaRN factor) may change.")
+    torch.manual_seed(0)
+    old = positions.build(base.position, num_heads=base.n_head, head_dim=base.head_dim, **base.position_options)
+    torch.manual_seed(0)
+    new = positions.build(cfg.position, num_heads=cfg.n_head, head_dim=cfg.head_dim, **cfg.position_options)
+    a, b = old.state_dict(), new.state_dict()
+    stored = sorted(k for k in set(a) | set(b) if k not in a or k not in b or a[k].shape != b[k].shape
+                    or not torch.equal(a[k], b[k]))
+    if stored:
+        what = (f"position option(s) {', '.join(sorted(position_options or {}))} of {base.position!r}"
+                if new_position == base.position else f"changing {base.position!r} to {new_position!r}")
+        raise ValueError(f"{what} would change values stored in the checkpoint ({', '.join(stored)}); fine-tuning "
+                         "keeps them. Only what the checkpoint does not store may change (e.g. rope -> rope_pi, "
+                         "the RoPE-PI/YaRN factor).")
     return cfg
 
 
