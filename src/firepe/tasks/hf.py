@@ -138,7 +138,8 @@ def hf_task(spec: str, split: str, data_files: str | None = None, limit: int | N
         split = _hub_split(spec, name, split)
     config = name if cast is None else cast.config or name
     rows, source = _load(spec, HF_NAMES[bench], config, split, data_files)
-    ctx = _Ctx(spec, f"{spec} {source}", split, "validation_matched" if name == "mnli" else "validation")
+    ctx = _Ctx(spec, f"{spec} {source}", split, "validation_matched" if name == "mnli" else "validation",
+               local=data_files is not None)
     extra = {"dataset": HF_NAMES[bench], "config": config, "split": split, "source": source}
     if cast is None:
         metric = SCROLLS[name]
@@ -234,8 +235,12 @@ class _Ctx:
     what: str  # "glue:cola (split 'validation')"
     split: str
     labeled: str  # the split to suggest when this one has no labels
+    local: bool = False  # rows from data_files (no split to suggest)
 
     def unlabeled(self, where: str, why: str) -> ValueError:
+        if self.local:
+            return ValueError(f"{self.what} has no labels ({where} {why}, as in the unlabeled test split); pass "
+                              "a labeled copy (the train or validation split).")
         return ValueError(f"split {self.split!r} of {self.spec} has no labels ({where} {why}, as in the unlabeled test "
                           f"split); use {self.labeled!r}.")
 
