@@ -8,6 +8,8 @@ import pytest
 
 from firepe.cli import main
 
+from .helpers import one_line_error
+
 TINY = ["--preset", "tiny", "--seq-len", "16", "--batch-size", "4", "--no-progress", "--val-tokens", "512"]
 
 
@@ -22,15 +24,6 @@ def trained(tmp_path_factory):
     assert main(["train", "--out", str(run), "--position", "fire", "--steps", "4", "--checkpoint-every", "2",
                  "--corpus", str(corpus), *TINY]) == 0
     return run, corpus
-
-
-def one_line_error(capsys, argv, match):
-    code = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert err.startswith("firepe: error:") and err.count("\n") == 1, err
-    assert re.search(match, err), err
-    return err
 
 
 TRAIN_CASES = [

@@ -1,11 +1,13 @@
 """finetune / score / compare --task from the command line: happy paths and the error contract."""
 
 import json
-import re
 
 import pytest
 
 from firepe.cli import main
+
+from .helpers import one_line_error as err_of
+from .helpers import run_cli
 
 TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress", "--val-tokens", "512"]
 
@@ -24,19 +26,6 @@ def base(tmp_path_factory):
     good.write_text("".join(json.dumps({"id": str(i), "input": f"say {i}", "output": f"{i}"}) + "\n"
                             for i in range(6)))
     return run, good
-
-
-def run_cli(argv):
-    return main([str(a) for a in argv])
-
-
-def err_of(capsys, argv, match):
-    code = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert err.startswith("firepe: error:") and err.count("\n") == 1, err
-    assert re.search(match, err), err
-    return err
 
 
 def test_finetune_then_score_then_resume(tmp_path, base, capsys):

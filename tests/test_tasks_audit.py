@@ -3,13 +3,15 @@ audit (it failed before its fix)."""
 
 import errno
 import json
-import re
 import shutil
 
 import pytest
 
 from firepe.cli import main
 from firepe.tasks import read_jsonl
+
+from .helpers import one_line_error as err_of
+from .helpers import run_cli
 
 TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress", "--val-tokens", "512"]
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "tasks"
@@ -29,16 +31,6 @@ def base(tmp_path_factory):
     good.write_text("".join(json.dumps({"id": str(i), "input": f"say {i}", "output": f"{i}"}) + "\n"
                             for i in range(6)))
     return run, good
-
-
-def err_of(capsys, argv, match):
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert err.startswith("firepe: error:") and err.count("\n") == 1, err
-    assert re.search(match, err), err
-    return err
 
 
 def write_rows(path, lines):
@@ -159,18 +151,24 @@ def test_failed_plot_write_keeps_the_previous_plot(tmp_path, monkeypatch):
 # -- fine-tuning run folders -------------------------------------------------------------------------
 
 def finetune(run, good, out, *more):
-    return main([str(a) for a in ["finetune", run, "--task", f"jsonl:{good}", "--out", out, "--steps", "1",
-                                  "--batch-size", "2", "--no-progress", *more]])
+    return run_cli(["finetune", run, "--task", f"jsonl:{good}", "--out", out, "--steps", "1", "--batch-size", "2",
+                    "--no-progress", *more])
 
 
-@pytest.mark.parametrize("section", [{}, {"base_run": "/x", "base_step": 2}])
-def test_resume_with_finetune_section_missing_its_task_refused(tmp_path, base, capsys, section):
+def finetuned_with_section(tmp_path, base, section):
+    """A one-step fine-tuning run whose config.json ``finetune`` section is replaced by ``section``."""
     run, good = base
     ft = tmp_path / "ft"
     assert finetune(run, good, ft) == 0
     cfg = json.loads((ft / "config.json").read_text())
     cfg["finetune"] = section
     (ft / "config.json").write_text(json.dumps(cfg))
+    return ft
+
+
+@pytest.mark.parametrize("section", [{}, {"base_run": "/x", "base_step": 2}])
+def test_resume_with_finetune_section_missing_its_task_refused(tmp_path, base, capsys, section):
+    ft = finetuned_with_section(tmp_path, base, section)
     # used to resume on passkey, FinetuneConfig's default task
     err_of(capsys, ["finetune", "--resume", "--out", ft, "--steps", "2", "--no-progress"],
            r"\[finetune\]: the required key 'task' is missing")
@@ -179,12 +177,8 @@ def test_resume_with_finetune_section_missing_its_task_refused(tmp_path, base, c
 @pytest.mark.parametrize("section,flags", [("garbage", ["--task", "passkey"]), ([1, 2], ["--limit", "3"]),
                                            ("garbage", ["{run}"])])
 def test_resume_with_a_damaged_finetune_section_and_given_flags(tmp_path, base, capsys, section, flags):
-    run, good = base
-    ft = tmp_path / "ft"
-    assert finetune(run, good, ft) == 0
-    cfg = json.loads((ft / "config.json").read_text())
-    cfg["finetune"] = section
-    (ft / "config.json").write_text(json.dumps(cfg))
+    run, _ = base
+    ft = finetuned_with_section(tmp_path, base, section)
     # used to end in AttributeError ('str' object has no attribute 'get') when an option was given
     err_of(capsys, ["finetune", "--resume", "--out", ft, *[f.format(run=run) for f in flags]],
            r"\[finetune\] must be a JSON object")

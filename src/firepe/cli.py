@@ -187,27 +187,44 @@ _MODEL_FLAGS = {"preset": ("n_layer", "n_head", "d_model"), "n_layer": ("n_layer
                 "attention": ("attention",)}
 
 
-def _resume_changes(args, given: set[str]) -> dict[str, Any]:
-    """The TrainConfig changes a ``--resume`` command asks for; ValueError naming every given option
-    that differs from the saved run and may not change."""
-    from .data import DataConfig
-    from .positions import parse_spec
+def _resumed_run(args):
+    """The run folder ``--resume --out`` names (ValueError if it holds no run)."""
     from .runs import RunFolder
-    from .train import RESUMABLE, TrainConfig
 
     run = RunFolder(_check_out(args.out))
     run.check_exists()
     if not run.has_run():
         raise ValueError(f"--resume: {args.out!r} holds no run (no config.json); drop --resume to start one.")
-    saved_model, saved_train, saved_data = run.configs()
+    return run
+
+
+def _train_changes(args, given: set[str], saved_train) -> tuple[dict[str, Any], list[str]]:
+    """``(changes, conflicts)`` of the TrainConfig flags given on a ``--resume``: a different value of a
+    :data:`~firepe.train.RESUMABLE` field is a change, of any other field a conflict (described)."""
+    from .train import RESUMABLE, TrainConfig
+
     changes, conflicts = {}, []
-    flag = {d: "--" + d.replace("_", "-") for d in given}
     for f in fields(TrainConfig):
         if f.name in given and getattr(args, f.name) != getattr(saved_train, f.name):
             if f.name in RESUMABLE:
                 changes[f.name] = getattr(args, f.name)
             else:
-                conflicts.append(f"{flag[f.name]} {getattr(args, f.name)} (run: {getattr(saved_train, f.name)})")
+                conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} "
+                                 f"(run: {getattr(saved_train, f.name)})")
+    return changes, conflicts
+
+
+def _resume_changes(args, given: set[str]) -> dict[str, Any]:
+    """The TrainConfig changes a ``--resume`` command asks for; ValueError naming every given option
+    that differs from the saved run and may not change."""
+    from .data import DataConfig
+    from .positions import parse_spec
+    from .train import RESUMABLE
+
+    run = _resumed_run(args)
+    saved_model, saved_train, saved_data = run.configs()
+    changes, conflicts = _train_changes(args, given, saved_train)
+    flag = {d: "--" + d.replace("_", "-") for d in given}
     wanted_data = _absolute_paths(dataclass_from_args(DataConfig, args))
     for f in fields(DataConfig):
         if f.name in given and getattr(wanted_data, f.name) != getattr(saved_data, f.name):
@@ -361,26 +378,15 @@ def _position_options(text: str | None, position: str) -> dict[str, Any]:
 def _finetune_resume_changes(args) -> dict[str, Any]:
     """TrainConfig changes of ``finetune --resume``; every other given option must match the run."""
     from .finetune import FinetuneConfig, finetune_section
-    from .runs import RunFolder
-    from .train import RESUMABLE, TrainConfig
+    from .train import RESUMABLE
 
-    run = RunFolder(_check_out(args.out))
-    run.check_exists()
-    if not run.has_run():
-        raise ValueError(f"--resume: {args.out!r} holds no run (no config.json); drop --resume to start one.")
+    run = _resumed_run(args)
     cfg = run.read_config()
     if "finetune" not in cfg:
         raise ValueError(f"--resume: {args.out!r} is a pretraining run; continue it with firepe train --resume.")
     _, saved_train, _ = run.configs()
     saved_ft = asdict(finetune_section(cfg, f"{run.config_path} [finetune]"))
-    changes, conflicts = {}, []
-    for f in fields(TrainConfig):
-        if f.name in args.given and getattr(args, f.name) != getattr(saved_train, f.name):
-            if f.name in RESUMABLE:
-                changes[f.name] = getattr(args, f.name)
-            else:
-                conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} "
-                                 f"(run: {getattr(saved_train, f.name)})")
+    changes, conflicts = _train_changes(args, args.given, saved_train)
     for f in fields(FinetuneConfig):
         if f.name not in args.given:
             continue

@@ -79,18 +79,22 @@ def _same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, data: D
                          "or remove that folder.")
 
 
+def _steps_done(run_dir: Path) -> int:
+    """The step of the run's latest checkpoint (0 without one)."""
+    ckpt = latest_checkpoint(run_dir) if (Path(run_dir) / "checkpoints").exists() else None
+    return read_state(ckpt)["step"] if ckpt is not None else 0
+
+
 def _check_not_past(run: RunFolder, steps: int, flag: str) -> None:
     """A run already trained past ``steps`` would be reused as is while the results name ``steps``."""
-    ckpt = latest_checkpoint(run.path) if run.checkpoints.exists() else None
-    done = read_state(ckpt)["step"] if ckpt is not None else 0
+    done = _steps_done(run.path)
     if done > steps:
         raise ValueError(f"{run.path} is already at step {done}, past {flag} {steps} (it would be reused as is while "
                          f"the results name {steps} steps); pass {flag} {done} or more, or use another --out.")
 
 
 def _run_finished(run_dir: Path, steps: int) -> bool:
-    ckpt = latest_checkpoint(run_dir) if (run_dir / "checkpoints").exists() else None
-    return ckpt is not None and read_state(ckpt)["step"] >= steps
+    return _steps_done(run_dir) >= steps  # steps >= 1 (TrainConfig), so a run without a checkpoint is not
 
 
 def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig,

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 __all__ = ["DataConfig", "Corpus", "load_corpus", "ByteTokenizer", "BPETokenizer", "build_tokenizer",
-           "load_tokenizer", "encode_documents", "encoded_stream", "token_cache_dir", "TokenData"]
+           "load_tokenizer", "encode_documents", "encoded_stream", "token_cache_dir", "EpochOrder", "TokenData"]
 
 _EXCLUDED_DIRS = {"test", "tests", "idle_test", "pydoc_data", "site-packages", "__pycache__"}
 # Hugging Face packaged builders that read local files: without data_files they scan the current folder.
@@ -544,7 +544,33 @@ def encoded_stream(docs: list[str], tokenizer, max_tokens: int | None = None,
     return stream
 
 
-class TokenData:
+class EpochOrder:
+    """The data order of training: ``num_sequences`` items visited in a seeded permutation per epoch.
+
+    ``indices(step, batch_size, seed)`` is a pure function of its arguments, so a resumed run sees
+    the same data order. Subclasses set ``num_sequences``.
+    """
+
+    num_sequences: int
+
+    def permutation(self, epoch: int, seed: int) -> torch.Tensor:
+        key = (epoch, seed)
+        if getattr(self, "_perm_key", None) != key:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            self._perm, self._perm_key = torch.randperm(self.num_sequences, generator=gen), key
+        return self._perm
+
+    def indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """Sequence indices of global batch ``step``: consecutive slices of per-epoch permutations."""
+        start = step * batch_size
+        out, n = [], self.num_sequences
+        while len(out) < batch_size:
+            epoch, offset = divmod(start + len(out), n)
+            out += self.permutation(epoch, seed)[offset: offset + batch_size - len(out)].tolist()
+        return torch.tensor(out)
+
+
+class TokenData(EpochOrder):
     """Training sequences cut from the stream: sequence ``n`` is ``stream[n*L : n*L + L + 1]``.
 
     ``batch(step, batch_size, seed)`` is a pure function of its arguments (seeded permutation per
@@ -562,22 +588,6 @@ class TokenData:
         if self.num_sequences < 1:
             raise ValueError(f"the training corpus has {len(stream)} tokens, fewer than one sequence of "
                              f"{seq_len + 1}; use a larger corpus or a shorter --seq-len.")
-
-    def permutation(self, epoch: int, seed: int) -> torch.Tensor:
-        key = (epoch, seed)
-        if getattr(self, "_perm_key", None) != key:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            self._perm, self._perm_key = torch.randperm(self.num_sequences, generator=gen), key
-        return self._perm
-
-    def indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
-        """Sequence indices of global batch ``step``: consecutive slices of per-epoch permutations."""
-        start = step * batch_size
-        out, n = [], self.num_sequences
-        while len(out) < batch_size:
-            epoch, offset = divmod(start + len(out), n)
-            out += self.permutation(epoch, seed)[offset: offset + batch_size - len(out)].tolist()
-        return torch.tensor(out)
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.indices(step, batch_size, seed)

@@ -30,10 +30,11 @@ from typing import Any
 import torch
 
 from .checkpoint import latest_checkpoint, load_model_weights, read_state
-from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
+from .data import DataConfig, EpochOrder, load_tokenizer
 from .model import IGNORE_INDEX, GPTConfig
 from .runs import RunFolder, dataclass_from_dict
 from .tasks import PasskeyTask, Prepared, check_task_files, expand_tasks, load_task, prepare
+from .tasks.passkey import corpus_filler
 from .train import TrainConfig, Trainer
 
 __all__ = ["FinetuneConfig", "FinetuneData", "FinetuneTrainer", "finetune_model_config", "task_data",
@@ -78,10 +79,11 @@ TRAIN_PASSKEY_SEED = 1_000_000
 FINETUNE_DEFAULTS = dict(lr=1e-5, min_lr_ratio=1.0, warmup_steps=0, steps=1000, batch_size=16, checkpoint_every=500)
 
 
-class FinetuneData:
+class FinetuneData(EpochOrder):
     """``batch(step, batch_size, seed) -> (x, y)`` of padded ``[B, seq_len]`` rows; ``y`` is the next
     token on the answer span and ``IGNORE_INDEX`` elsewhere. ``rows``: a list of prepared
-    examples (shuffled per epoch) or a passkey generator (``example(i)`` for any ``i``)."""
+    examples (shuffled per epoch, as pretraining's sequences) or a passkey generator
+    (``example(i)`` for any ``i``)."""
 
     def __init__(self, seq_len: int, pad_id: int, rows: list[Prepared] | None = None,
                  passkey: PasskeyTask | None = None):
@@ -90,17 +92,17 @@ class FinetuneData:
         if rows is not None and not rows:
             raise ValueError("the fine-tuning task has no examples.")
         self.seq_len, self.pad_id, self.rows, self.passkey = seq_len, pad_id, rows, passkey
-        self.num_sequences = len(rows) if rows is not None else None
+        if rows is not None:
+            self.num_sequences = len(rows)
 
-    def _example(self, i: int, seed: int) -> Prepared:
-        if self.passkey is not None:
+    def _examples(self, step: int, batch_size: int, seed: int) -> list[Prepared]:
+        if self.passkey is None:
+            return [self.rows[i] for i in self.indices(step, batch_size, seed).tolist()]
+        out = []
+        for i in range(step * batch_size, (step + 1) * batch_size):
             depth = random.Random(f"depth:{seed}:{i}").random()
-            return self.passkey.example(i + 100_000_000 * seed, self.seq_len, depth, for_training=True)
-        epoch, offset = divmod(i, len(self.rows))
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        if getattr(self, "_perm_key", None) != (epoch, seed):
-            self._perm, self._perm_key = torch.randperm(len(self.rows), generator=gen), (epoch, seed)
-        return self.rows[int(self._perm[offset])]
+            out.append(self.passkey.example(i + 100_000_000 * seed, self.seq_len, depth, for_training=True))
+        return out
 
     def row(self, ex: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
         """One example -> ``x, y`` of ``seq_len`` tokens (answer targets only)."""
@@ -115,7 +117,7 @@ class FinetuneData:
         return x, y
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.row(self._example(step * batch_size + j, seed)) for j in range(batch_size)]
+        rows = [self.row(ex) for ex in self._examples(step, batch_size, seed)]
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
@@ -123,10 +125,7 @@ def task_data(ft: FinetuneConfig, tokenizer, data_cfg: DataConfig, seq_len: int)
     """The training data of ``ft`` and a one-line description."""
     specs = expand_tasks(ft.task)
     if specs == ["passkey"]:
-        filler = None
-        if ft.filler == "corpus":
-            corpus = load_corpus(data_cfg)
-            filler = encoded_stream(corpus.train, tokenizer, max_tokens=1 << 20).tolist()
+        filler = corpus_filler(data_cfg, tokenizer, "train") if ft.filler == "corpus" else None
         task = PasskeyTask(tokenizer, filler, seed=TRAIN_PASSKEY_SEED)
         task.example(0, seq_len, 0.5, for_training=True)  # fits seq_len, else one clear error
         return (FinetuneData(seq_len, tokenizer.eos_id, passkey=task),
@@ -269,9 +268,3 @@ def finetune_section(cfg: dict[str, Any], where: str) -> FinetuneConfig:
         raise ValueError(f"{where}: base_run must be the absolute path of the run fine-tuned from, got "
                          f"{ft.base_run!r}.")
     return ft
-
-
-def load_finetune_config(run_dir: str | Path) -> FinetuneConfig | None:
-    cfg = RunFolder(run_dir).read_config()
-    return finetune_section(cfg, f"{run_dir}/config.json [finetune]") if "finetune" in cfg else None
-

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from .attention import KVCache
-from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
+from .data import DataConfig, load_tokenizer
 from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
 from .tasks import PasskeyTask, Prepared, Task, check_task_files, expand_tasks, load_task, prepare
-from .tasks.passkey import DEFAULT_DEPTHS
+from .tasks.passkey import DEFAULT_DEPTHS, corpus_filler
 
 __all__ = ["greedy_generate", "score_runs", "write_scores", "format_scores", "run_label"]
 
@@ -169,9 +169,7 @@ def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | N
         tok = load_tokenizer(Path(run), data_cfg, model.cfg.vocab_size)
         train_len = cfg["train"]["seq_len"]
         if passkey:
-            fill = None
-            if filler == "corpus":
-                fill = encoded_stream(load_corpus(data_cfg).validation, tok, max_tokens=1 << 20).tolist()
+            fill = corpus_filler(data_cfg, tok, "validation") if filler == "corpus" else None
             source = PasskeyTask(tok, fill, seed=seed)
             run_lengths = list(lengths or [train_len * f for f in (1, 2, 4, 8)])
             grid = [(n, d) for n in run_lengths for d in (depths or DEFAULT_DEPTHS)]

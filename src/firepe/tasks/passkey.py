@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 from .base import Prepared
 
-__all__ = ["CLASSIC_FILLER", "QUESTION", "key_sentence", "PasskeyTask", "parse_depths", "DEFAULT_DEPTHS"]
+__all__ = ["CLASSIC_FILLER", "QUESTION", "key_sentence", "PasskeyTask", "parse_depths", "DEFAULT_DEPTHS",
+           "corpus_filler"]
 
 CLASSIC_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 QUESTION = "\nWhat is the pass key? The pass key is "
@@ -51,6 +52,19 @@ def parse_depths(text: str) -> list[float]:
     if bad:
         raise ValueError(f"--depths must be numbers in [0, 1] (fractions of the context), got {bad[0]}.")
     return sorted(set(depths))
+
+
+#: filler tokens read from the corpus (the filler wraps around when a prompt needs more)
+FILLER_TOKENS = 1 << 20
+
+
+def corpus_filler(data_cfg, tokenizer, split: str) -> list[int]:
+    """Passkey filler from a run's corpus: the first :data:`FILLER_TOKENS` tokens of its ``train``
+    split (fine-tuning) or ``validation`` split (scoring), documents joined as in training."""
+    from ..data import encoded_stream, load_corpus
+
+    corpus = load_corpus(data_cfg)
+    return encoded_stream(getattr(corpus, split), tokenizer, max_tokens=FILLER_TOKENS).tolist()
 
 
 class PasskeyTask:
