@@ -106,3 +106,19 @@ def test_score_errors(tmp_path, runs):
         score_runs(runs, "passkey", examples=0)
     with pytest.raises(ValueError, match=r"run alibi \(trained at 80\): passkey needs a length of at least"):
         score_runs(runs, "passkey", lengths=[40], filler="classic")
+
+
+def test_several_tasks_get_an_average_row_per_run_and_length(tmp_path, runs):
+    paths = []
+    for k in range(2):
+        f = tmp_path / f"t{k}.jsonl"
+        f.write_text("".join(json.dumps({"id": str(i), "input": f"q{i}", "output": "x" * k or "y"}) + "\n"
+                             for i in range(2)))
+        paths.append(f"jsonl:{f}")
+    res = score_runs(runs[:1], ",".join(paths), lengths=[40, 60], max_new_tokens=2, log=lambda s: None)
+    tasks = [r for r in res["results"] if r["task"] != "average"]
+    avg = [r for r in res["results"] if r["task"] == "average"]
+    assert len(tasks) == 4 and len(avg) == 2 and res["metric"] == "main"
+    for a in avg:
+        same = [r["score"] for r in tasks if r["length"] == a["length"]]
+        assert a["score"] == pytest.approx(sum(same) / 2) and a["examples"] == 4

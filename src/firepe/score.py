@@ -218,12 +218,17 @@ def _score(model, tok, name: str, task, prepared: list[Prepared], run: str, labe
 
 
 def _averages(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """One row per run and length: the plain mean of the tasks' main scores
+    (:func:`~firepe.tasks.metrics.scrolls_average`, the SCROLLS benchmark's average)."""
+    from .tasks.metrics import scrolls_average
+
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["run"], r["label"], r["length"])].append(r)
     return [{"run": run, "label": label, "task": name, "metric": "average", "length": n, "depth": None,
-             "score": sum(r["score"] for r in rs) / len(rs), "scores": {}, "examples": sum(r["examples"] for r in rs),
-             "tokens_per_s": None, "truncated": sum(r["truncated"] for r in rs)}
+             "score": scrolls_average({r["task"]: r["score"] for r in rs}), "scores": {},
+             "examples": sum(r["examples"] for r in rs), "tokens_per_s": None,
+             "truncated": sum(r["truncated"] for r in rs)}
             for (run, label, n), rs in groups.items()]
 
 
