@@ -154,3 +154,12 @@ def test_finetune_position_switch_flags(tmp_path, base, capsys):
     err_of(capsys, ["finetune", run, "--task", f"jsonl:{good}", "--out", tmp_path / "o", "--position", "fire",
                     "--position-options", "bias_mode=exact"], "not also in --position-options")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value,match", [("", "unknown position encoding ''"), ("nosuch", "unknown position encoding"),
+                                         ("rope_pi:factor=nan", "finite positive number"),
+                                         ("rope_pi:factor=x", "must be a number")])
+def test_finetune_bad_position_values(tmp_path, base, capsys, value, match):
+    run, good = base
+    err_of(capsys, ["finetune", run, "--task", f"jsonl:{good}", "--out", tmp_path / "o", "--position", value], match)
+    assert not (tmp_path / "o").exists()
