@@ -41,8 +41,8 @@ from torch.utils.checkpoint import checkpoint
 from .positions.base import causal_row_blocks
 
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
-           "attend_chunked", "attend_flex", "attend_backend", "encoding_kind", "bias_encoding", "AttentionInputs",
-           "KVCache"]
+           "attend_chunked", "attend_flex", "attend_backend", "attend_rows", "encoding_kind", "bias_encoding",
+           "AttentionInputs", "RowPositions", "KVCache"]
 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
@@ -238,6 +238,46 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return attend_flex(q, k, v, mod, q_pos, k_pos, bias_fn, block)
 
 
+@dataclass
+class RowPositions:
+    """Per-row positions of a padded batch: ``q`` ``[B, Q]`` and ``k`` ``[B, K]`` positions (``q = k[:, -Q:]``),
+    ``valid`` ``[B, K]`` true for real tokens, false for padding. A real token's position counts the real
+    tokens before it in its row, so a left-padded row gets the positions it would have alone."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, queries: int) -> RowPositions:
+        """From an attention mask ``[B, K]`` (1 = token, 0 = padding) over cached and new tokens."""
+        valid = mask.bool()
+        k = (valid.long().cumsum(-1) - 1).clamp_(min=0)
+        return cls(q=k[:, k.shape[1] - queries:], k=k, valid=valid)
+
+
+def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: RowPositions,
+                bias_cache: dict | None = None) -> torch.Tensor:
+    """Dense causal attention of a padded batch (HF's ``attention_mask``): row ``b`` uses its own positions
+    ``rows.q[b], rows.k[b]`` for the bias and never attends to padding keys. The newest ``Q`` of the ``K``
+    keys are the queries; a padding query attends to itself only (its output is never used), so no softmax
+    row is empty. Materializes ``[B, H, Q, K]``; unpadded batches take :func:`attend_backend` instead."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    idx_k = torch.arange(n_k, device=q.device)
+    idx_q = idx_k[n_k - n_q:]
+    allowed = (idx_k[None, :] <= idx_q[:, None])[None] & rows.valid[:, None, :]
+    allowed = (allowed | (idx_k[None, :] == idx_q[:, None])[None]).unsqueeze(1)  # [B, 1, Q, K]
+    if enc is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    bias = bias_cache.get(id(enc)) if bias_cache is not None else None
+    if bias is None:
+        bias = torch.stack([enc.compute_bias(rows.q[b], rows.k[b]) for b in range(q.shape[0])])
+        if bias_cache is not None:
+            bias_cache[id(enc)] = bias
+    mask = torch.where(allowed, bias.to(q.dtype), torch.tensor(float("-inf"), dtype=q.dtype, device=q.device))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 ENCODING_KINDS = ("bias", "rotary", "none")
 
 
@@ -268,8 +308,10 @@ class AttentionInputs:
     ``q_pos`` ``[Q]`` and ``k_pos`` ``[K]`` are the query/key positions (``q_pos = k_pos[-Q:]`` with a
     KV cache); ``same_positions`` tells ``q_pos == k_pos`` (SDPA's ``is_causal``). ``backend`` and
     ``block`` pick the attention backend (see :data:`BACKENDS`). ``angles`` is the rotary ``(cos, sin)``,
-    each ``[K, head_dim]``, or None for non-rotary encodings. ``biases`` maps ``id(enc)`` to the
-    materialized ``[H, Q, K]`` bias, so layers sharing one encoding compute it once per forward.
+    each ``[K, head_dim]`` (``[B, 1, K, head_dim]`` with ``rows``), or None for non-rotary encodings.
+    ``rows`` holds per-row positions of a padded batch (then :func:`attend_rows` replaces the backend).
+    ``biases`` maps ``id(enc)`` to the materialized ``[H, Q, K]`` bias (``[B, H, Q, K]`` with ``rows``),
+    so layers sharing one encoding compute it once per forward.
     """
 
     q_pos: torch.Tensor
@@ -279,6 +321,7 @@ class AttentionInputs:
     block: int = 1024
     angles: tuple[torch.Tensor, torch.Tensor] | None = None
     biases: dict[int, torch.Tensor] = field(default_factory=dict)
+    rows: RowPositions | None = None
 
 
 @dataclass

@@ -521,6 +521,19 @@ def cmd_score(args) -> None:
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
+def cmd_export(args) -> None:
+    try:
+        from .hf import export_run
+    except ImportError as e:  # transformers missing or older than tested
+        raise ValueError(f"firepe export: {str(e).splitlines()[0]}") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out = export_run(args.run, args.out)
+    print(f"wrote {out} (load with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+          "trust_remote_code=True))")
+
+
 #: the largest query position plot-bias draws (a [H, query + 1] row per layer)
 MAX_PLOT_QUERY = 1 << 20
 
@@ -611,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot log perplexity at several lengths")
-    e.add_argument("run")
+    e.add_argument("run", help="run folder or exported folder (firepe export)")
     e.add_argument("--lengths", required=True, help="comma-separated, e.g. 512,1024,2048")
     e.add_argument("--val-tokens", type=_int, help="validation tokens scored at every length")
     e.add_argument("--device", default="cpu")
@@ -690,14 +703,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-plot", action="store_true")
     sc.set_defaults(func=cmd_score)
 
+    x = sub.add_parser("export", help="write a run as a Hugging Face transformers model folder")
+    x.add_argument("run", help="run folder (its latest checkpoint is exported)")
+    x.add_argument("--out", required=True, help="new folder to write (must not exist)")
+    x.set_defaults(func=cmd_export)
+
     b = sub.add_parser("plot-bias", help="plot a trained model's bias for one query (Fig. 4)")
-    b.add_argument("run")
+    b.add_argument("run", help="run folder or exported folder (firepe export)")
     b.add_argument("--query", type=_int, default=128)
     b.add_argument("--out", help="PNG path (default RUN/bias_q<query>.png)")
     b.set_defaults(func=cmd_plot_bias)
 
     g = sub.add_parser("generate", help="sample from a trained model with a KV cache")
-    g.add_argument("run")
+    g.add_argument("run", help="run folder or exported folder (firepe export)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=_int, default=200)
     g.add_argument("--temperature", type=_float, default=0.8, help="0 = greedy")

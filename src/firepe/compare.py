@@ -13,6 +13,10 @@ of the training length, the paper's ratio (512 for 2048; the positions-level def
 and ``bias_mode="table"`` (the fast interpolated bias, max error ~3e-5, see the README); T5 gets the
 paper's 64 buckets (Appendix C.1) unless ``num_buckets`` is given.
 
+With ``train_cfg.log_to`` (``--log-to``), every label's training is its own tracker run, named
+after the label folder, in a group named after ``out`` (the passkey fine-tunes: ``<out>-passkey``),
+so the curves of the encodings overlay.
+
 A label folder that already holds a run must hold the same settings (else one error naming them):
 a finished run is reused, an unfinished one resumed; ``steps`` and the checkpoint/log cadence may
 grow, which resumes the run to the new budget.
@@ -34,6 +38,7 @@ from .evaluate import evaluate_run
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, write_json, write_text, writing
+from .tracking import check_installed
 from .train import TrainConfig, Trainer
 
 __all__ = ["Spec", "parse_spec", "split_specs", "training_options", "compare", "format_table", "DEFAULT_SPECS",
@@ -62,7 +67,7 @@ def split_specs(text: str, flag: str = "--encodings", sep: str | None = None) ->
     return items
 
 
-_RUNTIME = ("progress", "device", "threads")  # train settings that do not change what a run is
+_RUNTIME = ("progress", "device", "threads", "log_to", "log_project")  # train settings that do not change a run
 _EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every")  # a larger budget resumes the run
 
 
@@ -77,6 +82,11 @@ def _same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, data: D
     if diffs:
         raise ValueError(f"{run.path} holds a run with other settings: {', '.join(diffs[:4])}; use another --out "
                          "or remove that folder.")
+
+
+def _log_group(out: Path) -> str:
+    """The tracker group of a comparison's runs: the name of its folder."""
+    return Path(out).resolve().name
 
 
 def _steps_done(run_dir: Path) -> int:
@@ -107,6 +117,8 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     labels = [s.label for s in parsed]
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
+    check_installed(train_cfg.log_to)
+    group = _log_group(out)
     plans = []
     for spec in parsed:  # refuse before training (or creating) anything
         opts = training_options(spec.position, spec.options, train_cfg.seq_len)
@@ -125,9 +137,10 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
             resume = run.has_run()
             log(f"[{spec.label}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
             if resume:
-                Trainer(run.path, resume=True, changes={k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE}).fit()
+                Trainer(run.path, resume=True, changes={k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE},
+                        log_group=group).fit()
             else:
-                Trainer(run.path, mcfg, train_cfg, data_cfg).fit()
+                Trainer(run.path, mcfg, train_cfg, data_cfg, log_group=group).fit()
         res = evaluate_run(run.path, lengths, val_tokens=val_tokens, progress=progress)
         rows.append({"label": spec.label, "position": spec.position, "options": opts,
                      "results": res["results"]})
@@ -186,6 +199,8 @@ def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainCo
 
     out = Path(out)
     folder = out / "passkey"
+    check_installed(train_cfg.log_to)
+    group = f"{_log_group(out)}-passkey"
     plans = []
     for row in summary["runs"]:
         base, ft = out / row["label"], RunFolder(folder / row["label"])
@@ -207,11 +222,11 @@ def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainCo
         elif ft.has_run():
             log(f"[{label}] resuming passkey fine-tuning")
             changes = {k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE}
-            _fit_logged(FinetuneTrainer(ft.path, resume=True, changes=changes), label, log)
+            _fit_logged(FinetuneTrainer(ft.path, resume=True, changes=changes, log_group=group), label, log)
         else:
             log(f"[{label}] fine-tuning on passkey at {train_cfg.seq_len} tokens")
             _fit_logged(FinetuneTrainer(ft.path, base, FinetuneConfig(task="passkey", filler=filler), train_cfg,
-                                        model_changes={"dropout": dropout}), label, log)
+                                        model_changes={"dropout": dropout}, log_group=group), label, log)
     res = score_runs([ft.path for _, _, ft in plans], "passkey", lengths=summary["lengths"], depths=depths,
                      examples=examples, filler=filler, log=log)
     log(format_scores(res))

@@ -194,12 +194,13 @@ class FinetuneTrainer(Trainer):
 
     New run: ``FinetuneTrainer(out, base_run=..., finetune=FinetuneConfig(task=...), train_cfg=...,
     model_changes={"dropout": 0.1, ...})``. Resume: ``FinetuneTrainer(out, resume=True, changes=...)``.
+    ``log_group``: the group of its ``--log-to`` tracker runs (see :class:`~firepe.train.Trainer`).
     """
 
     def __init__(self, run_dir: str | Path, base_run: str | Path | None = None,
                  finetune: FinetuneConfig | None = None, train_cfg: TrainConfig | None = None,
                  model_changes: dict[str, Any] | None = None, resume: bool = False,
-                 changes: dict[str, Any] | None = None):
+                 changes: dict[str, Any] | None = None, log_group: str | None = None):
         if resume:
             cfg = RunFolder(run_dir).read_config() if RunFolder(run_dir).has_run() else {}
             if cfg and "finetune" not in cfg:
@@ -207,7 +208,7 @@ class FinetuneTrainer(Trainer):
                                  "continue it with firepe train --resume.")
             self.ft = finetune_section(cfg, f"{run_dir}/config.json [finetune]") if cfg else FinetuneConfig()
             self.base_ckpt = None
-            super().__init__(run_dir, resume=True, changes=changes)
+            super().__init__(run_dir, resume=True, changes=changes, log_group=log_group)
             return
         if base_run is None:
             raise ValueError("fine-tuning needs the run to start from (base_run).")
@@ -230,7 +231,7 @@ class FinetuneTrainer(Trainer):
                                                    if f.name in ("seq_len", "device", "threads", "precision")},
                                                 **FINETUNE_DEFAULTS})
         model_cfg = finetune_model_config(base_model, **(model_changes or {}))
-        super().__init__(run_dir, model_cfg, train_cfg, base_data)
+        super().__init__(run_dir, model_cfg, train_cfg, base_data, log_group=log_group)
 
     @property
     def extra_sections(self) -> dict[str, Any]:  # type: ignore[override]

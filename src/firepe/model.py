@@ -16,7 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import positions
-from .attention import BACKENDS, AttentionInputs, KVCache, attend_backend, bias_encoding, encoding_kind
+from .attention import (
+    BACKENDS,
+    AttentionInputs,
+    KVCache,
+    RowPositions,
+    attend_backend,
+    attend_rows,
+    bias_encoding,
+    encoding_kind,
+)
 from .checkpoint import check_finite
 from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
@@ -123,10 +132,13 @@ class Attention(nn.Module):
         if encoding_kind(enc) == "rotary":
             if inputs.angles is None:
                 raise ValueError(f"{type(enc).__name__} is a rotary encoding but AttentionInputs.angles is None.")
-            cos, sin = inputs.angles
-            q, k = apply_rotary_one(q, cos[-T:], sin[-T:]), apply_rotary_one(k, cos[-T:], sin[-T:])
+            cos, sin = inputs.angles[0][..., -T:, :], inputs.angles[1][..., -T:, :]
+            q, k = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        if inputs.rows is not None:
+            y = attend_rows(q, k, v, bias_encoding(enc), inputs.rows, inputs.biases)
+            return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
         y = attend_backend(inputs.backend, q, k, v, bias_encoding(enc), inputs.q_pos, inputs.k_pos,
                            inputs.same_positions, inputs.block, bias_cache=inputs.biases)
         return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
@@ -222,7 +234,7 @@ class GPT(nn.Module):
             raise ValueError(f"{name} is empty (shape {tuple(idx.shape)}); give at least one row of one token or more.")
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of {name} {tuple(idx.shape)}, got {tuple(targets.shape)}.")
-        if cache is not None:
+        if isinstance(cache, KVCache):
             if len(cache.keys) != self.cfg.n_layer:
                 raise ValueError(f"the KV cache holds {len(cache.keys)} layers but the model has {self.cfg.n_layer}; "
                                  "use KVCache.empty(model.cfg.n_layer).")
@@ -243,35 +255,80 @@ class GPT(nn.Module):
         if bad_targets and bad_targets[0]:
             raise ValueError(f"targets hold ids outside [0, vocab_size={V}) other than {IGNORE_INDEX} (ignored).")
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None):
         """``idx`` ``[B, T]`` token ids -> ``(logits [B, T, V], loss or None)``.
 
         ``targets`` ``[B, T]`` gives the mean next-token cross-entropy (``IGNORE_INDEX`` entries
         skipped); with ``cache`` the ``T`` tokens sit at positions ``cache.length .. cache.length+T-1``.
+        ``attention_mask`` ``[B, cache.length + T]`` (1 = token, 0 = padding, as in Hugging Face) lets
+        rows of different lengths share a batch: see :meth:`hidden`.
         Bad ids, shapes or dtypes raise ``ValueError`` (one host sync per call).
         """
         self._check_inputs(idx, targets, cache)
-        return self._forward(idx, targets, cache)
+        return self._forward(idx, targets, cache, attention_mask)
 
-    def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None):
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        k_pos = torch.arange(start + T, device=idx.device)
-        first = self.position_for(0)
-        angles = first.compute_angles(k_pos) if encoding_kind(first) == "rotary" else None
-        inputs = AttentionInputs(q_pos=k_pos[start:], k_pos=k_pos, same_positions=start == 0,
-                                 backend=self.cfg.attention, block=self.cfg.attention_block, angles=angles)
-        x = self.drop(self.wte(idx))
-        for i, block in enumerate(self.blocks):
-            x = block(x, self.position_for(i), inputs, i, cache)
-        if cache is not None:
-            cache.length = start + T
-        logits = self.lm_head(self.ln_f(x))
+    def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None,
+                 attention_mask: torch.Tensor | None = None):
+        logits = self.lm_head(self.hidden(idx, cache, attention_mask, check=False))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1).long(),
                                    ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, attention_mask: torch.Tensor | None = None,
+               check: bool = True) -> torch.Tensor:
+        """Final-norm hidden states ``[B, T, d_model]`` (the input of ``lm_head``).
+
+        ``cache`` is a :class:`KVCache` or any object with ``length`` and ``update(layer, k, v)`` (the
+        Hugging Face wrapper passes transformers' own cache). ``attention_mask`` ``[B, cache.length + T]``
+        marks padding with 0: a row's positions then count only its real tokens (a left-padded row is
+        scored as if alone) and nobody attends to padding. A mask without zeros is the same as None;
+        one with zeros takes the dense per-row path (:func:`firepe.attention.attend_rows`).
+        """
+        if check:
+            self._check_inputs(idx, None, cache)
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        rows = self._rows(attention_mask, B, start + T, T, idx.device)
+        k_pos = torch.arange(start + T, device=idx.device)
+        first = self.position_for(0)
+        angles = None
+        if encoding_kind(first) == "rotary":
+            if rows is None:
+                angles = first.compute_angles(k_pos)
+            else:
+                cos, sin = first.compute_angles(rows.k.reshape(-1))
+                angles = (cos.view(B, 1, start + T, -1), sin.view(B, 1, start + T, -1))
+        inputs = AttentionInputs(q_pos=k_pos[start:], k_pos=k_pos, same_positions=start == 0,
+                                 backend=self.cfg.attention, block=self.cfg.attention_block, angles=angles, rows=rows)
+        x = self.drop(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.position_for(i), inputs, i, cache)
+        if cache is not None:
+            cache.length = start + T
+        return self.ln_f(x)
+
+    @staticmethod
+    def _rows(mask: torch.Tensor | None, batch: int, keys: int, queries: int, device) -> RowPositions | None:
+        if mask is None:
+            return None
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, keys):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"attention_mask must have shape [batch, cached + new tokens] = {(batch, keys)}, "
+                             f"got {shape}.")
+        if mask.dtype.is_floating_point or mask.dtype.is_complex:
+            raise ValueError(f"attention_mask must hold 0 (padding) and 1 (token) as integers or booleans, "
+                             f"got dtype {mask.dtype}.")
+        mask = mask.to(device)
+        if mask.device.type != "meta":
+            lo, hi = torch.aminmax(mask.to(torch.long))
+            if int(lo) < 0 or int(hi) > 1:
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (token).")
+            if int(lo) == 1:
+                return None
+        return RowPositions.from_mask(mask, queries)
 
     def set_attention(self, backend: str, block: int | None = None) -> GPT:
         """Switch the attention backend (one of ``firepe.attention.BACKENDS``) and optionally the

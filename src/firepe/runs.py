@@ -9,6 +9,8 @@ Layout::
                                       rng.safetensors, state.json (see :mod:`firepe.checkpoint`)
     RUN/checkpoints/latest            name of the newest complete checkpoint folder
     RUN/.lock                         held (``flock``) by the process training in the folder
+    RUN/tensorboard/, RUN/wandb/      training logs of ``--log-to`` (see :mod:`firepe.tracking`)
+    RUN/tracking.json                 the W&B run id of ``--log-to wandb`` (``--resume`` continues it)
 
 Every file is written under a per-process temporary name, flushed and ``fsync``'ed, renamed over
 its final name, and the folder is ``fsync``'ed, so neither a killed process nor a power loss leaves

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
 from .data import DataConfig, TokenData, build_tokenizer, encoded_stream, load_corpus, load_tokenizer
 from .model import GPT, GPTConfig
-from .runs import RunFolder, dataclass_from_dict
+from .runs import RunFolder, dataclass_from_dict, read_json
+from .tracking import TrackerRun, Trackers, check_installed, open_trackers, parse_log_to
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_run", "lr_at", "resolve_device", "process_group",
            "build_optimizer", "RESUMABLE"]
@@ -62,6 +63,9 @@ class TrainConfig:
                                                            choices=("auto", "fp32", "bf16")))
     threads: int | None = field(default=None, metadata=_help("CPU threads (torch.set_num_threads)"))
     progress: bool = field(default=True, metadata=_help("progress bar"))
+    log_to: str | None = field(default=None, metadata=_help(
+        "also send the metrics.jsonl rows to tensorboard, wandb and/or trackio (comma-separated; none: off)"))
+    log_project: str = field(default="firepe", metadata=_help("W&B / Trackio project of --log-to"))
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -83,6 +87,11 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}.")
         if not isinstance(self.device, str) or not self.device.strip():
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+        self.log_to = parse_log_to(self.log_to)
+        if (not isinstance(self.log_project, str) or not self.log_project.strip()
+                or any(c in self.log_project for c in "/\\#?%:")):
+            raise ValueError(f"log_project must be a non-empty name without any of / \\ # ? % :, "
+                             f"got {self.log_project!r}.")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -91,7 +100,8 @@ class TrainConfig:
 
 #: TrainConfig fields a resumed run may change (``--resume --steps N`` extends the budget and the cosine
 #: schedule from there); every other setting of a run is fixed by its config.json.
-RESUMABLE = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "progress")
+RESUMABLE = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "progress", "log_to",
+             "log_project")
 
 
 def _check_int(value: Any, name: str, minimum: int, message: str | None = None) -> None:
@@ -139,7 +149,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """Model (latest checkpoint, eval mode, weights checked finite) and the run's config dictionary."""
+    """Model (latest checkpoint, eval mode, weights checked finite) and the run's config dictionary.
+
+    An exported folder (``firepe export``) loads as well: see :func:`firepe.exported.load_export`."""
+    from .exported import is_export, load_export
+
+    if is_export(run_dir):
+        return load_export(run_dir, device)
     run = RunFolder(run_dir)
     cfg = run.read_config()
     model_cfg = dataclass_from_dict(GPTConfig, cfg["model"], f"{run.config_path} [model]")
@@ -219,11 +235,18 @@ class Trainer:
     come from ``RUN/config.json``; ``changes`` may set the :data:`RESUMABLE` train fields (a new step
     budget is written back to config.json). A run stopped before its first checkpoint resumes from
     step 0. The folder is locked (``flock``) from construction until ``fit()`` returns.
+
+    ``cfg.log_to`` also sends each ``metrics.jsonl`` row to TensorBoard / W&B / Trackio
+    (:mod:`firepe.tracking`; rank 0 only) under ``cfg.log_project``, as a run named after the run
+    folder in group ``log_group`` (compare: the comparison folder's name). A missing package is
+    refused here, before anything is written.
     """
 
     def __init__(self, run_dir: str | Path, model_cfg: GPTConfig | None = None, train_cfg: TrainConfig | None = None,
-                 data_cfg: DataConfig | None = None, resume: bool = False, changes: dict[str, Any] | None = None):
+                 data_cfg: DataConfig | None = None, resume: bool = False, changes: dict[str, Any] | None = None,
+                 log_group: str | None = None):
         self.run = RunFolder(run_dir)
+        self.resumed, self.log_group, self.trackers = resume, log_group, Trackers()
         self.run_dir = self.run.path
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -247,6 +270,7 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.world > 1:
             _agree_across_ranks(_config_dict(self.model_cfg, cfg, self.data_cfg), self.world)
+        _rank0_decides(self.world, self.rank, lambda: check_installed(cfg.log_to))
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
@@ -385,10 +409,30 @@ class Trainer:
         return loss
 
     def fit(self, callback: Callable[[int, float], None] | None = None) -> list[float]:
+        """Train to ``cfg.steps``; the trackers of ``cfg.log_to`` are open during the loop and closed
+        after it, also when it raises."""
+        failed = True
         try:
-            return self._fit(callback)
+            self.trackers = self._open_trackers()
+            losses = self._fit(callback)
+            failed = False
+            return losses
         finally:
+            self.trackers.close(failed)
             self.run.unlock()
+
+    def _open_trackers(self) -> Trackers:
+        """Rank 0: start the trackers of ``cfg.log_to`` (ValueError on every rank when one cannot start)."""
+        opened: list[Trackers] = []
+
+        def start() -> None:
+            run = TrackerRun(self.run_dir, project=self.cfg.log_project, group=self.log_group,
+                             config=read_json(self.run.config_path), resumed=self.resumed, step=self.step)
+            opened.append(open_trackers(self.cfg.log_to, run))
+
+        if self.cfg.log_to and self.step < self.cfg.steps:  # a finished run logs nothing: no empty tracker run
+            _rank0_decides(self.world, self.rank, start)
+        return opened[0] if opened else Trackers()
 
     def _fit(self, callback: Callable[[int, float], None] | None) -> list[float]:
         cfg = self.cfg
@@ -407,9 +451,10 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
             if self.rank == 0 and (self.step % cfg.log_every == 0 or self.step == cfg.steps or self.step == 1):
-                metrics.append({"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, cfg),
-                                "tokens_per_s": tok_s, "tokens": self.step * tokens_per_step,
-                                "params": model_params})
+                row = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, cfg), "tokens_per_s": tok_s,
+                       "tokens": self.step * tokens_per_step, "params": model_params}
+                metrics.append(row)  # the source of truth first, then the trackers (whose failures only warn)
+                self.trackers.log(row)
             if self.rank == 0 and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
                 save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, {"loss": loss},
                                 keep=cfg.keep_checkpoints)

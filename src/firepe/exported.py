@@ -1,0 +1,99 @@
+"""Exported model folders (``firepe export``), read without transformers.
+
+An export is a Hugging Face model folder: ``config.json`` (``model_type: "firepe"``, every
+:class:`~firepe.model.GPTConfig` field at the top level, ``tie_embeddings`` spelled
+``tie_word_embeddings`` as transformers expects, and a ``firepe`` object holding the run's ``train`` and
+``data`` sections and where it came from), ``model.safetensors`` (the GPT's tensors under
+``transformer.``, the tied output embedding stored once), ``generation_config.json``, the tokenizer
+files and ``modeling_firepe.py``. :mod:`firepe.hf` writes and loads it through transformers; this
+module maps its config to a :class:`GPTConfig` and loads the weights with safetensors alone, so
+``firepe eval``, ``generate`` and ``plot-bias`` take an exported folder like a run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import load_model_weights
+from .model import GPT, GPTConfig
+from .runs import check_fields, dataclass_from_dict, read_json
+
+__all__ = ["MODEL_TYPE", "PREFIX", "SHIM", "AUTO_MAP", "is_export", "hf_fields", "gpt_config", "load_export"]
+
+MODEL_TYPE = "firepe"
+PREFIX = "transformer"           # attribute of the GPT inside FirePEForCausalLM, so tensors are "transformer.*"
+SHIM = "modeling_firepe.py"      # the module auto_map names; it imports firepe.hf
+AUTO_MAP = {"AutoConfig": "modeling_firepe.FirePEConfig",
+            "AutoModelForCausalLM": "modeling_firepe.FirePEForCausalLM"}
+#: GPTConfig fields renamed in the Hugging Face config (transformers reads ``tie_word_embeddings``)
+RENAMED = {"tie_embeddings": "tie_word_embeddings"}
+
+
+def is_export(path: str | Path) -> bool:
+    """True when ``path/config.json`` is a JSON object with ``"model_type": "firepe"``."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return False
+    try:
+        cfg = read_json(file)
+    except ValueError:
+        return False
+    return isinstance(cfg, dict) and cfg.get("model_type") == MODEL_TYPE
+
+
+def hf_fields(cfg: GPTConfig) -> dict[str, Any]:
+    """The Hugging Face config keys of a model configuration (``GPTConfig`` fields, renamed per :data:`RENAMED`)."""
+    return {RENAMED.get(k, k): v for k, v in cfg.to_dict().items()}
+
+
+def gpt_config(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
+    """Inverse of :func:`hf_fields`: ``ValueError`` naming ``where`` for a missing or bad field (an unknown
+    encoding included)."""
+    data = {}
+    for f in fields(GPTConfig):
+        key = RENAMED.get(f.name, f.name)
+        if key not in hf:
+            raise ValueError(f"{where} has no {key!r}; it is not a firepe export or it is damaged.")
+        data[f.name] = hf[key]
+    return dataclass_from_dict(GPTConfig, data, where)
+
+
+class _Holder(nn.Module):
+    def __init__(self, model: GPT):
+        super().__init__()
+        setattr(self, PREFIX, model)
+
+
+def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
+    """Model (eval mode, weights checked finite) and a run-style config dict (``model``, ``train``,
+    ``data``, plus ``export``: the source run and step) of an exported folder."""
+    from .data import DataConfig
+    from .train import TrainConfig, resolve_device
+
+    path = Path(path)
+    file = path / "config.json"
+    hf = read_json(file)
+    if not isinstance(hf, dict) or hf.get("model_type") != MODEL_TYPE:
+        raise ValueError(f"{file} is not a firepe export (model_type must be {MODEL_TYPE!r}).")
+    model_cfg = gpt_config(hf, str(file))
+    extra = hf.get("firepe")
+    if not isinstance(extra, dict) or not isinstance(extra.get("train"), dict) or not isinstance(extra.get("data"),
+                                                                                                  dict):
+        raise ValueError(f"{file} has no \"firepe\" object with \"train\" and \"data\"; re-export the run.")
+    check_fields(TrainConfig, extra["train"], f"{file} [firepe.train]")
+    check_fields(DataConfig, extra["data"], f"{file} [firepe.data]")
+    model = GPT(model_cfg)
+    load_model_weights(_Holder(model), path)
+    try:
+        model.check_finite()
+    except ValueError as e:
+        raise ValueError(f"{path / 'model.safetensors'} holds non-finite weights: {e}") from None
+    device = resolve_device(device) if isinstance(device, str) else device
+    cfg = {"model": model_cfg.to_dict(), "train": extra["train"], "data": extra["data"],
+           "export": {k: v for k, v in extra.items() if k not in ("train", "data")}}
+    return model.to(device).eval(), cfg

@@ -1,0 +1,352 @@
+"""Hugging Face ``transformers`` integration: ``FirePEConfig``, ``FirePEForCausalLM``, tokenizers, export.
+
+Importing this module registers ``model_type: "firepe"`` with ``AutoConfig`` and
+``AutoModelForCausalLM``, so with firepe installed an exported folder loads without remote code::
+
+    import firepe.hf  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("exported/fire")
+    tok = AutoTokenizer.from_pretrained("exported/fire")
+
+Elsewhere ``from_pretrained(..., trust_remote_code=True)`` runs the folder's ``modeling_firepe.py``,
+which only imports this module (firepe is the dependency; the model code is not copied).
+
+``FirePEForCausalLM`` wraps :class:`firepe.model.GPT` as ``self.transformer``: logits are firepe's,
+bit for bit. It takes transformers' caches (``DynamicCache``; the GPT calls ``cache.update(k, v, layer)``)
+and ``attention_mask`` with padding (each row gets the positions of its real tokens, see
+:meth:`firepe.model.GPT.hidden`), so ``generate``, pipelines and lm-evaluation-harness work.
+``labels`` give the usual shifted next-token loss (``-100`` ignored).
+
+There is no maximum length: ``max_position_embeddings`` records the training length (lm-eval and
+other tools read it as the context they keep; pass ``max_length=`` to them to go longer), and the
+model runs at any length.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from .exported import AUTO_MAP, MODEL_TYPE, PREFIX, SHIM, gpt_config, hf_fields
+from .model import GPT, IGNORE_INDEX, GPTConfig
+
+#: oldest versions tested (pyproject's ``hf`` extra pins the same)
+MIN_VERSIONS = {"transformers": "5.23.0"}
+
+
+def _check_version(package: str) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version(package)
+    except PackageNotFoundError:
+        raise ImportError(f"this needs {package}>={MIN_VERSIONS[package]}: pip install 'firepe[hf]'.") from None
+    from packaging.version import Version  # a dependency of transformers
+
+    if Version(found) < Version(MIN_VERSIONS[package]):
+        raise ImportError(f"this needs {package}>={MIN_VERSIONS[package]}, found {found}: "
+                          "pip install -U 'firepe[hf]'.")
+
+
+_check_version("transformers")
+
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
+
+__all__ = ["FirePEConfig", "FirePEForCausalLM", "byte_tokenizer", "hf_tokenizer", "export_run", "MIN_VERSIONS"]
+
+EOS = "<|endoftext|>"
+SHIM_TEXT = '''"""firepe (FIRE and the other position encodings) for Hugging Face transformers.
+
+The code is the firepe package (pip install 'firepe[hf]'); this module only imports it.
+"""
+
+from firepe.hf import FirePEConfig, FirePEForCausalLM
+
+__all__ = ["FirePEConfig", "FirePEForCausalLM"]
+'''
+
+
+@strict(accept_kwargs=True)
+class FirePEConfig(PreTrainedConfig):
+    """Every :class:`firepe.model.GPTConfig` field (``tie_embeddings`` as ``tie_word_embeddings``), the
+    training length as ``max_position_embeddings``, and ``firepe``: the run's ``train`` and ``data``
+    sections and its source (run folder, step)."""
+
+    model_type = MODEL_TYPE
+    attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "d_model"}
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 257
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    d_ff: int | None = None
+    position: str = "fire"
+    position_options: dict | None = None
+    dropout: float | int = 0.0
+    norm_eps: float = 1e-5
+    attention: str = "auto"
+    attention_block: int = 1024
+    max_position_embeddings: int | None = None
+    use_cache: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    tie_word_embeddings: bool = True
+    firepe: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.position_options is None:
+            self.position_options = {}
+        self.auto_map = dict(AUTO_MAP)
+        super().__post_init__(**kwargs)
+        self.gpt_config()  # an unknown encoding or a bad option fails here, naming it
+
+    def gpt_config(self) -> GPTConfig:
+        return gpt_config({k: getattr(self, k) for k in hf_fields(GPTConfig())}, "FirePEConfig")
+
+    @classmethod
+    def from_gpt(cls, cfg: GPTConfig, **kwargs: Any) -> FirePEConfig:
+        return cls(**hf_fields(cfg), **kwargs)
+
+
+class _CacheView:
+    """A transformers ``Cache`` seen through firepe's KV-cache interface (``length``, ``update``)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.length = cache.get_seq_length()
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.update(k, v, layer)
+
+
+class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
+    """:class:`firepe.model.GPT` as a transformers causal LM (``self.transformer`` is the GPT)."""
+
+    config_class = FirePEConfig
+    base_model_prefix = PREFIX
+    main_input_name = "input_ids"
+    _no_split_modules = ["Block"]
+    _tied_weights_keys = {f"{PREFIX}.lm_head.weight": f"{PREFIX}.wte.weight"}
+    _supports_sdpa = True
+
+    def __init__(self, config: FirePEConfig):
+        super().__init__(config)
+        self.transformer = GPT(config.gpt_config())
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The GPT initializes itself (GPT-2 init, each encoding its own); from_pretrained loads every tensor.
+        # Only non-persistent buffers (RoPE frequencies) are not in the file: rebuild them.
+        from .positions.base import PositionEncoding
+
+        if isinstance(module, PositionEncoding):
+            non_persistent = set(dict(module.named_buffers(recurse=False))) - set(module.state_dict())
+            if non_persistent:
+                fresh = self.transformer._build_position()
+                with torch.no_grad():
+                    for name in non_persistent:
+                        getattr(module, name).copy_(getattr(fresh, name))
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.transformer.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.transformer.lm_head = value
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                past_key_values=None, labels: torch.LongTensor | None = None, use_cache: bool | None = None,
+                logits_to_keep: int | torch.Tensor = 0, return_dict: bool | None = None,
+                inputs_embeds: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **kwargs: Any) -> CausalLMOutputWithPast:
+        """``input_ids`` ``[B, T]`` -> logits ``[B, T, V]`` (the last ``logits_to_keep`` positions when > 0).
+
+        ``attention_mask`` ``[B, past + T]`` (0 = padding) and ``past_key_values`` (a transformers cache,
+        created when ``use_cache``) work as in every transformers causal LM. Positions always come from the
+        mask, so ``position_ids`` must be None or equal them; ``inputs_embeds`` is not supported.
+        """
+        from transformers import DynamicCache
+
+        if inputs_embeds is not None:
+            raise ValueError("FirePEForCausalLM takes input_ids, not inputs_embeds.")
+        if input_ids is None:
+            raise ValueError("FirePEForCausalLM needs input_ids [batch, tokens].")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask must be 2-D [batch, past + new tokens] (0 = padding), got shape "
+                             f"{tuple(attention_mask.shape)}; static/compiled caches with 4-D masks are not supported.")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        view = _CacheView(past_key_values) if past_key_values is not None else None
+        if position_ids is not None:
+            self._check_position_ids(position_ids, attention_mask, input_ids, view)
+        h = self.transformer.hidden(input_ids, view, attention_mask)
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            h = h[:, logits_to_keep]
+        logits = self.transformer.lm_head(h)
+        loss = None
+        if labels is not None:
+            shift = labels[:, 1:].to(logits.device)
+            loss = nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                               shift.reshape(-1).long(), ignore_index=IGNORE_INDEX)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None)
+
+    @staticmethod
+    def _check_position_ids(position_ids, attention_mask, input_ids, view) -> None:
+        start = view.length if view is not None else 0
+        B, T = input_ids.shape
+        if attention_mask is None:
+            expected = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+        else:
+            expected = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:].to(input_ids.device)
+            expected = torch.where(attention_mask[:, -T:].bool().to(input_ids.device), expected,
+                                   position_ids.to(expected.device).expand(B, T))
+        if tuple(position_ids.shape[-1:]) != (T,) or not torch.equal(position_ids.to(expected.device).expand(B, T),
+                                                                       expected):
+            raise ValueError("position_ids other than the positions of the real tokens (from attention_mask) are "
+                             "not supported; leave position_ids out.")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, plus ``modeling_firepe.py`` (the ``auto_map`` module)."""
+        self._auto_class = None  # never copy firepe's own source files into the folder
+        self.config._auto_class = None
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        (Path(save_directory) / SHIM).write_text(SHIM_TEXT)
+        return out
+
+
+AutoConfig.register(MODEL_TYPE, FirePEConfig, exist_ok=True)
+AutoModelForCausalLM.register(FirePEConfig, FirePEForCausalLM, exist_ok=True)
+
+
+# -- tokenizers -------------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes to printable characters (what the ByteLevel
+    pre-tokenizer emits), written from its definition: printable Latin-1 bytes map to themselves, the
+    others to U+0100 onwards in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """firepe's byte tokenizer as a transformers fast tokenizer: byte ``b`` is id ``b``, ``<|endoftext|>``
+    (end of document, also the padding token) is 256. Nothing is added around a text."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(EOS, special=True, normalized=False)])
+    if tok.token_to_id(EOS) != 256:
+        raise RuntimeError(f"{EOS} got id {tok.token_to_id(EOS)}, expected 256.")
+    # split_special_tokens: the text "<|endoftext|>" is encoded as its 13 bytes, as firepe's byte tokenizer
+    # does; the token itself only comes from code (eos_token_id), never out of a text
+    return _fast(tok, split_special_tokens=True)
+
+
+def _fast(tok, split_special_tokens: bool = False) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS,
+                                   unk_token=None, clean_up_tokenization_spaces=False,
+                                   split_special_tokens=split_special_tokens)
+
+
+def hf_tokenizer(run_dir: str | Path, data: dict[str, Any]) -> PreTrainedTokenizerFast:
+    """The run's tokenizer for transformers: :func:`byte_tokenizer`, or the run's BPE ``tokenizer.json``."""
+    from .data import BPETokenizer, DataConfig, load_tokenizer
+    from .runs import dataclass_from_dict
+
+    tok = load_tokenizer(Path(run_dir), dataclass_from_dict(DataConfig, data))
+    return byte_tokenizer() if not isinstance(tok, BPETokenizer) else _fast(tok.tok)
+
+
+# -- export -----------------------------------------------------------------------------------------
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    """Write the run's latest checkpoint as a transformers folder ``out`` (which must not exist).
+
+    Everything is written to a temporary folder beside ``out`` and renamed at the end, so an interrupted
+    export leaves no half-written ``out``.
+    """
+    from . import __version__
+    from .checkpoint import latest_checkpoint, read_state
+    from .exported import is_export
+    from .runs import fsync_dir
+    from .train import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    if is_export(run_dir):
+        raise ValueError(f"{str(run_dir)!r} is already an exported folder; export a run folder.")
+    if out.exists() or out.is_symlink():
+        raise ValueError(f"output folder {str(out)!r} already exists; pick a new --out (nothing was written).")
+    model, cfg = load_run(run_dir)
+    step = read_state(latest_checkpoint(run_dir))["step"]
+    tok = hf_tokenizer(run_dir, cfg["data"])
+    if len(tok) != model.cfg.vocab_size:
+        raise ValueError(f"the run's tokenizer has {len(tok)} tokens but its model {model.cfg.vocab_size}.")
+    eos = tok.convert_tokens_to_ids(EOS)
+    hf_cfg = FirePEConfig.from_gpt(
+        model.cfg, max_position_embeddings=cfg["train"]["seq_len"], bos_token_id=eos, eos_token_id=eos,
+        pad_token_id=eos, architectures=["FirePEForCausalLM"],
+        firepe={"train": cfg["train"], "data": cfg["data"], "run": str(run_dir), "step": step,
+                "version": __version__, **({"finetune": cfg["finetune"]} if "finetune" in cfg else {})})
+    hf_model = FirePEForCausalLM(hf_cfg)
+    hf_model.transformer.load_state_dict(model.state_dict())
+    hf_model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    tok.model_max_length = cfg["train"]["seq_len"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        try:
+            hf_model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        except SafetensorError as e:  # a full disk or a file-size limit, reported by safetensors
+            raise ValueError(f"writing {out} failed ({str(e).splitlines()[0]}); nothing was written.") from None
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            raise ValueError(f"output folder {str(out)!r} appeared while exporting; nothing was written to it.")
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
