@@ -87,23 +87,16 @@ __all__ = ["FirePEConfig", "FirePEForCausalLM"]
 class FirePEConfig(PreTrainedConfig):
     """Every :class:`firepe.model.GPTConfig` field (``tie_embeddings`` as ``tie_word_embeddings``), the
     training length as ``max_position_embeddings``, and ``firepe``: the run's ``train`` and ``data``
-    sections and its source (run folder, step)."""
+    sections and its source (run folder, step).
+
+    The model fields are not repeated here: they arrive as keyword arguments, missing ones take
+    ``GPTConfig``'s defaults, and :meth:`gpt_config` validates them (an unknown encoding fails here).
+    """
 
     model_type = MODEL_TYPE
     attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "d_model"}
     keys_to_ignore_at_inference = ["past_key_values"]
 
-    vocab_size: int = 257
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    d_ff: int | None = None
-    position: str = "fire"
-    position_options: dict | None = None
-    dropout: float | int = 0.0
-    norm_eps: float = 1e-5
-    attention: str = "auto"
-    attention_block: int = 1024
     max_position_embeddings: int | None = None
     use_cache: bool = True
     bos_token_id: int | None = None
@@ -113,11 +106,12 @@ class FirePEConfig(PreTrainedConfig):
     firepe: dict | None = None
 
     def __post_init__(self, **kwargs):
-        if self.position_options is None:
-            self.position_options = {}
+        for key, default in hf_fields(GPTConfig()).items():
+            if key not in kwargs and not hasattr(self, key):
+                kwargs[key] = default
         self.auto_map = dict(AUTO_MAP)
         super().__post_init__(**kwargs)
-        self.gpt_config()  # an unknown encoding or a bad option fails here, naming it
+        self.gpt_config()
 
     def gpt_config(self) -> GPTConfig:
         return gpt_config({k: getattr(self, k) for k in hf_fields(GPTConfig())}, "FirePEConfig")
