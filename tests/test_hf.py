@@ -263,3 +263,17 @@ def test_an_export_with_damaged_weights_is_one_line(tmp_path, capsys):
     data = (out / "model.safetensors").read_bytes()
     (out / "model.safetensors").write_bytes(data[: len(data) // 2])
     one_line_error(capsys, ["generate", out, "--prompt", "a"], "corrupt or truncated")
+
+
+def test_a_killed_export_leaves_no_output_and_the_next_one_cleans_up(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "x"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".x.{dead.stdout.strip()}.abc.tmp"  # what a kill -9 before the rename leaves
+    stale.mkdir()
+    (stale / "config.json").write_text("{")
+    alive = tmp_path / f".x.{os.getpid()}.def.tmp"  # a running export's folder is left alone
+    alive.mkdir()
+    assert run_cli(["export", run, "--out", out]) == 0
+    assert not stale.exists() and alive.exists()
+    assert AutoModelForCausalLM.from_pretrained(out) is not None

@@ -24,6 +24,7 @@ model runs at any length.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -292,11 +293,26 @@ def hf_tokenizer(run_dir: str | Path, data: dict[str, Any]) -> PreTrainedTokeniz
 # -- export -----------------------------------------------------------------------------------------
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove ``.NAME.PID.*.tmp`` folders that exports killed before their rename left beside ``out``."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        pid = tmp.name[len(out.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
     """Write the run's latest checkpoint as a transformers folder ``out`` (which must not exist).
 
-    Everything is written to a temporary folder beside ``out`` and renamed at the end, so an interrupted
-    export leaves no half-written ``out``.
+    Everything is written to a temporary folder ``.NAME.PID.*.tmp`` beside ``out`` and renamed at the end,
+    so an interrupted export leaves no half-written ``out``; the next export to ``out`` removes the
+    temporaries of exports whose process is gone (kill -9).
     """
     from . import __version__
     from .checkpoint import latest_checkpoint, read_state
@@ -325,7 +341,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     hf_model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     tok.model_max_length = cfg["train"]["seq_len"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         try:
             hf_model.save_pretrained(tmp)
