@@ -277,3 +277,11 @@ def test_a_killed_export_leaves_no_output_and_the_next_one_cleans_up(tmp_path):
     assert run_cli(["export", run, "--out", out]) == 0
     assert not stale.exists() and alive.exists()
     assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def test_bad_position_options_in_an_export_name_the_file(tmp_path, capsys):
+    _, out = export(tmp_path)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["position_options"] = {"init_L": float("nan")}
+    (out / "config.json").write_text(json.dumps(cfg))
+    one_line_error(capsys, ["eval", out, "--lengths", "16"], r"config\.json.*init_L")

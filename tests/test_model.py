@@ -220,3 +220,17 @@ def test_set_attention_rejects_bad_block(block):
     with pytest.raises(ValueError, match=f"attention block must be a positive integer, got {block!r}"):
         model.set_attention("chunked", block=block)
     assert model.cfg.attention == "auto" and model.cfg.attention_block == 1024  # unchanged on error
+
+
+@pytest.mark.parametrize("name,opts", ALL)
+def test_every_encoding_runs_in_bf16_close_to_fp32(name, opts):
+    """``model.to(torch.bfloat16)``: FIRE's table coordinates and positions stay float32 (in bf16 the last
+    table index rounded past the table, and positions above 256 are not integers)."""
+    torch.manual_seed(0)
+    model = tiny(name, opts).eval()
+    ids = torch.randint(0, 50, (1, 300))
+    with torch.no_grad():
+        ref, _ = model(ids)
+        low, _ = model.to(torch.bfloat16)(ids)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.05

@@ -60,7 +60,10 @@ def gpt_config(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
         if key not in hf:
             raise ValueError(f"{where} has no {key!r}; it is not a firepe export or it is damaged.")
         data[f.name] = hf[key]
-    return dataclass_from_dict(GPTConfig, data, where)
+    try:
+        return dataclass_from_dict(GPTConfig, data, where)
+    except ValueError as e:  # GPTConfig's own checks (encoding options ...) do not know the file
+        raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
 
 class _Holder(nn.Module):
@@ -87,7 +90,10 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[G
         raise ValueError(f"{file} has no \"firepe\" object with \"train\" and \"data\"; re-export the run.")
     check_fields(TrainConfig, extra["train"], f"{file} [firepe.train]")
     check_fields(DataConfig, extra["data"], f"{file} [firepe.data]")
-    model = GPT(model_cfg)
+    try:
+        model = GPT(model_cfg)  # an encoding checks its option values when built
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
     load_model_weights(_Holder(model), path)
     try:
         model.check_finite()

@@ -142,6 +142,8 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
     _no_split_modules = ["Block"]
     _tied_weights_keys = {f"{PREFIX}.lm_head.weight": f"{PREFIX}.wte.weight"}
     _supports_sdpa = True
+    # position modules stay float32 when loading in bf16/fp16 (positions above 256 are not bf16 integers)
+    _keep_in_fp32_modules_strict = ["position_layers", "position_shared"]
 
     def __init__(self, config: FirePEConfig):
         super().__init__(config)
@@ -172,6 +174,12 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.transformer.lm_head = value
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' resize; the GPT's own ``cfg.vocab_size`` (its id check) follows."""
+        out = super().resize_token_embeddings(*args, **kwargs)
+        self.transformer.cfg.vocab_size = self.transformer.wte.num_embeddings
+        return out
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 past_key_values=None, labels: torch.LongTensor | None = None, use_cache: bool | None = None,

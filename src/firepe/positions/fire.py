@@ -170,7 +170,7 @@ class FIRE(BiasEncoding):
 
     def normalizer(self, q_pos: torch.Tensor) -> torch.Tensor:
         """``psi(max(L, i)) + eps`` per query, shape ``[Q]``."""
-        qf = q_pos.to(self.init_L.dtype)
+        qf = q_pos.to(torch.promote_types(self.init_L.dtype, torch.float32))  # bf16 loses integers above 256
         if self.threshold:
             qf = torch.maximum(qf, self.L)
         return self.psi(qf) + self.eps

@@ -77,6 +77,8 @@ def table_bias(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Te
         table, base = lookup_table(fire, max_d)  # after psi_d, inv_norm: keeps autograd's summation order
         return fire_kernel.table_lookup(table, psi_d, inv_norm, q_pos, k_pos, fire.interpolating_rows(q_pos),
                                         base, g)
+    # coordinates in float32 at least: in bf16, g - 2 = 16382 rounds to 16384 (an index past the table)
+    dtype = torch.promote_types(dtype, torch.float32)
     dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
     x = fire.psi(dist.to(dtype)) / fire.normalizer(q_pos)[:, None]
     pos = x.clamp(0, 1) * (g - 1)
