@@ -1,8 +1,13 @@
 """Helpers shared by the command-line tests."""
 
+import json
 import re
+from pathlib import Path
 
 from firepe.cli import main
+
+#: flags of the tiny CLI training runs the task tests start from
+TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress", "--val-tokens", "512"]
 
 
 def run_cli(argv) -> int:
@@ -20,3 +25,19 @@ def one_line_error(capsys, argv, match):
     assert err.startswith("firepe: error:") and err.count("\n") == 1, err
     assert re.search(match, err), err
     return err
+
+
+def task_base(root: Path) -> tuple[Path, Path]:
+    """A tiny FIRE run trained 2 steps at 96 tokens on a small local corpus, and a 6-row ``jsonl:`` task
+    file (``{"id", "input": "say i", "output": "i"}``), under ``root``."""
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for k in range(30):
+        (corpus / f"f{k:02d}.py").write_text(f"def g(x):\n    return x - {k}\n" * 50)
+    run = root / "base"
+    assert main(["train", "--out", str(run), "--position", "fire", "--steps", "2", "--seq-len", "96",
+                 "--corpus", str(corpus), *TINY]) == 0
+    good = root / "good.jsonl"
+    good.write_text("".join(json.dumps({"id": str(i), "input": f"say {i}", "output": f"{i}"}) + "\n"
+                            for i in range(6)))
+    return run, good

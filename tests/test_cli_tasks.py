@@ -4,28 +4,13 @@ import json
 
 import pytest
 
-from firepe.cli import main
-
 from .helpers import one_line_error as err_of
-from .helpers import run_cli
-
-TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress", "--val-tokens", "512"]
+from .helpers import run_cli, task_base
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clitasks")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for k in range(30):
-        (corpus / f"f{k:02d}.py").write_text(f"def g(x):\n    return x - {k}\n" * 50)
-    run = root / "base"
-    assert main(["train", "--out", str(run), "--position", "fire", "--steps", "2", "--seq-len", "96",
-                 "--corpus", str(corpus), *TINY]) == 0
-    good = root / "good.jsonl"
-    good.write_text("".join(json.dumps({"id": str(i), "input": f"say {i}", "output": f"{i}"}) + "\n"
-                            for i in range(6)))
-    return run, good
+    return task_base(tmp_path_factory.mktemp("clitasks"))
 
 
 def test_finetune_then_score_then_resume(tmp_path, base, capsys):

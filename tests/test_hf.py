@@ -285,3 +285,19 @@ def test_bad_position_options_in_an_export_name_the_file(tmp_path, capsys):
     cfg["position_options"] = {"init_L": float("nan")}
     (out / "config.json").write_text(json.dumps(cfg))
     one_line_error(capsys, ["eval", out, "--lengths", "16"], r"config\.json.*init_L")
+
+
+def test_position_ids_must_be_the_positions_of_the_real_tokens(tmp_path):
+    _, out = export(tmp_path, "fire")
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.randint(0, 256, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, :3] = 0
+    right = torch.stack([torch.arange(8), torch.tensor([1, 1, 1, 0, 1, 2, 3, 4])])  # padding: any value
+    with torch.no_grad():
+        expected = hf(ids, attention_mask=mask).logits
+        assert torch.equal(hf(ids, attention_mask=mask, position_ids=right).logits, expected)
+        assert torch.equal(hf(ids, position_ids=torch.arange(8)[None]).logits, hf(ids).logits)
+        for wrong in (right + 1, torch.arange(7)[None]):
+            with pytest.raises(ValueError, match="position_ids other than"):
+                hf(ids, attention_mask=mask, position_ids=wrong)

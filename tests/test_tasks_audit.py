@@ -11,26 +11,14 @@ from firepe.cli import main
 from firepe.tasks import read_jsonl
 
 from .helpers import one_line_error as err_of
-from .helpers import run_cli
+from .helpers import run_cli, task_base
 
-TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress", "--val-tokens", "512"]
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "tasks"
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audit")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for k in range(30):
-        (corpus / f"f{k:02d}.py").write_text(f"def g(x):\n    return x - {k}\n" * 50)
-    run = root / "base"
-    assert main(["train", "--out", str(run), "--position", "fire", "--steps", "2", "--seq-len", "96",
-                 "--corpus", str(corpus), *TINY]) == 0
-    good = root / "good.jsonl"
-    good.write_text("".join(json.dumps({"id": str(i), "input": f"say {i}", "output": f"{i}"}) + "\n"
-                            for i in range(6)))
-    return run, good
+    return task_base(tmp_path_factory.mktemp("audit"))
 
 
 def write_rows(path, lines):

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .attention import BACKENDS
+from .runs import error_line
 
 # Per-command defaults as dataclass instances (litgpt style); flags are derived from the fields.
 # The laptop comparison (`firepe compare` with no options) is measured to finish in well under
@@ -774,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
-        print(f"firepe: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"firepe: error: {error_line(e)}", file=sys.stderr)
         return 2
     except MemoryError as e:
         print(f"firepe: error: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'}); "

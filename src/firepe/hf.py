@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
+from .attention import RowPositions
 from .exported import AUTO_MAP, MODEL_TYPE, PREFIX, SHIM, gpt_config, hf_fields
 from .model import GPT, IGNORE_INDEX, GPTConfig
 
@@ -222,18 +222,16 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
 
     @staticmethod
     def _check_position_ids(position_ids, attention_mask, input_ids, view) -> None:
-        start = view.length if view is not None else 0
         B, T = input_ids.shape
-        if attention_mask is None:
-            expected = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        else:
-            expected = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:].to(input_ids.device)
-            expected = torch.where(attention_mask[:, -T:].bool().to(input_ids.device), expected,
-                                   position_ids.to(expected.device).expand(B, T))
-        if tuple(position_ids.shape[-1:]) != (T,) or not torch.equal(position_ids.to(expected.device).expand(B, T),
-                                                                       expected):
-            raise ValueError("position_ids other than the positions of the real tokens (from attention_mask) are "
-                             "not supported; leave position_ids out.")
+        start = view.length if view is not None else 0
+        mask = attention_mask if attention_mask is not None else torch.ones(B, start + T, dtype=torch.long)
+        rows = RowPositions.from_mask(mask.to(input_ids.device), T)
+        if tuple(position_ids.shape[-1:]) == (T,):
+            given = position_ids.to(input_ids.device).expand(B, T)
+            if torch.equal(torch.where(rows.valid[:, -T:], rows.q, given), given):  # padding: any position
+                return
+        raise ValueError("position_ids other than the positions of the real tokens (from attention_mask) are "
+                         "not supported; leave position_ids out.")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, plus ``modeling_firepe.py`` (the ``auto_map`` module)."""
@@ -325,7 +323,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     from . import __version__
     from .checkpoint import latest_checkpoint, read_state
     from .exported import is_export
-    from .runs import fsync_dir
+    from .runs import fsync_dir, fsync_file, writing
     from .train import load_run
 
     run_dir, out = Path(run_dir), Path(out)
@@ -352,18 +350,15 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     _remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
-        try:
+        with writing(out):  # a full disk or a file-size limit (OSError, SafetensorError): one sentence
             hf_model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        except SafetensorError as e:  # a full disk or a file-size limit, reported by safetensors
-            raise ValueError(f"writing {out} failed ({str(e).splitlines()[0]}); nothing was written.") from None
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            raise ValueError(f"output folder {str(out)!r} appeared while exporting; nothing was written to it.")
-        os.rename(tmp, out)
+            for f in tmp.iterdir():
+                fsync_file(f)
+            os.chmod(tmp, 0o755)
+            if out.exists():
+                raise ValueError(f"output folder {str(out)!r} appeared while exporting; nothing was written to it.")
+            os.rename(tmp, out)
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

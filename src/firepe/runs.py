@@ -34,7 +34,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunFolder", "RunWriteError", "write_json", "write_text", "read_json", "dataclass_from_dict",
+__all__ = ["RunFolder", "RunWriteError", "error_line", "write_json", "write_text", "read_json", "dataclass_from_dict",
            "check_fields", "fsync_dir", "MetricsLog", "STEP_DIR"]
 
 STEP_DIR = re.compile(r"step-(\d{7,})")  # checkpoint folders: step-0000123 (7 digits or more)
@@ -42,6 +42,11 @@ STEP_DIR = re.compile(r"step-(\d{7,})")  # checkpoint folders: step-0000123 (7 d
 
 class RunWriteError(ValueError):
     """A file could not be written (full disk, read-only folder, file-size limit): names path and cause."""
+
+
+def error_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, or its type name when it has none (for one-line errors)."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 @contextmanager
@@ -58,7 +63,7 @@ def writing(path: Path) -> Iterator[None]:
         if isinstance(e, OSError) and e.strerror:
             cause = e.strerror
         else:
-            cause = (str(e).splitlines() or [type(e).__name__])[0]
+            cause = error_line(e)
         raise RunWriteError(f"cannot write {path}: {cause}.") from None
 
 

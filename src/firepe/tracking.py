@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runs import read_json, write_json
+from .runs import error_line, read_json, write_json
 
 __all__ = ["Tracker", "TrackerRun", "Trackers", "BACKENDS", "parse_log_to", "check_installed", "open_trackers"]
 
@@ -190,7 +190,7 @@ def check_installed(log_to: str | None) -> None:
             raise ValueError(f"--log-to {name} needs the {cls.package} package, which is not installed; "
                              f"install it with pip install 'firepe[{cls.extra}]' (or pass --log-to none).") from None
         except Exception as e:  # a broken install (e.g. a protobuf version clash)
-            cause = (str(e).splitlines() or [type(e).__name__])[0]
+            cause = error_line(e)
             raise ValueError(f"--log-to {name}: the {cls.package} package cannot be imported ({cause}); "
                              f"reinstall it with pip install 'firepe[{cls.extra}]' (or pass --log-to none).") from None
 
@@ -219,7 +219,7 @@ class Trackers:
                 tracker.log(metrics, step)
             except Exception as e:
                 del self.trackers[name]
-                cause = (str(e).splitlines() or [type(e).__name__])[0]
+                cause = error_line(e)
                 warnings.warn(f"firepe: logging to {name} failed at step {step} ({cause}); training goes on "
                               "without it (metrics.jsonl and the checkpoints are unaffected).", RuntimeWarning,
                               stacklevel=2)
@@ -236,7 +236,7 @@ def _quiet_close(name: str, tracker: Tracker, failed: bool) -> None:
     try:
         tracker.close(failed)
     except Exception as e:
-        cause = (str(e).splitlines() or [type(e).__name__])[0]
+        cause = error_line(e)
         warnings.warn(f"firepe: could not close the {name} log ({cause}).", RuntimeWarning, stacklevel=3)
 
 
@@ -250,7 +250,7 @@ def open_trackers(log_to: str | None, run: TrackerRun) -> Trackers:
             opened[name] = BACKENDS[name](run)
         except Exception as e:
             Trackers(opened).close(failed=True)
-            cause = (str(e).splitlines() or [type(e).__name__])[0].rstrip(".")
+            cause = error_line(e).rstrip(".")
             raise ValueError(f"--log-to {name} could not start ({cause}){_START_HINTS.get(name, '')}; nothing "
                              "was trained (continue the run with --resume once fixed).") from None
     return Trackers(opened)
