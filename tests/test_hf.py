@@ -301,3 +301,15 @@ def test_position_ids_must_be_the_positions_of_the_real_tokens(tmp_path):
         for wrong in (right + 1, torch.arange(7)[None]):
             with pytest.raises(ValueError, match="position_ids other than"):
                 hf(ids, attention_mask=mask, position_ids=wrong)
+
+
+@pytest.mark.parametrize("bad", ["", "file", "file/inside", "dangling"])
+def test_export_refuses_an_unusable_out(tmp_path, capsys, bad):
+    run = make_run(tmp_path / "run")
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    out = "" if bad == "" else tmp_path / bad
+    one_line_error(capsys, ["export", run, "--out", out], ".")
+    assert (tmp_path / "file").read_text() == "keep me"
+    assert not (tmp_path / "nowhere").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -24,7 +24,9 @@ model runs at any length.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import inspect
 import os
 import shutil
 import tempfile
@@ -42,7 +44,8 @@ from .model import GPT, IGNORE_INDEX, GPTConfig
 MIN_VERSIONS = {"transformers": "5.23.0"}
 
 
-def _check_version(package: str) -> None:
+def _check_version(package: str) -> str:
+    """The installed version of ``package``; ImportError (one sentence) when it is missing or too old."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -54,9 +57,10 @@ def _check_version(package: str) -> None:
     if Version(found) < Version(MIN_VERSIONS[package]):
         raise ImportError(f"this needs {package}>={MIN_VERSIONS[package]}, found {found}: "
                           "pip install -U 'firepe[hf]'.")
+    return found
 
 
-_check_version("transformers")
+_TRANSFORMERS = _check_version("transformers")
 
 from huggingface_hub.dataclasses import strict  # noqa: E402
 from transformers import (  # noqa: E402
@@ -69,6 +73,9 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
+
+#: the output's cache field: ``cache`` from transformers 5.24, ``past_key_values`` before
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 __all__ = ["FirePEConfig", "FirePEForCausalLM", "byte_tokenizer", "hf_tokenizer", "export_run", "MIN_VERSIONS"]
 
@@ -96,7 +103,7 @@ class FirePEConfig(PreTrainedConfig):
 
     model_type = MODEL_TYPE
     attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "d_model"}
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     max_position_embeddings: int | None = None
     use_cache: bool = True
@@ -182,18 +189,34 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
         return out
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                past_key_values=None, labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int | torch.Tensor = 0, return_dict: bool | None = None,
-                inputs_embeds: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                **kwargs: Any) -> CausalLMOutputWithPast:
+                position_ids: torch.Tensor | None = None, cache=None, past_key_values=None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+                use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+                return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                num_items_in_batch: int | torch.Tensor | None = None, **unknown: Any):
         """``input_ids`` ``[B, T]`` -> logits ``[B, T, V]`` (the last ``logits_to_keep`` positions when > 0).
 
-        ``attention_mask`` ``[B, past + T]`` (0 = padding) and ``past_key_values`` (a transformers cache,
-        created when ``use_cache``) work as in every transformers causal LM. Positions always come from the
-        mask, so ``position_ids`` must be None or equal them; ``inputs_embeds`` is not supported.
+        ``attention_mask`` ``[B, past + T]`` (0 = padding) and the transformers cache -- ``cache`` (transformers
+        >= 5.24) or ``past_key_values`` (earlier releases), created when ``use_cache`` -- work as in every
+        transformers causal LM. Positions always come from the mask: ``position_ids`` ``[B, T]`` and
+        ``cache_position`` ``[T]`` are checked against it (padding positions may hold anything). ``labels`` give
+        the shifted loss, averaged over the labelled tokens or summed and divided by ``num_items_in_batch``
+        (what transformers' ``Trainer`` passes with gradient accumulation). ``return_dict=False`` gives a tuple.
+        A keyword this method does not read is a ``ValueError``, never silently ignored.
         """
         from transformers import DynamicCache
 
+        if unknown:
+            raise ValueError(f"FirePEForCausalLM.forward does not take {', '.join(map(repr, sorted(unknown)))} "
+                             f"(transformers {_TRANSFORMERS}); it reads {', '.join(FORWARD_KEYWORDS)}.")
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("pass the transformers cache once, as cache= or past_key_values=, not both.")
+        cache = cache if cache is not None else past_key_values
+        for name, flag in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states)):
+            if flag:
+                raise ValueError(f"{name}=True is not supported by FirePEForCausalLM (firepe's attention does "
+                                 "not return its weights or per-layer states).")
         if inputs_embeds is not None:
             raise ValueError("FirePEForCausalLM takes input_ids, not inputs_embeds.")
         if input_ids is None:
@@ -202,11 +225,18 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"attention_mask must be 2-D [batch, past + new tokens] (0 = padding), got shape "
                              f"{tuple(attention_mask.shape)}; static/compiled caches with 4-D masks are not supported.")
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        view = _CacheView(past_key_values) if past_key_values is not None else None
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        view = _CacheView(cache) if cache is not None else None
+        start = view.length if view is not None else 0
+        if cache_position is not None:
+            expected = torch.arange(start, start + input_ids.size(1), device=cache_position.device)
+            if cache_position.shape != expected.shape or not torch.equal(cache_position.long(), expected):
+                raise ValueError(f"cache_position must be the {input_ids.size(1)} positions after the {start} "
+                                 f"cached tokens ({start}..{start + input_ids.size(1) - 1}), got "
+                                 f"{cache_position.tolist()[:8]}.")
         if position_ids is not None:
-            self._check_position_ids(position_ids, attention_mask, input_ids, view)
+            self._check_position_ids(position_ids, attention_mask, input_ids, start)
         h = self.transformer.hidden(input_ids, view, attention_mask)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             h = h[:, -logits_to_keep:]
@@ -216,22 +246,26 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             shift = labels[:, 1:].to(logits.device)
-            loss = nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                                               shift.reshape(-1).long(), ignore_index=IGNORE_INDEX)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None)
+            flat = logits[:, :-1].float().reshape(-1, logits.size(-1)), shift.reshape(-1).long()
+            if num_items_in_batch is None:
+                loss = nn.functional.cross_entropy(*flat, ignore_index=IGNORE_INDEX)
+            else:
+                total = nn.functional.cross_entropy(*flat, ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = total / torch.as_tensor(num_items_in_batch, device=total.device)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
+        return out if return_dict is not False else out.to_tuple()
 
     @staticmethod
-    def _check_position_ids(position_ids, attention_mask, input_ids, view) -> None:
+    def _check_position_ids(position_ids, attention_mask, input_ids, start: int) -> None:
         B, T = input_ids.shape
-        start = view.length if view is not None else 0
         mask = attention_mask if attention_mask is not None else torch.ones(B, start + T, dtype=torch.long)
         rows = RowPositions.from_mask(mask.to(input_ids.device), T)
         if tuple(position_ids.shape[-1:]) == (T,):
             given = position_ids.to(input_ids.device).expand(B, T)
             if torch.equal(torch.where(rows.valid[:, -T:], rows.q, given), given):  # padding: any position
                 return
-        raise ValueError("position_ids other than the positions of the real tokens (from attention_mask) are "
-                         "not supported; leave position_ids out.")
+        raise ValueError("position_ids other than the positions of the real tokens (from attention_mask and the "
+                         "cache) are not supported; leave position_ids out.")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' ``save_pretrained``, plus ``modeling_firepe.py`` (the ``auto_map`` module)."""
@@ -241,6 +275,10 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
         (Path(save_directory) / SHIM).write_text(SHIM_TEXT)
         return out
 
+
+#: the keywords ``FirePEForCausalLM.forward`` reads; any other is refused
+FORWARD_KEYWORDS = tuple(n for n in inspect.signature(FirePEForCausalLM.forward).parameters
+                         if n not in ("self", "unknown"))
 
 AutoConfig.register(MODEL_TYPE, FirePEConfig, exist_ok=True)
 AutoModelForCausalLM.register(FirePEConfig, FirePEForCausalLM, exist_ok=True)
