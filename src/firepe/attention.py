@@ -101,7 +101,7 @@ class _BlockedAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, q_pos, k_pos, block):
         scale = q.shape[-1] ** -0.5
         blocks = causal_row_blocks(q_pos, k_pos, block)
-        out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+        out = v.new_empty(q.shape[:-1] + (v.shape[-1],))
         keep = any(ctx.needs_input_grad[:4])
         probs = []
         for s, e, kk in blocks:
@@ -110,7 +110,8 @@ class _BlockedAttention(torch.autograd.Function):
             hidden = ~causal_mask(q_pos[s:e], k_pos[:kk])
             if bool(hidden.any()):
                 scores.masked_fill_(hidden, float("-inf"))
-            p = torch.softmax(scores, dim=-1)
+            # under CUDA autocast softmax returns fp32 and out= bypasses autocast: keep v's dtype
+            p = torch.softmax(scores, dim=-1).to(v.dtype)
             torch.matmul(p, v[:, :, :kk], out=out[:, :, s:e])
             if keep:
                 probs.append(p)

@@ -382,8 +382,9 @@ class Trainer:
             ys = y[i * self.micro:(i + 1) * self.micro].to(self.device)
             last = i == self.accum - 1
             ctx = net.no_sync() if (self.ddp is not None and not last) else nullcontext()
-            with ctx, self._autocast():
-                _, loss = net(xs, ys)
+            with ctx:
+                with self._autocast():  # backward outside autocast (it replays the forward's dtypes)
+                    _, loss = net(xs, ys)
                 (loss / self.accum).backward()
             total += loss.item() / self.accum
         if self.world > 1:

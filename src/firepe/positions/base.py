@@ -16,6 +16,7 @@ model and are not specified.
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import torch
@@ -71,6 +72,36 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
+def outside_autocast(fn):
+    """Run the method ``fn`` with autocast disabled on the module's device (that of its first tensor).
+
+    Encodings compute in their own dtype (float32 unless the module was cast): under bf16 autocast a
+    ``Linear`` would run FIRE's MLP in bf16, so its 16384-point table collapses to about 128 distinct
+    inputs, and a matmul of positions by frequencies loses every integer above 256. The attention that
+    consumes the bias or angles still runs under autocast.
+    """
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        first = next(self.parameters(), None)
+        first = first if first is not None else next(self.buffers(), None)
+        if first is None:
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        device = first.device.type if first is not None else "cpu"
+        if not torch.is_autocast_enabled(device):
+            return fn(self, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return fn(self, *args, **kwargs)
+
+    run.outside_autocast = True
+    return run
+
+
+#: the methods every encoding runs outside autocast (wrapped in each class that defines them)
+AUTOCAST_FREE = ("compute_bias", "score_mod", "compute_angles", "f", "distance_table", "interpolation_table",
+                 "lookup_table")
+
+
 class PositionEncoding(nn.Module):
     """Base class; ``name`` is the registry key.
 
@@ -82,6 +113,13 @@ class PositionEncoding(nn.Module):
     name: str = ""
     #: a model shares one module across layers when this is true or the module has no parameters
     layer_shared: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in AUTOCAST_FREE:
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "outside_autocast", False):
+                setattr(cls, name, outside_autocast(fn))
 
     def __init__(self, num_heads: int, head_dim: int):
         super().__init__()
