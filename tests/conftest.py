@@ -1,3 +1,16 @@
+"""The suite runs on the CPU, also on a CUDA machine.
+
+Its tolerances assume fp32 and its error cases assume "no usable CUDA" (``--device cuda``), and the 2-rank
+DDP tests would map rank 1 to ``cuda:1``; so CUDA is hidden from this process and the subprocesses it
+starts (``CUDA_VISIBLE_DEVICES=""``, set before torch first looks for a GPU). The GPU checks are
+``benchmarks/gpu_check.sh``; ``FIREPE_TEST_CUDA=1`` leaves the GPUs visible.
+"""
+
+import os
+
+if os.environ.get("FIREPE_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 import pytest
 import torch
 

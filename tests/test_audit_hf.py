@@ -6,7 +6,7 @@ Each test is tiny (a random 2-layer model, no training) and states the expected 
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+pytest.importorskip("firepe.hf", exc_type=ImportError)  # a missing or too old transformers: skipped, with the reason
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 

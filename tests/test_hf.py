@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+pytest.importorskip("firepe.hf", exc_type=ImportError)  # a missing or too old transformers: skipped, with the reason
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
 

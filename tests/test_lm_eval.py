@@ -12,7 +12,7 @@ import pytest
 import torch
 
 pytest.importorskip("lm_eval")
-pytest.importorskip("transformers")
+pytest.importorskip("firepe.hf", exc_type=ImportError)  # a missing or too old transformers: skipped, with the reason
 
 from firepe.data import ByteTokenizer  # noqa: E402
 from firepe.train import load_run  # noqa: E402

@@ -146,3 +146,23 @@ def test_torchrun_ranks_with_different_settings_refuse_to_start(tmp_path, text_c
         msg = (tmp_path / f"rank{rank}.txt").read_text()
         assert "different settings" in msg and "model.position" in msg and "train.seq_len" in msg, msg
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_cuda_without_an_index_is_this_ranks_gpu_and_nccl_starts_on_it(monkeypatch):
+    """Under torchrun ``--device cuda`` is ``cuda:LOCAL_RANK``, and ``torch.cuda.set_device`` runs before
+    NCCL starts (else every rank's object collectives run on GPU 0)."""
+    import firepe.train as train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert train.resolve_device("cuda", 1) == torch.device("cuda:1")
+    assert train.resolve_device("auto", 1) == torch.device("cuda:1")
+    assert train.resolve_device("cuda:0", 1) == torch.device("cuda:0")
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(train.dist, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))
+    train.init_distributed(torch.device("cuda:1"))
+    assert calls == [("set_device", torch.device("cuda:1")), ("init", "nccl")]
+    calls.clear()
+    train.init_distributed(torch.device("cpu"))
+    assert calls == [("init", "gloo")]

@@ -131,9 +131,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; checks that the device exists."""
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; ``cuda`` (no index) -> ``cuda:LOCAL_RANK``
+    (under torchrun every process takes its own GPU); checks that the device exists."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -146,6 +149,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
     return device
+
+
+def init_distributed(device: torch.device) -> None:
+    """The process group of a torchrun job: NCCL on CUDA after ``torch.cuda.set_device(device)`` (so NCCL and
+    object collectives use this rank's GPU, not GPU 0 from every rank), gloo on CPU."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
@@ -267,7 +280,7 @@ class Trainer:
         self.accum = per_rank // self.micro
         self.device = resolve_device(cfg.device, local_rank)
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            init_distributed(self.device)
         if self.world > 1:
             _agree_across_ranks(_config_dict(self.model_cfg, cfg, self.data_cfg), self.world)
         _rank0_decides(self.world, self.rank, lambda: check_installed(cfg.log_to))
