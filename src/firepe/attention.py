@@ -188,11 +188,38 @@ def _flex_fns():
     return _FLEX["attn"], _FLEX["mask"]
 
 
+def _causal_block_mask(q_len: int, kv_len: int, device: torch.device):
+    """The causal block mask of ``q_len`` queries over ``kv_len`` keys (the queries are the newest keys),
+    built once per shape and device (it depends on nothing else), not once per layer and call."""
+    key = (q_len, kv_len, str(device))
+    mask = _BLOCK_MASKS.get(key)
+    if mask is None:
+        _, create_block_mask = _flex_fns()
+        offset = kv_len - q_len
+
+        def causal(b, h, qi, ki):
+            return ki <= qi + offset
+
+        mask = create_block_mask(causal, B=None, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device)
+        if len(_BLOCK_MASKS) >= 64:
+            _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
+        _BLOCK_MASKS[key] = mask
+    return mask
+
+
+_BLOCK_MASKS: dict = {}
+
+#: queries below this take the dense path: one-token decoding steps never compile a flex kernel
+FLEX_MIN_QUERIES = 16
+
+
 def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod, q_pos: torch.Tensor,
                 k_pos: torch.Tensor, bias_fn: BiasFn | None = None, block: int = 1024) -> torch.Tensor:
-    """FlexAttention with a causal block mask; ``score_mod`` from the encoding (or None).
+    """FlexAttention with a causal block mask (cached per shape); ``score_mod`` from the encoding (or None).
 
-    Positions must be contiguous ranges (``q_pos = k_pos[-Q:]``), as the model produces them.
+    Positions must be contiguous ranges (``q_pos = k_pos[-Q:]``), as the model produces them. Fewer than
+    :data:`FLEX_MIN_QUERIES` queries (KV-cache decoding) take :func:`attend` with the bias of ``bias_fn``
+    instead, so a decoding loop compiles nothing per step.
     """
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if q.device.type == "cpu" and needs_grad:
@@ -201,14 +228,11 @@ def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod, q_
             warnings.warn("FlexAttention has no backward on CPU in PyTorch; using the chunked backend "
                           "for this training step.", stacklevel=2)
         return attend_chunked(q, k, v, bias_fn, q_pos, k_pos, block)
-    flex, create_block_mask = _flex_fns()
-    offset = k.shape[2] - q.shape[2]
-
-    def causal(b, h, qi, ki):
-        return ki <= qi + offset
-
-    mask = create_block_mask(causal, B=None, H=None, Q_LEN=q.shape[2], KV_LEN=k.shape[2], device=q.device)
-    return flex(q, k, v, score_mod=score_mod, block_mask=mask)
+    if q.shape[2] < FLEX_MIN_QUERIES:
+        bias = bias_fn(q_pos, k_pos) if bias_fn is not None else None
+        return attend(q, k, v, bias, q_pos, k_pos, same_positions=False)
+    flex, _ = _flex_fns()
+    return flex(q, k, v, score_mod=score_mod, block_mask=_causal_block_mask(q.shape[2], k.shape[2], q.device))
 
 
 def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, q_pos: torch.Tensor,

@@ -31,6 +31,8 @@ def alibi_slopes(num_heads: int) -> list[float]:
 class ALiBi(BiasEncoding):
     """``bias[h, q, k] = -slopes[h] * |q_pos - k_pos|``. ``slopes`` may be given to override the paper's."""
 
+    translation_invariant = True
+
     def __init__(self, num_heads: int, head_dim: int, slopes: list[float] | None = None):
         super().__init__(num_heads, head_dim)
         values = alibi_slopes(num_heads) if slopes is None else list(slopes)
@@ -43,10 +45,9 @@ class ALiBi(BiasEncoding):
         return -self.slopes[:, None, None] * dist
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
-        q0, k0 = int(q_pos[0]), int(k_pos[0])  # positions are contiguous ranges in FlexAttention
-        slopes = self.slopes
+        slopes = self.slopes  # positions as tensors: no recompilation for a new offset
 
         def mod(score, b, h, q_idx, kv_idx):
-            return score - slopes[h] * (q_idx + q0 - kv_idx - k0).abs()
+            return score - slopes[h] * (q_pos[q_idx] - k_pos[kv_idx]).abs()
 
         return mod

@@ -98,8 +98,8 @@ def outside_autocast(fn):
 
 
 #: the methods every encoding runs outside autocast (wrapped in each class that defines them)
-AUTOCAST_FREE = ("compute_bias", "score_mod", "compute_angles", "f", "distance_table", "interpolation_table",
-                 "lookup_table")
+AUTOCAST_FREE = ("compute_bias", "score_mod", "distance_bias", "compute_angles", "f", "distance_table",
+                 "interpolation_table", "lookup_table")
 
 
 class PositionEncoding(nn.Module):
@@ -157,18 +157,41 @@ class BiasEncoding(PositionEncoding):
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         return self.bias(q_pos, k_pos)
 
+    #: the bias depends on ``q_pos - k_pos`` only (ALiBi, Kerple, T5, Sandwich): FlexAttention then reads
+    #: one per-distance table ``[H, D + 1]`` (:meth:`distance_bias`) instead of a materialized ``[H, Q, K]``
+    translation_invariant: bool = False
+
+    def distance_bias(self, max_distance: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[H, max_distance + 1]``: column ``d`` is the bias at causal distance ``q_pos - k_pos = d``
+        (for translation-invariant encodings; one row of :meth:`compute_bias`, read backwards)."""
+        pos = torch.arange(max_distance + 1, device=device)
+        return self.compute_bias(pos[-1:], pos)[:, 0].flip(-1)
+
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
         """A FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` adding this bias; ``q_idx`` and
-        ``kv_idx`` index ``q_pos`` and ``k_pos``. The default reads a materialized ``[H, Q, K]`` bias;
-        encodings override it to compute the bias from a few small tensors (ALiBi, FIRE)."""
+        ``kv_idx`` index ``q_pos`` and ``k_pos``.
+
+        What it captures is built for FlexAttention's backward: positions as tensors (never Python ints,
+        which would recompile for every offset), every grad-requiring tensor 1-D or more and read once.
+        Translation-invariant encodings read a per-distance table (:meth:`distance_bias`); the others a
+        materialized ``[H, Q, K]`` bias. Encodings override it to compute the bias from a few small
+        tensors (ALiBi, FIRE)."""
+        if self.translation_invariant:
+            span = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
+            per_distance = self.distance_bias(span, q_pos.device)
+
+            def mod(score, b, h, q_idx, kv_idx):
+                return score + per_distance[h, (q_pos[q_idx] - k_pos[kv_idx]).clamp(min=0)]
+
+            return mod
         table = self.compute_bias(q_pos, k_pos)
         if table is None:
             return None
 
-        def mod(score, b, h, q_idx, kv_idx):
+        def materialized(score, b, h, q_idx, kv_idx):
             return score + table[h, q_idx, kv_idx]
 
-        return mod
+        return materialized
 
     @staticmethod
     def distance(q_pos: torch.Tensor, k_pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -96,29 +96,33 @@ def table_bias(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Te
 
 def table_score_mod(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor):
     """FlexAttention ``score_mod`` with the table-mode values (the same lookups as :func:`table_bias`).
-    Positions must be contiguous ranges (``q_idx + q_pos[0]``, ``kv_idx + k_pos[0]``)."""
-    q0, k0 = int(q_pos[0]), int(k_pos[0])
-    max_d = max(int(q_pos[-1]) - k0, 0)
-    norm = fire.normalizer(q_pos)
-    g, log, threshold = fire.table_size, fire.log_transform, fire.threshold
-    c = fire.c.abs() if log else None
-    table, base = lookup_table(fire, max_d)
-    limit = fire.L
+
+    Built for FlexAttention's backward, which before torch 2.14 fails on a captured grad-requiring 0-D
+    tensor and on one grad-requiring tensor read twice: everything that depends on ``c`` and ``L`` is
+    precomputed as 1-D inputs read once each -- ``psi(d)`` per distance ``[D]``, ``1 / (psi(max(L, i)) +
+    eps)`` per query ``[Q]`` -- and the linear interpolation reads two tables, the values ``T`` and the
+    slopes ``T[k + 1] - T[k]`` (as the fused CPU kernel does). Positions are read from ``q_pos``/``k_pos``
+    (tensors: no recompilation for a new offset)."""
+    span = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
+    dtype = torch.promote_types(fire.init_L.dtype, torch.float32)
+    psi_d = fire.psi(torch.arange(span + 1, device=q_pos.device, dtype=dtype))
+    inv_norm = 1 / fire.normalizer(q_pos)
+    table, base = lookup_table(fire, span)
+    slope = torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
+    long_row = fire.interpolating_rows(q_pos).detach() if fire.threshold else None
+    g = fire.table_size
 
     def mod(score, b, h, q_idx, kv_idx):
-        d = (q_idx + q0 - kv_idx - k0).clamp(min=0)
-        df = d.to(norm.dtype)
-        x = (torch.log(c * df + 1) if log else df) / norm[q_idx]
-        pos = x.clamp(0, 1) * (g - 1)
+        d = (q_pos[q_idx] - k_pos[kv_idx]).clamp(min=0)
+        pos = (psi_d[d] * inv_norm[q_idx]).clamp(0, 1) * (g - 1)
         i0 = pos.floor().clamp(max=g - 2)
         w = pos - i0
         idx = i0.to(torch.int64)
-        if threshold:
-            long_row = (q_idx + q0).to(norm.dtype) >= limit
-            idx = torch.where(long_row, idx + base, d.to(torch.int64))
-            w = torch.where(long_row, w, torch.zeros_like(w))
-        lo = table[h, idx]
-        return score + lo + (table[h, idx + 1] - lo) * w
+        if long_row is not None:
+            row = long_row[q_idx]
+            idx = torch.where(row, idx + base, d)
+            w = torch.where(row, w, torch.zeros_like(w))
+        return score + table[h, idx] + slope[h, idx] * w
 
     return mod
 

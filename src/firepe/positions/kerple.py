@@ -22,6 +22,8 @@ from .registry import register
 
 
 class _Kerple(BiasEncoding):
+    translation_invariant = True
+
     max_r2: float = math.inf
 
     def __init__(self, num_heads: int, head_dim: int, init_r1: float | None = None,

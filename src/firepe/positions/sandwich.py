@@ -20,6 +20,8 @@ from .registry import register
 
 @register("sandwich")
 class Sandwich(BiasEncoding):
+    translation_invariant = True
+
     def __init__(self, num_heads: int, head_dim: int, num_terms: int | None = None,
                  scales: list[float] | None = None, base: float = 10000.0):
         super().__init__(num_heads, head_dim)

@@ -42,6 +42,8 @@ def t5_bucket(distance: torch.Tensor, num_buckets: int = 32, max_distance: int =
 class T5Bias(BiasEncoding):
     """``bias[h, q, k] = r[bucket(q_pos - k_pos), h]`` with ``r`` an ``nn.Embedding(num_buckets, H)``."""
 
+    translation_invariant = True
+
     def __init__(self, num_heads: int, head_dim: int, num_buckets: int = 32, max_distance: int = 128,
                  layer_shared: bool = True):
         super().__init__(num_heads, head_dim)
