@@ -99,3 +99,19 @@ def test_bench_speed_writes_table_json_and_plot(tmp_path, capsys):
     assert len(report["results"]) == 2 * 3
     assert all("error" not in r and r["train_s"] > 0 and r["forward_s"] > 0 for r in report["results"])
     assert "| 64 | fire |" in out and (out_dir / "bench.png").exists()
+    assert report["settings"]["dtype"] == "fp32" and report["settings"]["tf32"] is False  # auto on CPU
+
+
+def test_bench_speed_job_past_its_timeout_is_an_error_row(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    from firepe import bench
+
+    def slow(cmd, **kw):
+        assert kw["timeout"] == 7
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(bench.subprocess, "run", slow)
+    code, out, err = run_cli(["bench-speed", "--lengths", "64", "--encodings", "nope", "--scope", "layer",
+                              "--job-timeout", "7", "--out", tmp_path / "b"], capsys)
+    assert code == 2 and "timed out after 7 s" in err and err.count("\n") == 1

@@ -128,6 +128,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[job["dtype"]]
     if job["threads"]:
         torch.set_num_threads(job["threads"])
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(job.get("tf32"))
     name, opts = row_spec(job["row"], job["fire_layers"])
     make = _layer_fn if job["scope"] == "layer" else _model_fn
     base = _peak_bytes(device)
@@ -158,9 +160,15 @@ def run_bench(rows: list[str], lengths: list[int], scopes: list[str], settings: 
         for n in lengths:
             for row in rows:
                 job = {**settings, "row": row, "length": n, "scope": scope}
-                proc = subprocess.run([sys.executable, "-m", "firepe.bench", json.dumps(job)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0 or not proc.stdout.strip():
+                timeout = settings.get("job_timeout")
+                try:
+                    proc = subprocess.run([sys.executable, "-m", "firepe.bench", json.dumps(job)],
+                                          capture_output=True, text=True, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc = None
+                if proc is None:
+                    res = {"row": row, "length": n, "scope": scope, "error": f"timed out after {timeout} s"}
+                elif proc.returncode != 0 or not proc.stdout.strip():
                     res = {"row": row, "length": n, "scope": scope,
                            "error": (proc.stderr.strip().splitlines() or ["worker failed"])[-1][:200]}
                 else:

@@ -595,15 +595,18 @@ def cmd_bench_speed(args) -> None:
     for flag, value, minimum in (("--repeats", args.repeats, 1), ("--heads", args.heads, 1),
                                  ("--head-dim", args.head_dim, 1), ("--batch", args.batch, 1),
                                  ("--block", args.block, 1), ("--n-layer", args.n_layer, 0),
-                                 ("--fire-mlp-layers", args.fire_mlp_layers, 0), ("--threads", args.threads, 1)):
+                                 ("--fire-mlp-layers", args.fire_mlp_layers, 0), ("--threads", args.threads, 1),
+                                 ("--job-timeout", args.job_timeout, 1)):
         _positive(value, flag, minimum)
-    resolve_device(args.device)
+    device = resolve_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     from .model import PRESETS
 
     if args.preset not in PRESETS:
         raise ValueError(f"unknown model preset {args.preset!r}; valid: {', '.join(PRESETS)}.")
     scopes = ["layer", "model"] if args.scope == "both" else [args.scope]
-    settings = {"device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
+    settings = {"device": args.device, "dtype": dtype, "tf32": device.type == "cuda" and not args.no_tf32,
+                "job_timeout": args.job_timeout, "batch": args.batch, "heads": args.heads,
                 "head_dim": args.head_dim, "preset": args.preset, "n_layer": args.n_layer,
                 "attention": args.attention, "block": args.block, "repeats": args.repeats,
                 "backward": not args.forward_only, "fire_layers": args.fire_mlp_layers, "threads": args.threads}
@@ -732,7 +735,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "fire_exact, fire, fire_s)")
     s.add_argument("--scope", choices=["layer", "model", "both"], default="both")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    s.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 on CUDA, fp32 on CPU")
+    s.add_argument("--no-tf32", action="store_true", help="CUDA fp32: full-precision matmuls (TF32 is on by default)")
+    s.add_argument("--job-timeout", type=_int, default=600, help="seconds per measurement subprocess (then an "
+                                                               "error row)")
     s.add_argument("--batch", type=_int, default=1)
     s.add_argument("--heads", type=_int, default=12)
     s.add_argument("--head-dim", type=_int, default=64)
