@@ -26,7 +26,6 @@ from .attention import (
     bias_encoding,
     encoding_kind,
 )
-from .checkpoint import check_finite
 from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
 from .runs import dataclass_from_dict
@@ -214,6 +213,8 @@ class GPT(nn.Module):
         :func:`firepe.checkpoint.check_finite` on this model; ``save_checkpoint`` and ``load_run``
         run the same check.
         """
+        from .checkpoint import check_finite  # here: the model itself needs no safetensors
+
         check_finite(self)
 
     def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
