@@ -122,3 +122,27 @@ def test_several_tasks_get_an_average_row_per_run_and_length(tmp_path, runs):
     for a in avg:
         same = [r["score"] for r in tasks if r["length"] == a["length"]]
         assert a["score"] == pytest.approx(sum(same) / 2) and a["examples"] == 4
+
+
+def test_score_has_a_progress_bar_over_the_examples_and_no_progress_turns_it_off(runs, capsys):
+    score_runs(runs[:1], "passkey", lengths=[80], depths=[0.0, 1.0], examples=3, filler="classic",
+               log=lambda s: None, progress=True)
+    err = capsys.readouterr().err
+    assert "score" in err and "6/6" in err and "tokens/s" in err
+    score_runs(runs[:1], "passkey", lengths=[80], depths=[0.0], examples=2, filler="classic", log=lambda s: None,
+               progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_score_cli_takes_no_progress_like_train_and_eval(runs, tmp_path, capsys):
+    import argparse
+
+    from firepe.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("train", "eval", "finetune", "score", "compare", "ablate"):  # every command with a long loop
+        assert "--no-progress" in {o for a in sub.choices[name]._actions for o in a.option_strings}, name
+
+    assert main(["score", str(runs[0]), "--lengths", "80", "--depths", "0", "--examples", "1", "--filler", "classic",
+                 "--no-progress", "--no-plot", "--out", str(tmp_path / "sc")]) == 0
+    assert "score:" not in capsys.readouterr().err

@@ -515,7 +515,8 @@ def cmd_score(args) -> None:
                      depths=parse_depths(args.depths) if args.depths is not None else None, split=args.split,
                      task_files=args.task_files, limit=args.limit, examples=args.examples,
                      max_new_tokens=args.max_new_tokens, metric=args.metric, filler=args.filler, seed=args.seed,
-                     device=args.device, attention=args.attention, batch_tokens=args.batch_tokens)
+                     device=args.device, attention=args.attention, batch_tokens=args.batch_tokens,
+                     progress=not args.no_progress)
     print(format_scores(res))
     sys.stdout.flush()
     paths = write_scores(out, res, plot=not args.no_plot)
@@ -705,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-tokens", type=_int, default=16384, help="prompt tokens per forward pass")
     sc.add_argument("--out", default="runs/score", help="output folder (score.json, .csv, .md, .png)")
     sc.add_argument("--no-plot", action="store_true")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bar (examples decoded, tokens/s)")
     sc.set_defaults(func=cmd_score)
 
     x = sub.add_parser("export", help="write a run as a Hugging Face transformers model folder")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .attention import KVCache
 from .data import DataConfig, load_tokenizer
@@ -37,12 +38,13 @@ __all__ = ["greedy_generate", "score_runs", "write_scores", "format_scores", "ru
 
 @torch.no_grad()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int,
-                    use_cache: bool = True, batch_tokens: int = 16384) -> list[list[int]]:
+                    use_cache: bool = True, batch_tokens: int = 16384,
+                    on_batch: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Greedy continuation of every prompt (without its end-of-document token and what follows).
 
     Prompts of equal length run as one batch (up to ``batch_tokens`` prompt tokens per batch).
     ``use_cache=False`` recomputes the whole sequence at every step (the reference the cached path
-    is tested against).
+    is tested against). ``on_batch(examples, tokens)`` is called after each batch (progress bars).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -57,8 +59,11 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
         for s in range(0, len(idx), per):
             rows = idx[s:s + per]
             x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-            for i, gen in zip(rows, _greedy_batch(model, x, max_new_tokens, eos_id, use_cache)):
+            gens = _greedy_batch(model, x, max_new_tokens, eos_id, use_cache)
+            for i, gen in zip(rows, gens):
                 out[i] = gen
+            if on_batch is not None:
+                on_batch(len(rows), x.numel() + sum(len(g) for g in gens))
     return out  # type: ignore[return-value]
 
 
@@ -123,16 +128,17 @@ def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | N
                depths: Sequence[float] | None = None, split: str = "validation", task_files: str | None = None,
                limit: int | None = None, examples: int = 10, max_new_tokens: int | None = None,
                metric: str | None = None, filler: str = "corpus", seed: int = 0, device: str = "cpu",
-               attention: str | None = None, batch_tokens: int = 16384,
+               attention: str | None = None, batch_tokens: int = 16384, progress: bool = True,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every run on ``task`` (one spec or several joined by ``,``) and return the results.
 
     ``lengths``: context lengths (default: the run's training length; for passkey 1x, 2x, 4x and 8x
     it). ``depths`` (passkey only, default 0, 0.25, 0.5, 0.75, 1) and ``examples`` per length and
     depth; ``limit``: first N examples of other tasks. ``max_new_tokens``: default the longest
-    reference in tokens + 1.
+    reference in tokens + 1. ``progress``: a progress bar over the examples decoded (with tokens/s), as
+    ``train`` and ``eval`` have.
     """
-    from .train import load_run, resolve_device
+    from .train import resolve_device
 
     if not runs:
         raise ValueError("no runs to score; pass one or more run folders.")
@@ -161,46 +167,81 @@ def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | N
         _check_positive_label(t)
     labels = run_label(runs)
     rows: list[dict[str, Any]] = []
-    for run, label in zip(runs, labels):
-        model, cfg = load_run(run, device=dev)
-        if attention:
-            model.set_attention(attention)
-        data_cfg = dataclass_from_dict(DataConfig, cfg["data"], f"{run}/config.json [data]")
-        tok = load_tokenizer(Path(run), data_cfg, model.cfg.vocab_size)
-        train_len = cfg["train"]["seq_len"]
-        if passkey:
-            fill = corpus_filler(data_cfg, tok, "validation") if filler == "corpus" else None
-            source = PasskeyTask(tok, fill, seed=seed)
-            run_lengths = list(lengths or [train_len * f for f in (1, 2, 4, 8)])
-            grid = [(n, d) for n in run_lengths for d in (depths or DEFAULT_DEPTHS)]
-            for n, d in grid:
-                try:
-                    prepared = source.prepared(n, d, examples)
-                except ValueError as e:
-                    raise ValueError(f"run {label} (trained at {train_len}): {e}") from None
-                rows.append(_score(model, tok, "passkey", source, prepared, str(run), label, n, d,
-                                   max_new_tokens or 8, batch_tokens, log))
-            continue
-        for t in tasks:
-            refs = [len(tok.encode(r)) for ex in t.examples for r in ex.outputs]
-            max_new = max_new_tokens or max(refs) + 1
-            for n in lengths or [train_len]:
-                prepared = prepare(t.examples, tok, n, task=t.name)
-                rows.append(_score(model, tok, t.name, t, prepared, str(run), label, n, None, max_new,
-                                   batch_tokens, log))
-        del model
+    with _Progress(progress) as bar:
+        for run, label in zip(runs, labels):
+            _score_run(run, label, passkey, tasks, lengths, depths, examples, max_new_tokens, filler, seed, dev,
+                       attention, batch_tokens, rows, bar, log)
     if len(specs) > 1:
         rows += _averages(rows, "scrolls" if all(s.startswith("scrolls:") for s in specs) else "average")
     main = "accuracy" if passkey else (tasks[0].metric if len(tasks) == 1 else "main")
     return {"task": task, "metric": main, "split": None if passkey else split, "results": rows}
 
 
+class _Progress:
+    """One tqdm bar over every example ``score`` decodes; its total grows cell by cell."""
+
+    def __init__(self, enabled: bool):
+        self.bar = tqdm(total=0, desc="score", unit="ex", disable=not enabled, dynamic_ncols=True)
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def add(self, examples: int) -> None:
+        self.bar.total += examples
+        self.bar.refresh()
+
+    def done(self, examples: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.t0, 1e-9):,.0f} tokens/s",
+                                 refresh=False)
+        self.bar.update(examples)
+
+
+def _score_run(run, label, passkey, tasks, lengths, depths, examples, max_new_tokens, filler, seed, dev,
+               attention, batch_tokens, rows, bar, log) -> None:
+    """Score one run (every task, length and depth), appending to ``rows``."""
+    from .train import load_run
+
+    model, cfg = load_run(run, device=dev)
+    if attention:
+        model.set_attention(attention)
+    data_cfg = dataclass_from_dict(DataConfig, cfg["data"], f"{run}/config.json [data]")
+    tok = load_tokenizer(Path(run), data_cfg, model.cfg.vocab_size)
+    train_len = cfg["train"]["seq_len"]
+    if passkey:
+        fill = corpus_filler(data_cfg, tok, "validation") if filler == "corpus" else None
+        source = PasskeyTask(tok, fill, seed=seed)
+        run_lengths = list(lengths or [train_len * f for f in (1, 2, 4, 8)])
+        grid = [(n, d) for n in run_lengths for d in (depths or DEFAULT_DEPTHS)]
+        for n, d in grid:
+            try:
+                prepared = source.prepared(n, d, examples)
+            except ValueError as e:
+                raise ValueError(f"run {label} (trained at {train_len}): {e}") from None
+            rows.append(_score(model, tok, "passkey", source, prepared, str(run), label, n, d,
+                               max_new_tokens or 8, batch_tokens, log, bar))
+        return
+    for t in tasks:
+        refs = [len(tok.encode(r)) for ex in t.examples for r in ex.outputs]
+        max_new = max_new_tokens or max(refs) + 1
+        for n in lengths or [train_len]:
+            prepared = prepare(t.examples, tok, n, task=t.name)
+            rows.append(_score(model, tok, t.name, t, prepared, str(run), label, n, None, max_new,
+                               batch_tokens, log, bar))
+
+
 def _score(model, tok, name: str, task, prepared: list[Prepared], run: str, label: str, length: int,
-           depth: float | None, max_new: int, batch_tokens: int, log) -> dict[str, Any]:
+           depth: float | None, max_new: int, batch_tokens: int, log, bar: _Progress) -> dict[str, Any]:
     from .tasks.metrics import score_predictions
 
     t0 = time.perf_counter()
-    gen = greedy_generate(model, [p.prompt for p in prepared], max_new, tok.eos_id, batch_tokens=batch_tokens)
+    bar.add(len(prepared))
+    gen = greedy_generate(model, [p.prompt for p in prepared], max_new, tok.eos_id, batch_tokens=batch_tokens,
+                          on_batch=bar.done)
     seconds = max(time.perf_counter() - t0, 1e-9)
     tokens = sum(len(p.prompt) for p in prepared) + sum(len(g) for g in gen)
     post = getattr(task, "postprocess", None) or str.strip
