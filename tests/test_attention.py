@@ -132,7 +132,8 @@ def test_generate_greedy_and_top_k():
 @pytest.mark.slow
 def test_flex_forward_on_cpu_matches_dense_and_falls_back_for_training():
     pytest.importorskip("torch.nn.attention.flex_attention")
-    for name, opts in [("fire", {"init_L": 40.0, "bias_mode": "table"}), ("alibi", {}), ("t5", {})]:
+    for name, opts in [("fire", {"init_L": 40.0, "bias_mode": "table"}), ("alibi", {}), ("t5", {}), ("kerple_log", {}),
+                       ("sandwich", {})]:
         model = tiny(name, opts, n_layer=1).eval()
         x = torch.randint(0, 64, (1, 128))
         with torch.no_grad():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from firepe import attention, positions
-from tests.test_model import ALL, tiny
+from tests.test_model import ALL
 
 BIAS = [(n, o) for n, o in ALL if positions.build(n, num_heads=2, head_dim=16, **o).kind == "bias"]
 BIAS += [("fire", {"init_L": 40.0, "bias_mode": "exact"}), ("fire", {"init_L": 40.0, "threshold": False}),
@@ -89,16 +89,3 @@ def test_block_masks_are_built_once_per_shape_and_decoding_skips_flex(monkeypatc
     assert flexed == [32] * 3  # a one-token decoding step took the dense path
     torch.testing.assert_close(out, attention.attend(one, k, v, enc.compute_bias(pos[-1:], pos), pos[-1:], pos,
                                                      False))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,opts", [("kerple_log", {}), ("sandwich", {}), ("fire", {"init_L": 40.0})])
-def test_compiled_flex_forward_matches_dense(name, opts):
-    pytest.importorskip("torch.nn.attention.flex_attention")
-    model = tiny(name, opts, n_layer=1).eval()
-    x = torch.randint(0, 50, (1, 128))
-    with torch.no_grad():
-        dense, _ = model(x)
-        model.set_attention("flex")
-        flex, _ = model(x)
-    torch.testing.assert_close(flex, dense, rtol=2e-4, atol=2e-4)
