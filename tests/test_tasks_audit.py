@@ -178,7 +178,8 @@ def test_resume_before_first_checkpoint_after_the_base_run_grew(tmp_path, base, 
     shutil.copytree(run, grown)
     ft = tmp_path / "ft"
     assert finetune(grown, good, ft) == 0
-    shutil.rmtree(ft / "checkpoints")  # killed before its first checkpoint
+    shutil.rmtree(ft / "checkpoints")  # killed before its first checkpoint: nothing logged yet either
+    (ft / "metrics.jsonl").write_text("")
     assert main(["train", "--resume", "--out", str(grown), "--steps", "3", "--no-progress"]) == 0
     assert (grown / "checkpoints" / "step-0000002").is_dir()  # the step fine-tuning started from is kept
     capsys.readouterr()
@@ -186,6 +187,7 @@ def test_resume_before_first_checkpoint_after_the_base_run_grew(tmp_path, base, 
     assert main(["finetune", "--resume", "--out", str(ft), "--no-progress"]) == 0, capsys.readouterr().err
     shutil.rmtree(grown / "checkpoints" / "step-0000002")
     shutil.rmtree(ft / "checkpoints")
+    (ft / "metrics.jsonl").write_text("")
     err_of(capsys, ["finetune", "--resume", "--out", ft, "--no-progress"], "no longer has its step-2 checkpoint")
 
 

@@ -21,7 +21,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .runs import STEP_DIR, dataclass_from_dict, fsync_dir, fsync_file, read_json, write_json, write_text, writing
+from .runs import (
+    STEP_DIR,
+    dataclass_from_dict,
+    fsync_dir,
+    fsync_file,
+    read_json,
+    refuse_link,
+    write_json,
+    write_text,
+    writing,
+)
 
 __all__ = ["check_finite", "save_checkpoint", "latest_checkpoint", "checkpoint_step", "load_model_weights",
            "load_optimizer_state", "read_state", "dataclass_from_dict", "write_json", "read_json"]
@@ -82,6 +92,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     name = f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-{name}-{os.getpid()}"
     final = ckpt_root / name
+    refuse_link(ckpt_root)
+    refuse_link(final)
     with writing(tmp):
         ckpt_root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import types
 import typing
@@ -497,7 +498,6 @@ def _absolute_task(text: str) -> str:
 
 def cmd_score(args) -> None:
     from .evaluate import parse_lengths
-    from .score import format_scores, score_runs, write_scores
     from .tasks import parse_depths
 
     _positive(args.examples, "--examples")
@@ -511,8 +511,41 @@ def cmd_score(args) -> None:
 
         check_metric(args.metric)
     _check_task_flags(args, passkey_only=("examples", "filler", "seed"))  # after the values' own checks
-    res = score_runs(args.runs, args.task, lengths=parse_lengths(args.lengths) if args.lengths is not None else None,
-                     depths=parse_depths(args.depths) if args.depths is not None else None, split=args.split,
+    lengths = parse_lengths(args.lengths) if args.lengths is not None else None
+    depths = parse_depths(args.depths) if args.depths is not None else None
+    folder, created = _lock_out(out)
+    try:
+        _score_into(args, folder, lengths, depths)
+    except BaseException:
+        folder.unlock()
+        if created:  # a refused or failed score leaves no folder behind (only its .lock was in it)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _lock_out(out: Path):
+    """Create ``out`` if needed and hold its lock (two commands never write one output folder at once);
+    ``(RunFolder, created)``."""
+    from .runs import RunFolder, writing
+
+    created = not out.exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(out)
+    try:
+        folder.lock()
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return folder, created
+
+
+def _score_into(args, folder, lengths, depths) -> None:
+    from .score import format_scores, score_runs, write_scores
+
+    out = folder.path
+    res = score_runs(args.runs, args.task, lengths=lengths, depths=depths, split=args.split,
                      task_files=args.task_files, limit=args.limit, examples=args.examples,
                      max_new_tokens=args.max_new_tokens, metric=args.metric, filler=args.filler, seed=args.seed,
                      device=args.device, attention=args.attention, batch_tokens=args.batch_tokens,

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .positions.base import BiasEncoding  # noqa: E402
-from .runs import writing  # noqa: E402
+from .runs import refuse_link, writing  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -32,6 +32,7 @@ def save_figure(fig, path: str | Path) -> Path:
     file; the failure is one ``ValueError`` naming ``path``."""
     out = Path(path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    refuse_link(out)
     try:
         fig.tight_layout()
         with writing(out):

@@ -67,6 +67,26 @@ def writing(path: Path) -> Iterator[None]:
         raise RunWriteError(f"cannot write {path}: {cause}.") from None
 
 
+def refuse_link(path: Path) -> None:
+    """:class:`RunWriteError` when ``path`` is a symbolic link: firepe never reads or writes through a link
+    inside its folders (a planted link would turn a resume into "edit any file this user can write")."""
+    if Path(path).is_symlink():
+        raise RunWriteError(f"{path} is a symbolic link; firepe reads and writes only regular files and folders "
+                            "inside its folders (remove the link).")
+
+
+#: what firepe writes inside a run, fine-tune, score or eval folder (checked for links when it is locked)
+WRITTEN = ("config.json", "metrics.jsonl", ".lock", "tracking.json", "eval.json", "eval.csv", "tokenizer.json",
+           "checkpoints", "checkpoints/latest", "tensorboard", "score.json", "score.csv", "score.md", "score.png")
+
+
+def _open_new(path: Path) -> int:
+    """A new regular file at ``path`` for writing, never through a link (``O_EXCL | O_NOFOLLOW``)."""
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+
+
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
@@ -97,9 +117,10 @@ def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically and durably (per-process temporary, fsync, rename, fsync dir)."""
     path = Path(path)
     tmp = _tmp_name(path)
+    refuse_link(path)
     with writing(path):
         try:
-            with open(tmp, "w") as f:
+            with os.fdopen(_open_new(tmp), "w") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
@@ -211,6 +232,7 @@ class MetricsLog:
         self.path = Path(path)
 
     def rows(self) -> list[dict[str, Any]]:
+        refuse_link(self.path)
         if not self.path.exists():
             return []
         try:
@@ -242,7 +264,9 @@ class MetricsLog:
             write_text(self.path, text)
 
     def append(self, row: dict[str, Any]) -> None:
-        with writing(self.path), open(self.path, "a") as f:
+        refuse_link(self.path)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        with writing(self.path), os.fdopen(os.open(self.path, flags, 0o644), "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -317,8 +341,9 @@ class RunFolder:
         if self._lock_fd is not None:
             return
         path = self.path / ".lock"
+        self.check_links()
         with writing(path):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -336,6 +361,14 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+
+    def check_links(self) -> None:
+        """Refuse (one line naming it) a symbolic link where firepe writes inside this folder."""
+        for name in WRITTEN:
+            refuse_link(self.path / name)
+        if self.checkpoints.is_dir():
+            for p in self.checkpoints.iterdir():
+                refuse_link(p)
 
     def unlock(self) -> None:
         if getattr(self, "_lock_fd", None) is not None:

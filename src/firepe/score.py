@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .attention import KVCache
 from .data import DataConfig, load_tokenizer
-from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
+from .runs import RunFolder, dataclass_from_dict, refuse_link, write_json, write_text, writing
 from .tasks import PasskeyTask, Prepared, Task, check_task_files, expand_tasks, load_task, prepare
 from .tasks.passkey import DEFAULT_DEPTHS, corpus_filler
 
@@ -299,7 +299,8 @@ def format_scores(results: dict[str, Any]) -> str:
 
 def write_scores(out: str | Path, results: dict[str, Any], plot: bool = True) -> list[Path]:
     """``out/score.json``, ``score.csv``, ``score.md``, ``score.png`` (score vs length, one line per
-    run) and for passkey ``passkey_<label>.png`` (length x depth heat map per run); atomic writes."""
+    run) and for passkey ``passkey_<label>.png`` (length x depth heat map per run); atomic writes. The
+    plots of an earlier score into ``out`` are removed first (with ``plot=False`` none is left)."""
     out = Path(out)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -313,12 +314,22 @@ def write_scores(out: str | Path, results: dict[str, Any], plot: bool = True) ->
     write_text(out / "score.csv", buf.getvalue())
     write_text(out / "score.md", format_scores(results) + "\n")
     paths = [out / "score.json", out / "score.csv", out / "score.md"]
+    heatmaps = {}
+    if plot and results["results"] and results["results"][0]["task"] == "passkey":
+        for label in dict.fromkeys(r["label"] for r in results["results"]):
+            heatmaps[label] = out / ("passkey_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+                                     + ".png")
+    # an earlier score's plots that this one does not replace never stay beside its results
+    kept = {out / "score.png", *heatmaps.values()} if plot else set()
+    for old in [out / "score.png", *out.glob("passkey_*.png")]:
+        if old not in kept:
+            refuse_link(old)
+            with writing(old):
+                old.unlink(missing_ok=True)
     if plot:
         from .plots import passkey_heatmap, score_vs_length
 
         paths.append(score_vs_length(results, out / "score.png"))
-        if results["results"] and results["results"][0]["task"] == "passkey":
-            for label in dict.fromkeys(r["label"] for r in results["results"]):
-                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-                paths.append(passkey_heatmap(results, label, out / f"passkey_{safe}.png"))
+        for label, path in heatmaps.items():
+            paths.append(passkey_heatmap(results, label, path))
     return paths

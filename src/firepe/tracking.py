@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runs import error_line, read_json, write_json
+from .runs import error_line, read_json, refuse_link, write_json
 
 __all__ = ["Tracker", "TrackerRun", "Trackers", "BACKENDS", "parse_log_to", "check_installed", "open_trackers"]
 
@@ -82,6 +82,7 @@ class TensorBoardTracker(Tracker):
 
         # a resumed run restarts after its checkpoint: hide events a killed process logged past it
         purge = run.step + 1 if run.resumed else None
+        refuse_link(run.run_dir / "tensorboard")
         self.writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

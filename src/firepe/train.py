@@ -303,6 +303,8 @@ class Trainer:
                 self.model.to(self.device)
                 self.step = load_optimizer_state(self.optimizer, ckpt)["step"]
             else:
+                if resume:
+                    self._check_nothing_lost()
                 self._initial_weights()
             if resume and self.rank == 0:
                 self.run.metrics.truncate(self.step)
@@ -312,6 +314,18 @@ class Trainer:
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device]
                                                               if self.device.type == "cuda" else None)
                     if self.world > 1 else None)
+
+    def _check_nothing_lost(self) -> None:
+        """A resume that finds no checkpoint starts from step 0 and truncates the metrics: refuse when the
+        log shows a checkpoint must have been written (``checkpoints/`` deleted), instead of retraining
+        silently over the logged steps. A run killed before its first checkpoint resumes from 0."""
+        logged = [r["step"] for r in self.run.metrics.rows()]
+        saved_steps = self.run.read_config()["train"].get("steps", self.cfg.steps)
+        first = min(self.cfg.checkpoint_every, saved_steps)
+        if logged and max(logged) >= first:
+            raise ValueError(f"{self.run.metrics.path} logs steps up to {max(logged)} but {self.run.checkpoints} "
+                             f"holds no checkpoint (the first was due at step {first}); this run cannot be resumed: "
+                             f"start over with a new --out (or delete {self.run_dir}).")
 
     # -- hooks (fine-tuning overrides them) -----------------------------------------------
     def _build_data(self, resume: bool) -> None:
