@@ -117,3 +117,24 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_zero(tmp_path, te
     (out / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert [__import__("json").loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_two_scores_into_one_folder_are_refused_and_no_stale_plot_stays(run, tmp_path, capsys):
+    from firepe.runs import RunFolder
+
+    out = tmp_path / "sc"
+    args = ["score", run, "--lengths", "32", "--depths", "0", "--examples", "1", "--filler", "classic",
+            "--no-progress", "--out", out]
+    assert main([str(a) for a in args]) == 0 and (out / "score.png").exists()
+    other = RunFolder(out)
+    other.lock()  # another score is writing there
+    try:
+        one_line_error(capsys, args, "in use by another firepe process")
+    finally:
+        other.unlock()
+    assert main([str(a) for a in [*args, "--no-plot"]]) == 0
+    assert not (out / "score.png").exists() and not list(out.glob("passkey_*.png"))  # no plot of the earlier score
+    fresh = tmp_path / "refused"
+    one_line_error(capsys, ["score", run, "--task", "jsonl:" + str(tmp_path / "missing.jsonl"), "--out", fresh,
+                            "--no-progress"], "does not exist")
+    assert not fresh.exists()  # a refused score leaves no folder
