@@ -123,7 +123,7 @@ def test_two_scores_into_one_folder_are_refused_and_no_stale_plot_stays(run, tmp
     from firepe.runs import RunFolder
 
     out = tmp_path / "sc"
-    args = ["score", run, "--lengths", "32", "--depths", "0", "--examples", "1", "--filler", "classic",
+    args = ["score", run, "--lengths", "96", "--depths", "0", "--examples", "1", "--filler", "classic",
             "--no-progress", "--out", out]
     assert main([str(a) for a in args]) == 0 and (out / "score.png").exists()
     other = RunFolder(out)
