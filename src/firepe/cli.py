@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .attention import BACKENDS
+from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
 from .runs import error_line
 
 # Per-command defaults as dataclass instances (litgpt style); flags are derived from the fields.
@@ -271,17 +272,19 @@ def _fit_and_report(trainer, done: str) -> None:
     del trainer
 
 
-def _positive(value: Any, flag: str, minimum: int = 1) -> None:
+def _positive(value: Any, flag: str, minimum: int = 1, maximum: int | None = None) -> None:
     if value is not None and value < minimum:
         raise ValueError(f"{flag} must be >= {minimum}, got {value}.")
+    if maximum is not None:
+        check_at_most(value, flag, maximum)
 
 
 def cmd_eval(args) -> None:
     from .evaluate import evaluate_run, parse_lengths, write_results
     from .train import resolve_device
 
-    _positive(args.val_tokens, "--val-tokens")
-    _positive(args.batch_tokens, "--batch-tokens")
+    _positive(args.val_tokens, "--val-tokens", 1, MAX_TOKENS)
+    _positive(args.batch_tokens, "--batch-tokens", 1, MAX_BATCH_TOKENS)
     resolve_device(args.device)
     res = evaluate_run(args.run, parse_lengths(args.lengths), val_tokens=args.val_tokens, device=args.device,
                        progress=not args.no_progress, attention=args.attention, batch_tokens=args.batch_tokens,
@@ -300,6 +303,8 @@ def _lengths_for(args, train_len: int) -> list[int]:
         return parse_lengths(args.lengths)
     if args.max_factor < 1:
         raise ValueError(f"--max-factor must be >= 1, got {args.max_factor}.")
+    check_at_most(train_len * args.max_factor, f"the longest length (--max-factor {args.max_factor} x {train_len})",
+                  MAX_LENGTH, " tokens")
     out, f = [], 1
     while f <= args.max_factor:
         out.append(train_len * f)
@@ -342,8 +347,8 @@ def _passkey_train(args, train):
     and the --task-* flags."""
     from .compare import PASSKEY_DEFAULTS
 
-    _positive(args.task_steps, "--task-steps")
-    _positive(args.task_examples, "--task-examples")
+    _positive(args.task_steps, "--task-steps", 1, MAX_STEPS)
+    _positive(args.task_examples, "--task-examples", 1, MAX_EXAMPLES)
     changes = dict(PASSKEY_DEFAULTS)
     if args.task_steps is not None:
         changes["steps"] = args.task_steps
@@ -500,10 +505,10 @@ def cmd_score(args) -> None:
     from .evaluate import parse_lengths
     from .tasks import parse_depths
 
-    _positive(args.examples, "--examples")
+    _positive(args.examples, "--examples", 1, MAX_EXAMPLES)
     _positive(args.limit, "--limit")
-    _positive(args.max_new_tokens, "--max-new-tokens")
-    _positive(args.batch_tokens, "--batch-tokens")
+    _positive(args.max_new_tokens, "--max-new-tokens", 1, MAX_LENGTH)
+    _positive(args.batch_tokens, "--batch-tokens", 1, MAX_BATCH_TOKENS)
     _positive(args.seed, "--seed", 0)
     out = _check_out(args.out)
     if args.metric is not None:
@@ -599,7 +604,7 @@ def cmd_generate(args) -> None:
     from .runs import dataclass_from_dict
     from .train import load_run, resolve_device
 
-    _positive(args.max_new_tokens, "--max-new-tokens", 0)
+    _positive(args.max_new_tokens, "--max-new-tokens", 0, MAX_LENGTH)
     _positive(args.seed, "--seed", 0)
     _positive(args.top_k, "--top-k")
     if args.temperature < 0:

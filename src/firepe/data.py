@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .limits import MAX_TOKENS, check_at_most
+
 __all__ = ["DataConfig", "Corpus", "load_corpus", "ByteTokenizer", "BPETokenizer", "build_tokenizer",
            "load_tokenizer", "encode_documents", "encoded_stream", "token_cache_dir", "EpochOrder", "TokenData"]
 
@@ -95,6 +97,8 @@ class DataConfig:
             raise ValueError(f"max_train_tokens must be None or a positive integer, got {self.max_train_tokens!r}.")
         if not _is_int(self.val_tokens) or self.val_tokens < 1:
             raise ValueError(f"val_tokens must be a positive integer, got {self.val_tokens!r}.")
+        check_at_most(self.val_tokens, "val_tokens", MAX_TOKENS)
+        check_at_most(self.max_train_tokens, "max_train_tokens", MAX_TOKENS)
         if self.hf_data_files is not None and not isinstance(self.hf_data_files, str):
             raise ValueError(f"hf_data_files must be None or a string of paths joined by ',', "
                              f"got {self.hf_data_files!r}.")

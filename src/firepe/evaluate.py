@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
+from .limits import MAX_LENGTH, check_at_most
 from .runs import dataclass_from_dict, write_json, write_text, writing
 
 __all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths"]
@@ -34,6 +35,8 @@ def parse_lengths(text: str) -> list[int]:
     bad = [n for n in lengths if n < 2]
     if bad:
         raise ValueError(f"evaluation lengths must be at least 2 tokens, got {bad[0]}.")
+    for n in lengths:
+        check_at_most(n, "a length", MAX_LENGTH, " tokens")
     return sorted(set(lengths))
 
 

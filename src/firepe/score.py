@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .attention import KVCache
 from .data import DataConfig, load_tokenizer
+from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, check_at_most
 from .runs import RunFolder, dataclass_from_dict, refuse_link, write_json, write_text, writing
 from .tasks import PasskeyTask, Prepared, Task, check_task_files, expand_tasks, load_task, prepare
 from .tasks.passkey import DEFAULT_DEPTHS, corpus_filler
@@ -110,6 +111,7 @@ def _check_lengths(lengths: Sequence[int] | None) -> None:
         for n in lengths:
             if not isinstance(n, int) or isinstance(n, bool) or n < 2:
                 raise ValueError(f"scoring lengths must be integers >= 2, got {n!r}.")
+            check_at_most(n, "a scoring length", MAX_LENGTH, " tokens")
 
 
 def _check_positive_label(task: Task) -> None:
@@ -152,6 +154,9 @@ def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | N
         raise ValueError(f"--examples must be a positive integer, got {examples!r}.")
     if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
         raise ValueError(f"--max-new-tokens must be a positive integer, got {max_new_tokens!r}.")
+    check_at_most(max_new_tokens, "--max-new-tokens", MAX_LENGTH)
+    check_at_most(examples, "--examples", MAX_EXAMPLES)
+    check_at_most(batch_tokens, "--batch-tokens", MAX_BATCH_TOKENS)
     if filler not in ("corpus", "classic"):
         raise ValueError(f"--filler must be corpus or classic, got {filler!r}.")
     seen: dict[Path, str] = {}

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
 from .data import DataConfig, TokenData, build_tokenizer, encoded_stream, load_corpus, load_tokenizer
+from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, check_at_most
 from .model import GPT, GPTConfig
 from .runs import RunFolder, dataclass_from_dict, read_json
 from .tracking import TrackerRun, Trackers, check_installed, open_trackers, parse_log_to
@@ -76,6 +77,11 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_int(getattr(self, name), name, 1)
         _check_int(self.warmup_steps, "warmup_steps", 0)
+        check_at_most(self.seq_len, "seq_len", MAX_LENGTH, " tokens")
+        for name in ("steps", "warmup_steps", "log_every", "checkpoint_every"):
+            check_at_most(getattr(self, name), name, MAX_STEPS)
+        check_at_most(self.batch_size * self.seq_len, f"batch_size x seq_len ({self.batch_size} x {self.seq_len})",
+                      MAX_BATCH_TOKENS, " tokens per step")
         _check_int(self.seed, "seed", 0)
         _check_float(self.lr, "lr", lo=0, lo_open=True)
         _check_float(self.min_lr_ratio, "min_lr_ratio", lo=0, hi=1)
