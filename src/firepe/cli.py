@@ -12,6 +12,7 @@ import shutil
 import sys
 import types
 import typing
+import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
@@ -562,6 +563,7 @@ def _score_into(args, folder, lengths, depths) -> None:
 
 
 def cmd_export(args) -> None:
+    _check_out(args.out)  # '' is refused as empty (it used to be "output folder '.' already exists")
     try:
         from .hf import export_run
     except ImportError as e:  # transformers missing or older than tested
@@ -811,6 +813,12 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str], command: str
     return set(vars(ns))
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings of a command print as one line ``firepe: warning: ...`` (not file, line and source)."""
+    text = " ".join(str(message).split())
+    return f"firepe: warning: {text[len('firepe: '):] if text.startswith('firepe: ') else text}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -819,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error already printed in one line
         return e.code if isinstance(e.code, int) else 2
     args.given = given_options(parser, argv, args.command)
+    old_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         args.func(args)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
@@ -842,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("firepe: interrupted; checkpoints written so far are kept (continue with --resume).", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = old_format
     return 0
 
 

@@ -30,8 +30,41 @@ PREFIX = "transformer"           # attribute of the GPT inside FirePEForCausalLM
 SHIM = "modeling_firepe.py"      # the module auto_map names; it imports firepe.hf
 AUTO_MAP = {"AutoConfig": "modeling_firepe.FirePEConfig",
             "AutoModelForCausalLM": "modeling_firepe.FirePEForCausalLM"}
+EOS = "<|endoftext|>"            # end of document, also BOS and padding of exported tokenizers
 #: GPTConfig fields renamed in the Hugging Face config (transformers reads ``tie_word_embeddings``)
 RENAMED = {"tie_embeddings": "tie_word_embeddings"}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes to printable characters (what the ByteLevel
+    pre-tokenizer emits), written from its definition: printable Latin-1 bytes map to themselves, the
+    others to U+0100 onwards in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def check_byte_tokenizer(file: Path) -> None:
+    """``ValueError`` unless ``file`` is the byte tokenizer ``firepe export`` writes: a byte-level BPE
+    with byte ``b`` as id ``b`` (through :func:`bytes_to_unicode`), no merges and ``<|endoftext|>`` as the one
+    added token, id 256. firepe decodes a byte export with its own byte tokenizer, but transformers reads
+    this file, so a damaged or edited copy must not pass as the run's."""
+    tok = read_json(file)
+    model = tok.get("model") if isinstance(tok, dict) else None
+    added = tok.get("added_tokens") if isinstance(tok, dict) else None
+    ok = (isinstance(model, dict) and model.get("type") == "BPE" and not model.get("merges")
+          and model.get("vocab") == {ch: b for b, ch in bytes_to_unicode().items()}
+          and isinstance(added, list) and [(a.get("id"), a.get("content")) for a in added if isinstance(a, dict)]
+          == [(256, EOS)] and len(added) == 1)
+    if not ok:
+        raise ValueError(f"{file} is not firepe's byte tokenizer (byte b = id b, {EOS} = 256); the exported "
+                         "folder is damaged: export the run again.")
 
 
 def is_export(path: str | Path) -> bool:
@@ -94,6 +127,8 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[G
         model = GPT(model_cfg)  # an encoding checks its option values when built
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
+    if extra["data"].get("tokenizer", "byte") == "byte":
+        check_byte_tokenizer(path / "tokenizer.json")
     load_model_weights(_Holder(model), path)
     try:
         model.check_finite()

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .attention import RowPositions
-from .exported import AUTO_MAP, MODEL_TYPE, PREFIX, SHIM, gpt_config, hf_fields
+from .exported import AUTO_MAP, EOS, MODEL_TYPE, PREFIX, SHIM, bytes_to_unicode, gpt_config, hf_fields
 from .model import GPT, IGNORE_INDEX, GPTConfig
 
 #: oldest versions tested (pyproject's ``hf`` extra pins the same)
@@ -79,7 +79,6 @@ _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalL
 
 __all__ = ["FirePEConfig", "FirePEForCausalLM", "byte_tokenizer", "hf_tokenizer", "export_run", "MIN_VERSIONS"]
 
-EOS = "<|endoftext|>"
 SHIM_TEXT = '''"""firepe (FIRE and the other position encodings) for Hugging Face transformers.
 
 The code is the firepe package (pip install 'firepe[hf]'); this module only imports it.
@@ -287,27 +286,12 @@ AutoModelForCausalLM.register(FirePEConfig, FirePEForCausalLM, exist_ok=True)
 # -- tokenizers -------------------------------------------------------------------------------------
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map of the 256 bytes to printable characters (what the ByteLevel
-    pre-tokenizer emits), written from its definition: printable Latin-1 bytes map to themselves, the
-    others to U+0100 onwards in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return out
-
-
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """firepe's byte tokenizer as a transformers fast tokenizer: byte ``b`` is id ``b``, ``<|endoftext|>``
     (end of document, also the padding token) is 256. Nothing is added around a text."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()

@@ -169,6 +169,9 @@ def parse_log_to(text: str | None) -> str | None:
     names = [s.strip().lower() for s in text.split(",")]
     if any(not s for s in names):
         raise ValueError(f"log_to {text!r} has an empty entry; valid: {_VALID}.")
+    if "none" in names:
+        raise ValueError(f"log_to {text!r} combines 'none' with backends; pass none alone (no logging) or only "
+                         f"backend names: {', '.join(BACKENDS)}.")
     unknown = [s for s in names if s not in BACKENDS]
     if unknown:
         raise ValueError(f"log_to names an unknown backend {unknown[0]!r}; valid: {_VALID}.")

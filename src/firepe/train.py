@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -373,6 +374,9 @@ class Trainer:
         else:
             from .runs import writing
 
+            self._refuse_existing_run()  # before the lock: a refused start does not even rewrite .lock
+            self._found = set(os.listdir(self.run.path)) if self.run.path.is_dir() else None
+
             with writing(self.run.path):
                 self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.lock()
@@ -382,14 +386,32 @@ class Trainer:
             if done > self.cfg.steps:
                 raise ValueError(f"run {str(self.run.path)!r} is already at step {done}; --steps must be >= {done}, "
                                  f"got {self.cfg.steps} (nothing was changed).")
-        if not resume and self.run.has_run():
-            raise ValueError(f"run folder {str(self.run.path)!r} already holds a run; use --resume to continue it "
-                             "or choose another --out (nothing was overwritten).")
+        if not resume:
+            self._refuse_existing_run()  # again under the lock: another process may have started one
         self.run.clean_temporaries()
         if not resume:
             self.tokenizer.save(self.run.tokenizer_path)
         if not resume or self.run.configs()[1] != self.cfg:
             self.run.write_config(self.model_cfg, self.cfg, self.data_cfg, self.extra_sections)
+
+    def _refuse_existing_run(self) -> None:
+        if self.run.has_run():
+            raise ValueError(f"run folder {str(self.run.path)!r} already holds a run; use --resume to continue it "
+                             "or choose another --out (nothing was overwritten).")
+
+    def _undo_start(self) -> None:
+        """A new run that cannot start (a tracker refused) leaves nothing: remove what this start wrote
+        (the whole folder if it created it)."""
+        found = getattr(self, "_found", False)
+        if self.resumed or self.step != 0 or found is False:
+            return
+        self.run.unlock()
+        if found is None:
+            shutil.rmtree(self.run.path, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.run.path)) - found:
+            p = self.run.path / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
     def config_dict(self) -> dict[str, Any]:
         return _config_dict(self.model_cfg, self.cfg, self.data_cfg)
@@ -447,7 +469,12 @@ class Trainer:
         after it, also when it raises."""
         failed = True
         try:
-            self.trackers = self._open_trackers()
+            try:
+                self.trackers = self._open_trackers()
+            except BaseException:
+                if self.rank == 0:
+                    self._undo_start()
+                raise
             losses = self._fit(callback)
             failed = False
             return losses

@@ -146,7 +146,15 @@ class BiasEncoding(PositionEncoding):
         dtype: they are converted to ``torch.long``, so ``uint8`` is never a mask and never wraps)."""
         check_positions(q_pos, k_pos, names=("q_pos", "k_pos"))
         self.check_parameters()
-        return self.compute_bias(q_pos.long(), k_pos.long())
+        try:
+            return self.compute_bias(q_pos.long(), k_pos.long())
+        except (torch.OutOfMemoryError, RuntimeError) as e:  # an allocation the span makes impossible
+            if not isinstance(e, torch.OutOfMemoryError) and "alloc" not in str(e).lower():
+                raise
+            span = int(q_pos.max()) - int(k_pos.min()) if len(q_pos) and len(k_pos) else 0
+            raise ValueError(f"{self.name or type(self).__name__} bias for {len(q_pos)} x {len(k_pos)} positions "
+                             f"spanning {span:,} distances does not fit in memory; pass fewer or closer "
+                             "positions.") from None
 
     def check_parameters(self) -> None:
         """Raise ``ValueError`` when a learned quantity is not usable (e.g. non-finite)."""

@@ -28,12 +28,25 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     ``cos, sin`` must have as many rows as ``q`` and ``k``; pass ``angles(q_pos)`` and
     ``angles(k_pos)`` separately when they differ (KV cache).
     """
+    _check_angles(q, cos, sin, "q")
+    _check_angles(k, cos, sin, "k")
     cos, sin = cos.to(q.dtype), sin.to(q.dtype)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
+def _check_angles(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, name: str) -> None:
+    """``ValueError`` unless ``cos`` and ``sin`` have one shape whose last two sizes are ``x``'s ``[T, D]``."""
+    if not all(isinstance(t, torch.Tensor) for t in (x, cos, sin)):
+        raise ValueError(f"{name}, cos and sin must be tensors.")
+    if cos.shape != sin.shape or cos.dim() < 2 or x.dim() < 2 or cos.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"cos and sin must both be [T, D] = {list(x.shape[-2:])} for {name} of shape "
+                         f"{list(x.shape)}, got cos {list(cos.shape)} and sin {list(sin.shape)}; pass angles() of "
+                         f"{name}'s own positions.")
+
+
 def apply_rotary_one(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate a single tensor ``x`` ``[..., T, D]``."""
+    _check_angles(x, cos, sin, "x")
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
 
