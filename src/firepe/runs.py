@@ -349,18 +349,41 @@ class RunFolder:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = ""
-                try:
-                    holder = path.read_text().strip()
-                except OSError:
-                    pass
-                who = f" (pid {holder})" if holder.isdigit() else ""
-                raise ValueError(f"run folder {str(self.path)!r} is in use by another firepe process{who}; "
-                                 "wait for it to finish or stop it first.") from None
+                self._in_use()
             raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+
+    def _in_use(self) -> None:
+        holder = ""
+        try:
+            holder = (self.path / ".lock").read_text().strip()
+        except OSError:
+            pass
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise ValueError(f"run folder {str(self.path)!r} is in use by another firepe process{who}; "
+                         "wait for it to finish or stop it first.") from None
+
+    def check_not_in_use(self) -> None:
+        """The "in use" ``ValueError`` when another process holds the lock; takes and writes nothing."""
+        import fcntl
+
+        path = self.path / ".lock"
+        if self._lock_fd is not None or path.is_symlink() or not path.is_file():
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                self._in_use()
+            raise
+        finally:
+            os.close(fd)
 
     def check_links(self) -> None:
         """Refuse (one line naming it) a symbolic link where firepe writes inside this folder."""

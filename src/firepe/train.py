@@ -396,6 +396,7 @@ class Trainer:
 
     def _refuse_existing_run(self) -> None:
         if self.run.has_run():
+            self.run.check_not_in_use()  # a run being written by another process: say so
             raise ValueError(f"run folder {str(self.run.path)!r} already holds a run; use --resume to continue it "
                              "or choose another --out (nothing was overwritten).")
 
