@@ -283,3 +283,4 @@ def test_a_tracker_that_cannot_start_is_one_line(tmp_path, corpus, capsys, monke
     one_line_error(capsys, ["train", "--out", run, "--corpus", corpus, *TINY, "--log-to", "tensorboard,wandb"],
                    r"--log-to wandb could not start \(No API key configured.*WANDB_MODE=offline")
     assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert not run.exists()  # a refused start writes nothing: no config.json, tracking.json or .lock
