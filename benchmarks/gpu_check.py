@@ -40,6 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from firepe.bench import median_time  # noqa: E402  (warm-up call, then the median of the timed calls)
+
 BIAS_ENCODINGS = [("alibi", {}), ("kerple_log", {}), ("kerple_power", {}), ("t5", {}), ("sandwich", {}),
                   ("fire", {"init_L": 96.0}), ("fire_s", {"init_L": 96.0}),
                   ("fire", {"init_L": 96.0, "bias_mode": "exact"})]
@@ -76,18 +78,6 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """``max |a - b| / max(max |b|, 1e-6)``."""
     a, b = a.detach().float(), b.detach().float()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-6))
-
-
-def _time(fn, device, repeats: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize(device) if device.type == "cuda" else None
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def _spec(opts: dict) -> str:
@@ -251,7 +241,7 @@ def check_attention_speed(report: Report, device: torch.device, lengths=(2048, 8
                 out.float().sum().backward()
 
             try:
-                t = _time(step, device)
+                t = median_time(step, 5, device)
             except Exception as e:  # noqa: BLE001 -- report and go on
                 rows.append(f"| {n} | {label} | error: {str(e).splitlines()[0][:80]} | |")
                 continue
@@ -289,7 +279,7 @@ def check_train_step(report: Report, device: torch.device, n: int = 2048) -> Non
             model.zero_grad(set_to_none=True)
 
         try:
-            t = _time(step, device, repeats=3)
+            t = median_time(step, 3, device)
         except Exception as e:  # noqa: BLE001
             rows.append(f"| {name} | error: {str(e).splitlines()[0][:80]} | | | |")
             continue
@@ -320,7 +310,7 @@ def check_eval_32k(report: Report, device: torch.device, n: int = 32768) -> None
         torch.cuda.reset_peak_memory_stats(device)
         try:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-                t = _time(lambda model=model, x=x: model(x), device, repeats=1)
+                t = median_time(lambda model=model, x=x: model(x), 1, device)
         except Exception as e:  # noqa: BLE001
             rows.append(f"| {name} | error: {str(e).splitlines()[0][:80]} | |")
             continue

@@ -109,7 +109,7 @@ def _model_fn(name, opts, n, args, device, dtype):
     return run, list(model.parameters())
 
 
-def _median_time(fn, repeats: int, device: torch.device) -> float:
+def median_time(fn, repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls after one untimed warm-up call."""
     fn()
     _sync(device)
@@ -137,7 +137,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     result = {k: job[k] for k in ("row", "length", "scope")}
     try:
         with torch.no_grad():
-            result["forward_s"] = _median_time(run, job["repeats"], device)
+            result["forward_s"] = median_time(run, job["repeats"], device)
         result["forward_peak_mb"] = (_peak_bytes(device) - base) / 2**20
         if job["backward"]:
             def step():
@@ -146,7 +146,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                 for p in params:
                     p.grad = None
 
-            result["train_s"] = _median_time(step, job["repeats"], device)
+            result["train_s"] = median_time(step, job["repeats"], device)
             result["train_peak_mb"] = (_peak_bytes(device) - base) / 2**20
     except (torch.OutOfMemoryError, RuntimeError) as e:  # report, keep the other rows
         result["error"] = str(e).splitlines()[0][:200]

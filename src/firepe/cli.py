@@ -519,32 +519,22 @@ def cmd_score(args) -> None:
     _check_task_flags(args, passkey_only=("examples", "filler", "seed"))  # after the values' own checks
     lengths = parse_lengths(args.lengths) if args.lengths is not None else None
     depths = parse_depths(args.depths) if args.depths is not None else None
-    folder, created = _lock_out(out)
-    try:
-        _score_into(args, folder, lengths, depths)
-    except BaseException:
-        folder.unlock()
-        if created:  # a refused or failed score leaves no folder behind (only its .lock was in it)
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _lock_out(out: Path):
-    """Create ``out`` if needed and hold its lock (two commands never write one output folder at once);
-    ``(RunFolder, created)``."""
     from .runs import RunFolder, writing
 
     created = not out.exists()
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-    folder = RunFolder(out)
+    folder = RunFolder(out)  # locked as runs are: two commands never write one output folder at once
     try:
         folder.lock()
+        _score_into(args, folder, lengths, depths)
     except BaseException:
-        if created:
+        if created:  # a refused or failed score leaves no folder behind (only its .lock was in it)
+            folder.unlock()
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return folder, created
+    finally:
+        folder.unlock()
 
 
 def _score_into(args, folder, lengths, depths) -> None:

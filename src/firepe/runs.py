@@ -336,14 +336,22 @@ class RunFolder:
     def lock(self) -> None:
         """Hold an exclusive ``flock`` on ``RUN/.lock`` until :meth:`unlock` or process exit
         (the kernel drops it when the process dies, even by kill -9)."""
-        import fcntl
-
         if self._lock_fd is not None:
             return
         path = self.path / ".lock"
         self.check_links()
         with writing(path):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        self._flock(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _flock(self, fd: int) -> None:
+        """Take the exclusive lock on ``fd``; when another process holds it, close ``fd`` and raise the
+        "in use" ``ValueError``."""
+        import fcntl
+
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -351,9 +359,6 @@ class RunFolder:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 self._in_use()
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
 
     def _in_use(self) -> None:
         holder = ""
@@ -366,9 +371,7 @@ class RunFolder:
                          "wait for it to finish or stop it first.") from None
 
     def check_not_in_use(self) -> None:
-        """The "in use" ``ValueError`` when another process holds the lock; takes and writes nothing."""
-        import fcntl
-
+        """The "in use" ``ValueError`` when another process holds the lock; keeps nothing and writes nothing."""
         path = self.path / ".lock"
         if self._lock_fd is not None or path.is_symlink() or not path.is_file():
             return
@@ -376,14 +379,8 @@ class RunFolder:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                self._in_use()
-            raise
-        finally:
-            os.close(fd)
+        self._flock(fd)
+        os.close(fd)
 
     def check_links(self) -> None:
         """Refuse (one line naming it) a symbolic link where firepe writes inside this folder."""
