@@ -47,3 +47,13 @@ def test_the_bounds_themselves_are_accepted():
     limits.check_at_most(limits.MAX_LENGTH, "x", limits.MAX_LENGTH)
     with pytest.raises(ValueError, match=r"x must be at most 1,048,576 tokens \(firepe.limits\), got 1,048,577"):
         limits.check_at_most(limits.MAX_LENGTH + 1, "x", limits.MAX_LENGTH, " tokens")
+
+
+def test_a_refused_score_into_an_existing_folder_leaves_it_as_it_was(base, tmp_path, capsys):
+    run, _ = base
+    out = tmp_path / "sc"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    one_line_error(capsys, ["score", run, "--max-new-tokens", HUGE, "--out", out, "--no-progress"],
+                   "--max-new-tokens must be at most")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

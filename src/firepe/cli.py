@@ -506,10 +506,10 @@ def cmd_score(args) -> None:
     from .evaluate import parse_lengths
     from .tasks import parse_depths
 
-    _positive(args.examples, "--examples", 1, MAX_EXAMPLES)
+    _positive(args.examples, "--examples")  # their upper bounds: score_runs checks them
     _positive(args.limit, "--limit")
-    _positive(args.max_new_tokens, "--max-new-tokens", 1, MAX_LENGTH)
-    _positive(args.batch_tokens, "--batch-tokens", 1, MAX_BATCH_TOKENS)
+    _positive(args.max_new_tokens, "--max-new-tokens")
+    _positive(args.batch_tokens, "--batch-tokens")
     _positive(args.seed, "--seed", 0)
     out = _check_out(args.out)
     if args.metric is not None:
@@ -521,7 +521,7 @@ def cmd_score(args) -> None:
     depths = parse_depths(args.depths) if args.depths is not None else None
     from .runs import RunFolder, writing
 
-    created = not out.exists()
+    created, had_lock = not out.exists(), (out / ".lock").exists()
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(out)  # locked as runs are: two commands never write one output folder at once
@@ -529,9 +529,11 @@ def cmd_score(args) -> None:
         folder.lock()
         _score_into(args, folder, lengths, depths)
     except BaseException:
+        folder.unlock()
         if created:  # a refused or failed score leaves no folder behind (only its .lock was in it)
-            folder.unlock()
             shutil.rmtree(out, ignore_errors=True)
+        elif not had_lock and not (out / ".lock").is_symlink():
+            (out / ".lock").unlink(missing_ok=True)
         raise
     finally:
         folder.unlock()
