@@ -66,6 +66,11 @@ def causal_row_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> l
     return list(zip(starts, ends, keys))
 
 
+def position_span(q_pos: torch.Tensor, k_pos: torch.Tensor) -> int:
+    """The largest causal distance ``max(q_pos) - min(k_pos)`` (0 when negative or a vector is empty)."""
+    return max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -151,7 +156,7 @@ class BiasEncoding(PositionEncoding):
         except (torch.OutOfMemoryError, RuntimeError) as e:  # an allocation the span makes impossible
             if not isinstance(e, torch.OutOfMemoryError) and "alloc" not in str(e).lower():
                 raise
-            span = int(q_pos.max()) - int(k_pos.min()) if len(q_pos) and len(k_pos) else 0
+            span = position_span(q_pos, k_pos)
             raise ValueError(f"{self.name or type(self).__name__} bias for {len(q_pos)} x {len(k_pos)} positions "
                              f"spanning {span:,} distances does not fit in memory; pass fewer or closer "
                              "positions.") from None
@@ -185,8 +190,7 @@ class BiasEncoding(PositionEncoding):
         materialized ``[H, Q, K]`` bias. Encodings override it to compute the bias from a few small
         tensors (ALiBi, FIRE)."""
         if self.translation_invariant:
-            span = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
-            per_distance = self.distance_bias(span, q_pos.device)
+            per_distance = self.distance_bias(position_span(q_pos, k_pos), q_pos.device)
 
             def mod(score, b, h, q_idx, kv_idx):
                 return score + per_distance[h, (q_pos[q_idx] - k_pos[kv_idx]).clamp(min=0)]

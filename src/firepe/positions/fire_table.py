@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import fire_kernel
-from .base import causal_row_blocks
+from .base import causal_row_blocks, position_span
 
 if TYPE_CHECKING:
     from .fire import FIRE
@@ -71,7 +71,7 @@ def table_bias(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Te
     dtype = fire.init_L.dtype
     g = fire.table_size
     if dtype == torch.float32 and fire.init_L.device.type == "cpu" and fire_kernel.available():
-        max_d = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
+        max_d = position_span(q_pos, k_pos)
         psi_d = fire.psi(torch.arange(max_d + 1, dtype=dtype))
         inv_norm = 1 / fire.normalizer(q_pos)
         table, base = lookup_table(fire, max_d)  # after psi_d, inv_norm: keeps autograd's summation order
@@ -103,12 +103,12 @@ def table_score_mod(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor):
     eps)`` per query ``[Q]`` -- and the linear interpolation reads two tables, the values ``T`` and the
     slopes ``T[k + 1] - T[k]`` (as the fused CPU kernel does). Positions are read from ``q_pos``/``k_pos``
     (tensors: no recompilation for a new offset)."""
-    span = max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
+    span = position_span(q_pos, k_pos)
     dtype = torch.promote_types(fire.init_L.dtype, torch.float32)
     psi_d = fire.psi(torch.arange(span + 1, device=q_pos.device, dtype=dtype))
     inv_norm = 1 / fire.normalizer(q_pos)
     table, base = lookup_table(fire, span)
-    slope = torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
+    slope = _slopes(table)
     long_row = fire.interpolating_rows(q_pos).detach() if fire.threshold else None
     g = fire.table_size
 
@@ -127,6 +127,11 @@ def table_score_mod(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor):
     return mod
 
 
+def _slopes(table: torch.Tensor) -> torch.Tensor:
+    """``T[:, k + 1] - T[:, k]`` per column of ``table`` ``[H, M]`` (0 in the last column)."""
+    return torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
+
+
 class _LerpLookup(torch.autograd.Function):
     """``out[h, q, k] = T[h, idx] + (T[h, idx + 1] - T[h, idx]) * w[q, k]`` for a table ``T`` ``[H, M]``.
 
@@ -137,7 +142,7 @@ class _LerpLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, blocks) -> torch.Tensor:
         heads = table.shape[0]
-        slope = torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
+        slope = _slopes(table)
         out = torch.empty(heads, *idx.shape, dtype=table.dtype, device=table.device)
         for s, e, kk in blocks:
             flat = idx[s:e, :kk].reshape(1, -1).expand(heads, -1)
