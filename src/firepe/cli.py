@@ -366,6 +366,28 @@ def cmd_ablate(args) -> None:
                 else ABLATION_SPECS)
 
 
+def cmd_synth(args) -> None:
+    from .compare import split_specs
+    from .synth import parse_seeds, synth
+    from .tasks.synthetic import SynthConfig
+    from .train import TrainConfig
+
+    train = dataclass_from_args(TrainConfig, args)
+    task = dataclass_from_args(SynthConfig, args)
+    out = _check_out(args.out)
+    seeds = parse_seeds(args.seeds, first=train.seed)
+    levels = None
+    if args.lengths:
+        from .evaluate import parse_lengths
+
+        levels = parse_lengths(args.lengths)
+    if args.max_factor < 1:
+        raise ValueError(f"--max-factor must be >= 1, got {args.max_factor}.")
+    synth(out, split_specs(args.encodings, "--encodings"), _model_config(args, "nope"), train, task, seeds,
+          levels=levels, max_factor=args.max_factor, examples=args.examples)
+    print(f"wrote {out / 'results.md'}, results.json, results.csv and accuracy.png")
+
+
 def _finetune_defaults():
     from .finetune import FINETUNE_DEFAULTS, FinetuneConfig
     from .train import TrainConfig
@@ -695,6 +717,26 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_args(c, with_position=False, preset=COMPARE_PRESET)
         _add_train_args(c, *_compare_defaults())
         c.set_defaults(func=cmd_compare if name == "compare" else cmd_ablate, position="nope")
+
+    from .compare import DEFAULT_SPECS
+    from .synth import SYNTH_DEFAULTS
+    from .tasks.synthetic import SynthConfig
+    from .train import TrainConfig
+
+    y = sub.add_parser("synth", help="train every encoding from scratch on a synthetic task (recall, copy, "
+                                     "reverse, addition) and score it from 1x to 16x")
+    y.add_argument("--out", default="runs/synth", help="output folder")
+    y.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
+                   help="comma-separated encodings; use ';' between specs that carry options")
+    y.add_argument("--seeds", default="1", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2")
+    y.add_argument("--lengths", help="scored lengths (addition: digits); default: training length x 1, 2, 4, ... "
+                                     "--max-factor (addition: digits x 1..4)")
+    y.add_argument("--max-factor", type=_int, default=16)
+    y.add_argument("--examples", type=_int, default=512, help="answers scored per length")
+    add_dataclass_args(y.add_argument_group("task"), SynthConfig, SynthConfig())
+    _add_model_args(y, with_position=False, preset="tiny")
+    add_dataclass_args(y.add_argument_group("training"), TrainConfig, TrainConfig(**SYNTH_DEFAULTS))
+    y.set_defaults(func=cmd_synth)
 
     from .tasks import TASK_HELP
 

@@ -257,21 +257,23 @@ class GPT(nn.Module):
             raise ValueError(f"targets hold ids outside [0, vocab_size={V}) other than {IGNORE_INDEX} (ignored).")
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None):
+                attention_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         """``idx`` ``[B, T]`` token ids -> ``(logits [B, T, V], loss or None)``.
 
         ``targets`` ``[B, T]`` gives the mean next-token cross-entropy (``IGNORE_INDEX`` entries
         skipped); with ``cache`` the ``T`` tokens sit at positions ``cache.length .. cache.length+T-1``.
         ``attention_mask`` ``[B, cache.length + T]`` (1 = token, 0 = padding, as in Hugging Face) lets
         rows of different lengths share a batch: see :meth:`hidden`.
+        ``positions`` ``[B, T]`` (increasing integers per row, no cache or mask) replaces the positions
+        ``0 .. T-1`` of every row: randomized positional encodings (Ruoss et al., 2023) in training.
         Bad ids, shapes or dtypes raise ``ValueError`` (one host sync per call).
         """
         self._check_inputs(idx, targets, cache)
-        return self._forward(idx, targets, cache, attention_mask)
+        return self._forward(idx, targets, cache, attention_mask, positions)
 
     def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None,
-                 attention_mask: torch.Tensor | None = None):
-        logits = self.lm_head(self.hidden(idx, cache, attention_mask, check=False))
+                 attention_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+        logits = self.lm_head(self.hidden(idx, cache, attention_mask, check=False, positions=positions))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1).long(),
@@ -279,7 +281,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, attention_mask: torch.Tensor | None = None,
-               check: bool = True) -> torch.Tensor:
+               check: bool = True, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states ``[B, T, d_model]`` (the input of ``lm_head``).
 
         ``cache`` is a :class:`KVCache` or any object with ``length`` and ``update(layer, k, v)`` (the
@@ -292,7 +294,10 @@ class GPT(nn.Module):
             self._check_inputs(idx, None, cache)
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        rows = self._rows(attention_mask, B, start + T, T, idx.device)
+        if positions is not None:
+            rows = self._given_positions(positions, B, T, cache, attention_mask)
+        else:
+            rows = self._rows(attention_mask, B, start + T, T, idx.device)
         k_pos = torch.arange(start + T, device=idx.device)
         first = self.position_for(0)
         angles = None
@@ -310,6 +315,21 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length = start + T
         return self.ln_f(x)
+
+    @staticmethod
+    def _given_positions(positions, batch: int, tokens: int, cache, mask) -> RowPositions:
+        if cache is not None or mask is not None:
+            raise ValueError("positions= applies without a KV cache and without attention_mask (training).")
+        if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != (batch, tokens):
+            shape = tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
+            raise ValueError(f"positions must have the shape of idx {(batch, tokens)}, got {shape}.")
+        if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+            raise ValueError(f"positions must hold integers, got dtype {positions.dtype}.")
+        positions = positions.long()
+        if tokens > 1 and bool((positions[:, 1:] <= positions[:, :-1]).any()) or bool((positions < 0).any()):
+            raise ValueError("positions must be increasing integers >= 0 along every row.")
+        valid = torch.ones_like(positions, dtype=torch.bool)
+        return RowPositions(q=positions, k=positions, valid=valid)
 
     @staticmethod
     def _rows(mask: torch.Tensor | None, batch: int, keys: int, queries: int, device) -> RowPositions | None:

@@ -162,3 +162,58 @@ def passkey_heatmap(results: dict[str, Any] | str | Path, label: str, path: str 
     ax.set_title(f"passkey accuracy: {label}", fontsize=10)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     return save_figure(fig, path)
+
+
+def synth_accuracy(summary: dict[str, Any], path: str | Path = "accuracy.png") -> Path:
+    """Accuracy vs level per encoding from ``firepe synth``'s summary: the mean over seeds with a
+    +-1 standard deviation band (no band for one seed)."""
+    levels = summary["levels"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, by in summary["table"]["cells"].items():
+        mean = [by[str(lv)]["mean"] for lv in levels]
+        sd = [by[str(lv)]["std"] for lv in levels]
+        (line,) = ax.plot(levels, mean, marker="o", lw=1.5, label=label)
+        if len(summary["seeds"]) > 1:
+            ax.fill_between(levels, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=line.get_color(), alpha=0.15)
+    if summary["level_name"] == "length" and len(levels) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(n) for n in levels])
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("digits per number" if summary["level_name"] == "digits" else "sequence length (tokens)")
+    ax.set_ylabel("accuracy (%)")
+    n = len(summary["seeds"])
+    ax.set_title(f"{summary['task']['task']}: trained at {summary['train_len']} tokens, {n} seed{'s' * (n > 1)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def synth_distance_heatmap(summary: dict[str, Any], label: str, path: str | Path) -> Path:
+    """Recall accuracy (%) of one encoding by sequence length (x) and binding-query distance bin (y),
+    answers pooled over seeds; empty cells (no answer at that distance) are blank."""
+    runs = [r for r in summary["runs"] if r["label"] == label]
+    if not runs or "by_distance" not in runs[0]["results"][0]:
+        raise ValueError(f"no recall results of {label!r} to plot.")
+    levels = summary["levels"]
+    edges = sorted({b["max_distance"] for r in runs for s in r["results"] for b in s["by_distance"]})
+    counts = torch.zeros((len(edges), len(levels), 2))
+    for r in runs:
+        for s in r["results"]:
+            j = levels.index(s["level"])
+            for b in s["by_distance"]:
+                counts[edges.index(b["max_distance"]), j] += torch.tensor([b["correct"], b["answers"]], dtype=torch.float)
+    grid = torch.where(counts[..., 1] > 0, 100 * counts[..., 0] / counts[..., 1].clamp(min=1), float("nan"))
+    fig, ax = plt.subplots(figsize=(1.2 * len(levels) + 2.5, 0.45 * len(edges) + 2))
+    im = ax.imshow(grid.numpy(), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")
+    for i in range(len(edges)):
+        for j in range(len(levels)):
+            if not math.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(levels)), [str(n) for n in levels])
+    ax.set_yticks(range(len(edges)), [f"<={e}" for e in edges])
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("distance binding -> query")
+    ax.set_title(f"recall accuracy: {label}", fontsize=10)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    return save_figure(fig, path)

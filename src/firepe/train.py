@@ -57,6 +57,9 @@ class TrainConfig:
     betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_help("AdamW betas", cli=False))
     grad_clip: float = field(default=1.0, metadata=_help("gradient-norm clipping (0: off)"))
     seed: int = field(default=0, metadata=_help("seed of the initialization and the data order"))
+    random_positions: int | None = field(default=None, metadata=_help(
+        "randomized positions (Ruoss et al., 2023): each training sequence takes a sorted random subset of "
+        "[0, M) as its positions instead of 0..seq_len-1 (M >= seq_len; never at evaluation)"))
     log_every: int = field(default=10, metadata=_help("steps between metrics.jsonl lines"))
     checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints"))
     keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept on disk (newest first)"))
@@ -84,6 +87,11 @@ class TrainConfig:
         check_at_most(self.batch_size * self.seq_len, f"batch_size x seq_len ({self.batch_size} x {self.seq_len})",
                       MAX_BATCH_TOKENS, " tokens per step")
         _check_int(self.seed, "seed", 0)
+        if self.random_positions is not None:
+            _check_int(self.random_positions, "random_positions", self.seq_len,
+                       f"random_positions (M) must be an integer >= the training length {self.seq_len} (positions "
+                       "are drawn from [0, M))")
+            check_at_most(self.random_positions, "random_positions", MAX_LENGTH)
         _check_float(self.lr, "lr", lo=0, lo_open=True)
         _check_float(self.min_lr_ratio, "min_lr_ratio", lo=0, hi=1)
         _check_float(self.weight_decay, "weight_decay", lo=0)
@@ -438,9 +446,10 @@ class Trainer:
             ys = y[i * self.micro:(i + 1) * self.micro].to(self.device)
             last = i == self.accum - 1
             ctx = net.no_sync() if (self.ddp is not None and not last) else nullcontext()
+            pos = self.random_positions(step, i, xs.shape[0], xs.shape[1])
             with ctx:
                 with self._autocast():  # backward outside autocast (it replays the forward's dtypes)
-                    _, loss = net(xs, ys)
+                    _, loss = net(xs, ys) if pos is None else net(xs, ys, positions=pos)
                 (loss / self.accum).backward()
             total += loss.item() / self.accum
         if self.world > 1:
@@ -448,6 +457,16 @@ class Trainer:
             dist.all_reduce(t)
             total = t.item() / self.world
         return total
+
+    def random_positions(self, step: int, micro: int, rows: int, tokens: int) -> torch.Tensor | None:
+        """``[rows, tokens]`` sorted positions drawn from ``[0, M)`` without replacement per row
+        (``cfg.random_positions = M``), the same for the same step, micro-batch and rank; None when off."""
+        M = self.cfg.random_positions
+        if M is None:
+            return None
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 4099 + micro * 131 + self.rank)
+        pos = torch.rand(rows, M, generator=g).topk(tokens, dim=1).indices.sort(dim=1).values
+        return pos.to(self.device)
 
     def train_step(self) -> float:
         """One optimizer step; ``FloatingPointError`` (weights untouched) when the loss or the

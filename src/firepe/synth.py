@@ -1,0 +1,325 @@
+"""``firepe synth``: every encoding trained from scratch on a synthetic task, scored from 1x to 16x.
+
+``synth(out, specs, model, train_cfg, task_cfg, seeds=[0, 1, 2])`` trains ``out/<label>`` (one
+seed) or ``out/<label>/seed-<s>`` (several) for every encoding spec and seed on the same generated
+data (a seed fixes the initialization and the data order; the evaluation examples are fixed by
+``task_cfg.eval_seed``), scores each at every level (sequence length; addition: digits) by one
+teacher-forced pass, and writes ``out/results.json``, ``results.csv``, ``results.md`` (mean +- std
+over seeds, paired per-seed differences), ``accuracy.png`` (mean with a +-1 std band) and for
+recall ``recall_<label>.png`` (length x distance heat map). Finished runs are reused, unfinished
+ones resumed, as in ``compare``.
+
+Table marks (per column): **bold** = highest mean; ``*`` = best (ties included) in every seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .compare import _check_not_past, _log_group, _run_finished, _same_settings
+from .data import DataConfig
+from .model import GPTConfig
+from .positions import Spec, parse_spec, training_options
+from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
+from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch, std
+from .tracking import check_installed
+from .train import TrainConfig, Trainer, load_run, resolve_device
+
+__all__ = ["SynthTrainer", "synth", "score_synth_run", "parse_seeds", "format_synth", "SYNTH_DEFAULTS"]
+
+#: training settings of ``firepe synth`` (measured: README); the model is the ``tiny`` preset
+SYNTH_DEFAULTS = dict(seq_len=64, batch_size=32, steps=1500, lr=2e-3, warmup_steps=100, weight_decay=0.0,
+                      checkpoint_every=500, log_every=50)
+_RUNTIME = ("progress", "device", "threads", "log_to", "log_project")
+_EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every")
+
+
+def parse_seeds(text: str | int, first: int = 0) -> list[int]:
+    """``--seeds``: a count ``N`` (seeds ``first .. first + N - 1``) or a comma-separated list ``0,3,7``."""
+    s = str(text).strip()
+    try:
+        if "," in s:
+            seeds = [int(x) for x in s.split(",")]
+        else:
+            n = int(s)
+            if n < 1:
+                raise ValueError(f"--seeds must be a count >= 1 or a list like 0,1,2, got {text!r}.")
+            seeds = list(range(first, first + n))
+    except ValueError as e:
+        if str(e).startswith("--seeds"):
+            raise
+        raise ValueError(f"--seeds must be a count >= 1 or a comma-separated list of integers, got {text!r}.") from None
+    if any(x < 0 for x in seeds):
+        raise ValueError(f"--seeds must be integers >= 0, got {text!r}.")
+    dup = sorted({x for x in seeds if seeds.count(x) > 1})
+    if dup:
+        raise ValueError(f"--seeds names seed {dup[0]} twice; each seed once.")
+    if len(seeds) > 100:
+        raise ValueError(f"--seeds gives {len(seeds)} seeds; at most 100.")
+    return seeds
+
+
+class SynthTokenizer:
+    """The vocabulary of a synthetic task (ids only); ``save`` writes its description."""
+
+    def __init__(self, task: SynthTask):
+        self.task, self.vocab_size = task, task.vocab_size
+
+    def save(self, path: Path) -> None:
+        write_json(path, {"type": "synthetic", "task": asdict(self.task.cfg), "vocab_size": self.vocab_size})
+
+
+class SynthData:
+    """``batch(step, batch_size, seed) -> (x, y)``: generated anew for every step (never repeats)."""
+
+    def __init__(self, task: SynthTask, seq_len: int):
+        self.task, self.seq_len = task, seq_len
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.task.training_rows(batch_size, self.seq_len, seed, step)
+
+
+def synth_section(cfg: dict[str, Any], where: str) -> SynthConfig:
+    if "synth" not in cfg:
+        raise ValueError(f"{where} holds no synthetic-task run (no 'synth' section).")
+    return dataclass_from_dict(SynthConfig, cfg["synth"], f"{where} [synth]")
+
+
+class SynthTrainer(Trainer):
+    """A :class:`~firepe.train.Trainer` on a synthetic task: vocabulary and data from ``synth``; the
+    ``data`` section of config.json is unused. Resume: ``SynthTrainer(run, resume=True, changes=...)``."""
+
+    def __init__(self, run_dir: str | Path, synth: SynthConfig | None = None, model_cfg: GPTConfig | None = None,
+                 train_cfg: TrainConfig | None = None, resume: bool = False, changes: dict[str, Any] | None = None,
+                 log_group: str | None = None):
+        if resume:
+            run = RunFolder(run_dir)
+            self.synth = synth_section(run.read_config(), str(run.config_path))
+            super().__init__(run_dir, resume=True, changes=changes, log_group=log_group)
+            return
+        self.synth = synth or SynthConfig()
+        train_cfg = train_cfg or TrainConfig(**SYNTH_DEFAULTS)
+        length = SynthTask(self.synth).train_length(train_cfg.seq_len)
+        if length != train_cfg.seq_len:
+            train_cfg = replace(train_cfg, seq_len=length)
+        SynthTask(self.synth).check_level(self.synth.digits if self.synth.task == "addition" else length,
+                                          "digits" if self.synth.task == "addition" else "training length")
+        super().__init__(run_dir, model_cfg, train_cfg, DataConfig(), log_group=log_group)
+
+    @property
+    def extra_sections(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"synth": asdict(self.synth)}
+
+    def _build_data(self, resume: bool) -> None:
+        task = SynthTask(self.synth)
+        self.tokenizer = SynthTokenizer(task)
+        self.model_cfg.vocab_size = task.vocab_size
+        self.corpus_description = f"synthetic {task.name}"
+        self.data = SynthData(task, self.cfg.seq_len)
+
+
+@torch.no_grad()
+def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], examples: int = 256,
+                    device: str = "cpu", batch_tokens: int = 32768) -> list[dict[str, Any]]:
+    """Accuracy (exact match of every answer) of a trained run at every level, on the fixed evaluation
+    examples; recall adds ``by_distance`` (answers by binding-query distance, power-of-two bins)."""
+    model, _ = load_run(run_dir, device)
+    dev = next(model.parameters()).device
+    out = []
+    for level in levels:
+        rows = max(1, math.ceil(examples / task.answers_per_row()))
+        tokens, answer, extra = task.eval_batch(rows, level)
+        n = tokens.shape[1]
+        chunk = max(1, batch_tokens // n)
+        correct = []
+        t0 = time.perf_counter()
+        for i in range(0, rows, chunk):
+            x = tokens[i:i + chunk].to(dev)
+            logits, _ = model(x)
+            correct.append(score_batch(logits.cpu(), tokens[i:i + chunk], answer[i:i + chunk]))
+        ok = torch.cat(correct)  # [rows, answers per row]
+        seconds = time.perf_counter() - t0
+        res = {"level": level, "length": n, "correct": int(ok.sum()), "answers": ok.numel(),
+               "accuracy": 100.0 * float(ok.float().mean()), "tokens_per_s": rows * n / max(seconds, 1e-9)}
+        if "distance" in extra:
+            dist = extra["distance"][answer >= 0]  # row-major: the order of the answers in ``ok``
+            edges = distance_bins(n)
+            bins = [[0, 0] for _ in edges]
+            for d, c in zip(dist.tolist(), ok.flatten().tolist()):
+                b = bins[bin_of(d, edges)]
+                b[0] += int(c)
+                b[1] += 1
+            res["by_distance"] = [{"max_distance": e, "correct": c, "answers": a} for e, (c, a) in zip(edges, bins)]
+        out.append(res)
+    return out
+
+
+def _plan_folder(out: Path, label: str, seed: int, several: bool) -> RunFolder:
+    return RunFolder(out / label / f"seed-{seed}" if several else out / label)
+
+
+def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig, task_cfg: SynthConfig,
+          seeds: list[int], levels: list[int] | None = None, max_factor: int = 16, examples: int = 256,
+          log=print) -> dict[str, Any]:
+    out = Path(out)
+    if not specs:
+        raise ValueError("no encodings to train; pass e.g. --encodings nope,rope,fire.")
+    if not seeds:
+        raise ValueError("no seeds; pass --seeds N or a list like 0,1,2.")
+    if not isinstance(examples, int) or isinstance(examples, bool) or not 1 <= examples <= 1_000_000:
+        raise ValueError(f"--examples must be an integer in [1, 1000000], got {examples!r}.")
+    parsed = [s if isinstance(s, Spec) else parse_spec(s) for s in specs]
+    labels = [s.label for s in parsed]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
+    task = SynthTask(task_cfg)
+    train_len = task.train_length(train_cfg.seq_len)
+    train_cfg = replace(train_cfg, seq_len=train_len)
+    task.check_level(task_cfg.digits if task.name == "addition" else train_len,
+                     "digits" if task.name == "addition" else "training length")
+    levels = levels or task.levels(train_len, max_factor)
+    for lv in levels:
+        task.check_level(lv, "digits" if task.name == "addition" else "length")
+    check_installed(train_cfg.log_to)
+    group = _log_group(out)
+    several = len(seeds) > 1
+    plans = []
+    for spec in parsed:  # refuse before training (or creating) anything
+        opts = training_options(spec.position, spec.options, train_len)
+        mcfg = replace(model, position=spec.position, position_options=opts, vocab_size=task.vocab_size)
+        for seed in seeds:
+            run, tcfg = _plan_folder(out, spec.label, seed, several), replace(train_cfg, seed=seed)
+            if run.has_run():
+                _same_settings(run, mcfg, tcfg, DataConfig())
+                saved = synth_section(run.read_config(), str(run.config_path))
+                if saved != task_cfg:
+                    raise ValueError(f"{run.path} holds a run on another task ({saved.task} {asdict(saved)}); use "
+                                     "another --out or remove that folder.")
+                _check_not_past(run, tcfg.steps, "--steps")
+            plans.append((spec, opts, seed, run, mcfg, tcfg))
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    t_all = time.perf_counter()
+    for spec, opts, seed, run, mcfg, tcfg in plans:
+        t0 = time.perf_counter()
+        tok_s = None
+        if _run_finished(run.path, tcfg.steps):
+            log(f"[{spec.label} seed {seed}] already trained, reusing {run.path}")
+        else:
+            resume = run.has_run()
+            log(f"[{spec.label} seed {seed}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
+            trainer = (SynthTrainer(run.path, resume=True, changes={k: getattr(tcfg, k) for k in _RUNTIME + _EXTENDABLE},
+                                    log_group=group) if resume
+                       else SynthTrainer(run.path, task_cfg, mcfg, tcfg, log_group=group))
+            losses = trainer.fit()
+            tok_s = trainer.tokens_per_s
+            last = f"{losses[-1]:.4f}" if losses else "n/a"
+            log(f"[{spec.label} seed {seed}] trained to step {trainer.step} in {time.perf_counter() - t0:.0f} s: "
+                f"last loss {last}" + (f", {tok_s:,.0f} tokens/s" if tok_s else ""))
+        t1 = time.perf_counter()
+        scores = score_synth_run(run.path, task, levels, examples, device=str(resolve_device(tcfg.device)))
+        log(f"[{spec.label} seed {seed}] scored in {time.perf_counter() - t1:.1f} s: "
+            + " ".join(f"{s['level']}:{s['accuracy']:.1f}%" for s in scores))
+        runs.append({"label": spec.label, "position": spec.position, "options": opts, "seed": seed,
+                     "run": str(run.path), "train_tokens_per_s": tok_s, "results": scores})
+    summary = {"task": asdict(task_cfg), "train_len": train_len, "level_name": _level_name(task),
+               "levels": levels, "seeds": seeds, "steps": train_cfg.steps, "examples": examples,
+               "model": {k: v for k, v in model.to_dict().items() if k not in ("position", "position_options")},
+               "random_positions": train_cfg.random_positions,
+               "wall_seconds": time.perf_counter() - t_all, "runs": runs}
+    summary["table"] = aggregate(summary)
+    text = format_synth(summary)
+    log(text)
+    write_synth(out, summary, text)
+    return summary
+
+
+def _level_name(task: SynthTask) -> str:
+    return "digits" if task.name == "addition" else "length"
+
+
+def aggregate(summary: dict[str, Any]) -> dict[str, Any]:
+    """Per label and level: mean and std of accuracy over seeds, the per-seed values, and per level the
+    labels best in every seed; paired differences against the reference (``fire`` if present)."""
+    labels = list(dict.fromkeys(r["label"] for r in summary["runs"]))
+    seeds, levels = summary["seeds"], summary["levels"]
+    acc = {(r["label"], r["seed"], s["level"]): s["accuracy"] for r in summary["runs"] for s in r["results"]}
+    cells = {lab: {str(lv): {"mean": _mean([acc[lab, s, lv] for s in seeds]),
+                             "std": std([acc[lab, s, lv] for s in seeds]),
+                             "per_seed": [acc[lab, s, lv] for s in seeds]} for lv in levels} for lab in labels}
+    every = {str(lv): [lab for lab in labels
+                       if all(acc[lab, s, lv] >= max(acc[o, s, lv] for o in labels) - 1e-9 for s in seeds)]
+             for lv in levels}
+    ref = "fire" if "fire" in labels else labels[0]
+    paired = {lab: {str(lv): {"mean": _mean(d := [acc[ref, s, lv] - acc[lab, s, lv] for s in seeds]),
+                              "std": std(d), "ref_ahead_in": sum(x > 0 for x in d)} for lv in levels}
+              for lab in labels if lab != ref}
+    return {"cells": cells, "best_every_seed": every, "reference": ref, "paired": paired}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def format_synth(summary: dict[str, Any]) -> str:
+    """Markdown: accuracy (%) mean +- std over seeds (**bold** highest mean, ``*`` best in every seed), then
+    the reference minus each encoding, paired per seed."""
+    table, levels, name = summary["table"], summary["levels"], summary["level_name"]
+    train = summary["task"]["digits"] if name == "digits" else summary["train_len"]
+    n = len(summary["seeds"])
+    head = f"| encoding ({n} seed{'s' if n > 1 else ''}) | " + " | ".join(
+        f"{lv} ({lv / train:g}x)" for lv in levels) + " |"
+    lines = [head, "|---" * (len(levels) + 1) + "|"]
+    for lab, by in table["cells"].items():
+        best = {lv: max(c[str(lv)]["mean"] for c in table["cells"].values()) for lv in levels}
+        cells = []
+        for lv in levels:
+            c = by[str(lv)]
+            text = f"{c['mean']:.1f} ± {c['std']:.1f}" if n > 1 else f"{c['mean']:.1f}"
+            if math.isclose(c["mean"], best[lv], abs_tol=1e-9):
+                text = f"**{text}**"
+            if n > 1 and lab in table["best_every_seed"][str(lv)]:
+                text += " *"
+            cells.append(text)
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    if n > 1 and table["paired"]:
+        ref = table["reference"]
+        lines += ["", f"Paired per-seed differences, {ref} minus each encoding (accuracy points, mean ± std; "
+                      f"in brackets: seeds where {ref} is ahead, of {n}):", "",
+                  f"| {ref} minus | " + " | ".join(str(lv) for lv in levels) + " |",
+                  "|---" * (len(levels) + 1) + "|"]
+        for lab, by in table["paired"].items():
+            lines.append(f"| {lab} | " + " | ".join(
+                f"{by[str(lv)]['mean']:+.1f} ± {by[str(lv)]['std']:.1f} ({by[str(lv)]['ref_ahead_in']})"
+                for lv in levels) + " |")
+    return "\n".join(lines)
+
+
+def write_synth(out: Path, summary: dict[str, Any], text: str) -> None:
+    write_json(out / "results.json", summary)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["label", "position", "seed", summary["level_name"], "length", "accuracy", "correct", "answers"])
+    for r in summary["runs"]:
+        for s in r["results"]:
+            w.writerow([r["label"], r["position"], r["seed"], s["level"], s["length"], f"{s['accuracy']:.4f}",
+                        s["correct"], s["answers"]])
+    write_text(out / "results.csv", buf.getvalue())
+    write_text(out / "results.md", text + "\n")
+    from .plots import synth_accuracy, synth_distance_heatmap
+
+    synth_accuracy(summary, out / "accuracy.png")
+    if summary["task"]["task"] == "recall":
+        for lab in summary["table"]["cells"]:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in lab)
+            synth_distance_heatmap(summary, lab, out / f"recall_{safe}.png")
+
