@@ -728,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--out", default="runs/synth", help="output folder")
     y.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
                    help="comma-separated encodings; use ';' between specs that carry options")
-    y.add_argument("--seeds", default="1", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2")
+    y.add_argument("--seeds", default="3", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2")
     y.add_argument("--lengths", help="scored lengths (addition: digits); default: training length x 1, 2, 4, ... "
                                      "--max-factor (addition: digits x 1..4)")
     y.add_argument("--max-factor", type=_int, default=16)
