@@ -53,6 +53,33 @@ def test_compare_and_ablate(tmp_path, text_corpus, capsys):
     assert "| lin |" in (tmp_path / "abl" / "results.md").read_text()
 
 
+def test_compare_with_seeds_gives_mean_std_and_paired_differences(tmp_path, text_corpus, capsys):
+    out_dir = tmp_path / "cmp"
+    code, out, err = run_cli(["compare", "--out", out_dir, "--encodings", "nope,fire", "--steps", "3", "--seeds", "2",
+                              "--max-factor", "2", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0, err
+    summary = json.loads((out_dir / "results.json").read_text())
+    assert summary["seeds"] == [0, 1] and (out_dir / "fire" / "seed-1" / "config.json").exists()
+    assert json.loads((out_dir / "fire" / "seed-1" / "config.json").read_text())["train"]["seed"] == 1
+    per = {(r["label"], r["seed"]): r["results"][0]["log_ppl"] for r in summary["runs"]}
+    assert per[("fire", 0)] != per[("fire", 1)]  # the seed changes the run ...
+    cell = summary["table"]["cells"]["fire"]["16"]
+    assert cell["mean"] == pytest.approx((per[("fire", 0)] + per[("fire", 1)]) / 2)
+    diff = summary["table"]["paired"]["nope"]["16"]
+    want = [per[("fire", s)] - per[("nope", s)] for s in (0, 1)]
+    assert diff["mean"] == pytest.approx(sum(want) / 2)
+    assert diff["ref_ahead_in"] == sum(d < 0 for d in want)  # lower log perplexity is better
+    table = (out_dir / "results.md").read_text()
+    assert "±" in table and "Paired per-seed differences, fire minus" in table
+    assert (out_dir / "results.csv").read_text().splitlines()[0] == "label,position,seed,length,log_ppl,ppl"
+    code, out, err = run_cli(["compare", "--out", tmp_path / "x", "--seeds", "0,0", "--corpus", text_corpus, *TINY],
+                             capsys)
+    assert code == 2 and "twice" in err and not (tmp_path / "x").exists()
+    code, out, err = run_cli(["compare", "--out", tmp_path / "x", "--seeds", "2", "--task", "passkey",
+                              "--corpus", text_corpus, *TINY], capsys)
+    assert code == 2 and "one seed" in err and not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("args,match", [
     (["train", "--out", "{tmp}/r", "--corpus", "{tmp}/missing"], "does not exist"),
     (["train", "--out", "{tmp}/r", "--seq-len", "1"], "at least 2 tokens"),

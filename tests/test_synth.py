@@ -101,7 +101,7 @@ def test_best_in_every_seed_and_paired_differences():
     assert t["paired"]["nope"]["128"]["std"] == pytest.approx(((0 - 30) ** 2 + (60 - 30) ** 2) ** 0.5)
     text = format_synth({**_summary(acc), "table": t, "level_name": "length", "train_len": 64,
                          "task": {"digits": 8}})
-    assert "| fire | **85.0 ± 7.1** | **60.0 ± 14.1** * |" in text
+    assert "| fire | **85.0 ± 7.1** | **60.0 ± 14.1** * |" in text, text
     assert "| rope | 82.5 ± 17.7 | 50.0 ± 14.1 |" in text
 
 

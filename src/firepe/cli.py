@@ -327,6 +327,11 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
     if task is not None and task != "passkey":
         raise ValueError(f"compare --task supports passkey only, got {task!r}; fine-tune and score other tasks "
                          "with firepe finetune and firepe score.")
+    from .synth import parse_seeds
+
+    seeds = parse_seeds(args.seeds, first=train.seed) if args.seeds is not None else None
+    if task and seeds is not None and len(seeds) > 1:
+        raise ValueError("compare --task passkey takes one seed for now; drop --seeds or pass --seeds 1.")
     task_train = _passkey_train(args, train) if task else None
     depths = None
     if task and args.depths is not None:
@@ -334,7 +339,8 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
 
         depths = parse_depths(args.depths)
     summary = compare(out, specs, replace(model, position="nope", position_options={}), train, data,
-                      _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=train.progress)
+                      _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=train.progress,
+                      seeds=seeds)
     print(f"wrote {out / 'results.md'}, results.json, results.csv and perplexity.png")
     if task:
         from .compare import compare_passkey
@@ -707,6 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--variants", help="';'-separated specs (default: the Appendix B set)")
         c.add_argument("--lengths", help="evaluation lengths (default: train length x 1, 2, 4, ... max-factor)")
         c.add_argument("--max-factor", type=_int, default=8)
+        c.add_argument("--seeds", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2: mean ± std "
+                                       "over seeds, OUT/<label>/seed-<s> (default: the one --seed, OUT/<label>)")
         if name == "compare":
             c.add_argument("--task", choices=["passkey"], help="then fine-tune every model on passkey at its "
                                                                "training length and score it at every length")

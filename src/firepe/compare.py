@@ -38,6 +38,7 @@ from .evaluate import evaluate_run
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, write_json, write_text, writing
+from .seeds import format_seed_table, seed_table
 from .tracking import check_installed
 from .train import TrainConfig, Trainer
 
@@ -109,8 +110,13 @@ def _run_finished(run_dir: Path, steps: int) -> bool:
 
 def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig,
             data_cfg: DataConfig, lengths: list[int], val_tokens: int | None = None,
-            progress: bool = True, log=print) -> dict[str, Any]:
+            progress: bool = True, log=print, seeds: list[int] | None = None) -> dict[str, Any]:
+    """``seeds``: several seeds train ``out/<label>/seed-<s>`` each (one seed: ``out/<label>``, seed
+    ``train_cfg.seed``); the table is then mean ± std over the seeds with paired differences
+    (:mod:`firepe.seeds`), on the same validation tokens."""
     out = Path(out)
+    seeds = list(seeds) if seeds else [train_cfg.seed]
+    several = len(seeds) > 1
     if not specs:
         raise ValueError("no encodings to compare; pass e.g. --encodings nope,rope,fire.")
     parsed = [s if isinstance(s, Spec) else parse_spec(s) for s in specs]
@@ -122,40 +128,48 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     plans = []
     for spec in parsed:  # refuse before training (or creating) anything
         opts = training_options(spec.position, spec.options, train_cfg.seq_len)
-        run, mcfg = RunFolder(out / spec.label), replace(model, position=spec.position, position_options=opts)
-        if run.has_run():
-            _same_settings(run, mcfg, train_cfg, data_cfg)
-            _check_not_past(run, train_cfg.steps, "--steps")
-        plans.append((spec, opts, run, mcfg))
+        mcfg = replace(model, position=spec.position, position_options=opts)
+        for seed in seeds:
+            run = RunFolder(out / spec.label / f"seed-{seed}" if several else out / spec.label)
+            tcfg = replace(train_cfg, seed=seed)
+            if run.has_run():
+                _same_settings(run, mcfg, tcfg, data_cfg)
+                _check_not_past(run, tcfg.steps, "--steps")
+            plans.append((spec, opts, run, mcfg, tcfg, seed))
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for spec, opts, run, mcfg in plans:
-        if _run_finished(run.path, train_cfg.steps):
-            log(f"[{spec.label}] already trained, reusing {run.path}")
+    for spec, opts, run, mcfg, tcfg, seed in plans:
+        name = f"{spec.label} seed {seed}" if several else spec.label
+        if _run_finished(run.path, tcfg.steps):
+            log(f"[{name}] already trained, reusing {run.path}")
         else:
             resume = run.has_run()
-            log(f"[{spec.label}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
+            log(f"[{name}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
             if resume:
-                Trainer(run.path, resume=True, changes={k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE},
+                Trainer(run.path, resume=True, changes={k: getattr(tcfg, k) for k in _RUNTIME + _EXTENDABLE},
                         log_group=group).fit()
             else:
-                Trainer(run.path, mcfg, train_cfg, data_cfg, log_group=group).fit()
+                Trainer(run.path, mcfg, tcfg, data_cfg, log_group=group).fit()
         res = evaluate_run(run.path, lengths, val_tokens=val_tokens, progress=progress)
-        rows.append({"label": spec.label, "position": spec.position, "options": opts,
-                     "results": res["results"]})
+        row = {"label": spec.label, "position": spec.position, "options": opts, "results": res["results"]}
+        rows.append({**row, "seed": seed, "run": str(run.path)} if several else row)
     summary = {"train_len": train_cfg.seq_len, "lengths": lengths, "steps": train_cfg.steps,
                "model": {k: v for k, v in model.to_dict().items() if k not in ("position", "position_options")},
                "runs": rows}
+    if several:
+        summary["seeds"] = seeds
+        summary["table"] = seed_summary(summary)
     table = format_table(summary)
     log(table)
     write_json(out / "results.json", summary)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label", "position", "length", "log_ppl", "ppl"])
+    w.writerow(["label", "position", *(["seed"] if several else []), "length", "log_ppl", "ppl"])
     for r in rows:
         for x in r["results"]:
-            w.writerow([r["label"], r["position"], x["length"], f"{x['log_ppl']:.6f}", f"{x['ppl']:.4f}"])
+            w.writerow([r["label"], r["position"], *([r["seed"]] if several else []), x["length"],
+                        f"{x['log_ppl']:.6f}", f"{x['ppl']:.4f}"])
     write_text(out / "results.csv", buf.getvalue())
     write_text(out / "results.md", table + "\n")
     from .plots import perplexity_vs_length
@@ -164,10 +178,22 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     return summary
 
 
+def seed_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """:func:`firepe.seeds.seed_table` of the log perplexities of a several-seed comparison (lower is
+    better; reference ``fire`` if present)."""
+    labels = list(dict.fromkeys(r["label"] for r in summary["runs"]))
+    value = {(r["label"], r["seed"], x["length"]): x["log_ppl"] for r in summary["runs"] for x in r["results"]}
+    return seed_table(value, labels, summary["seeds"], summary["lengths"], higher_is_better=False, reference="fire")
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """Markdown table of log perplexity: rows encodings, columns lengths, best per column in bold."""
+    """Markdown table of log perplexity: rows encodings, columns lengths, best per column in bold.
+    Several seeds: mean ± std, ``*`` best in every seed, and the paired differences."""
     lengths = summary["lengths"]
     train_len = summary["train_len"]
+    if "table" in summary:
+        return format_seed_table(summary["table"], lengths, lambda n: f"{n} ({n / train_len:g}x)", 3, False,
+                                 len(summary["seeds"]), "log perplexity")
     best = {n: min(r_["log_ppl"] for run in summary["runs"] for r_ in run["results"] if r_["length"] == n)
             for n in lengths}
     head = "| encoding | " + " | ".join(

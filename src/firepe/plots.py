@@ -94,10 +94,19 @@ def perplexity_vs_length(summary: dict[str, Any] | str | Path, path: str | Path 
     if not isinstance(summary, dict):
         summary = json.loads(Path(summary).read_text())
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for run in summary["runs"]:
-        xs = [r["length"] for r in run["results"]]
-        ys = [r["log_ppl"] for r in run["results"]]
-        ax.plot(xs, ys, marker="o", lw=1.5, label=run["label"])
+    if "table" in summary:  # several seeds: the mean with a +-1 std band
+        xs = summary["lengths"]
+        for label, by in summary["table"]["cells"].items():
+            m = [by[str(n)]["mean"] for n in xs]
+            sd = [by[str(n)]["std"] for n in xs]
+            (line,) = ax.plot(xs, m, marker="o", lw=1.5, label=label)
+            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
+                            color=line.get_color(), alpha=0.15)
+    else:
+        for run in summary["runs"]:
+            xs = [r["length"] for r in run["results"]]
+            ys = [r["log_ppl"] for r in run["results"]]
+            ax.plot(xs, ys, marker="o", lw=1.5, label=run["label"])
     ax.axvline(summary["train_len"], color="gray", ls="--", lw=1, label=f"train length {summary['train_len']}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(summary["lengths"], [str(n) for n in summary["lengths"]])
@@ -202,7 +211,8 @@ def synth_distance_heatmap(summary: dict[str, Any], label: str, path: str | Path
         for s in r["results"]:
             j = levels.index(s["level"])
             for b in s["by_distance"]:
-                counts[edges.index(b["max_distance"]), j] += torch.tensor([b["correct"], b["answers"]], dtype=torch.float)
+                pair = torch.tensor([b["correct"], b["answers"]], dtype=torch.float)
+                counts[edges.index(b["max_distance"]), j] += pair
     grid = torch.where(counts[..., 1] > 0, 100 * counts[..., 0] / counts[..., 1].clamp(min=1), float("nan"))
     fig, ax = plt.subplots(figsize=(1.2 * len(levels) + 2.5, 0.45 * len(edges) + 2))
     im = ax.imshow(grid.numpy(), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")

@@ -29,7 +29,8 @@ from .data import DataConfig
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
-from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch, std
+from .seeds import format_seed_table, seed_table
+from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch
 from .tracking import check_installed
 from .train import TrainConfig, Trainer, load_run, resolve_device
 
@@ -217,8 +218,8 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
         else:
             resume = run.has_run()
             log(f"[{spec.label} seed {seed}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
-            trainer = (SynthTrainer(run.path, resume=True, changes={k: getattr(tcfg, k) for k in _RUNTIME + _EXTENDABLE},
-                                    log_group=group) if resume
+            changes = {k: getattr(tcfg, k) for k in _RUNTIME + _EXTENDABLE}
+            trainer = (SynthTrainer(run.path, resume=True, changes=changes, log_group=group) if resume
                        else SynthTrainer(run.path, task_cfg, mcfg, tcfg, log_group=group))
             losses = trainer.fit()
             tok_s = trainer.tokens_per_s
@@ -248,60 +249,19 @@ def _level_name(task: SynthTask) -> str:
 
 
 def aggregate(summary: dict[str, Any]) -> dict[str, Any]:
-    """Per label and level: mean and std of accuracy over seeds, the per-seed values, and per level the
-    labels best in every seed; paired differences against the reference (``fire`` if present)."""
+    """:func:`firepe.seeds.seed_table` of the accuracies (reference ``fire`` if present)."""
     labels = list(dict.fromkeys(r["label"] for r in summary["runs"]))
-    seeds, levels = summary["seeds"], summary["levels"]
     acc = {(r["label"], r["seed"], s["level"]): s["accuracy"] for r in summary["runs"] for s in r["results"]}
-    cells = {lab: {str(lv): {"mean": _mean([acc[lab, s, lv] for s in seeds]),
-                             "std": std([acc[lab, s, lv] for s in seeds]),
-                             "per_seed": [acc[lab, s, lv] for s in seeds]} for lv in levels} for lab in labels}
-    every = {str(lv): [lab for lab in labels
-                       if all(acc[lab, s, lv] >= max(acc[o, s, lv] for o in labels) - 1e-9 for s in seeds)]
-             for lv in levels}
-    ref = "fire" if "fire" in labels else labels[0]
-    paired = {lab: {str(lv): {"mean": _mean(d := [acc[ref, s, lv] - acc[lab, s, lv] for s in seeds]),
-                              "std": std(d), "ref_ahead_in": sum(x > 0 for x in d)} for lv in levels}
-              for lab in labels if lab != ref}
-    return {"cells": cells, "best_every_seed": every, "reference": ref, "paired": paired}
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+    return seed_table(acc, labels, summary["seeds"], summary["levels"], higher_is_better=True, reference="fire")
 
 
 def format_synth(summary: dict[str, Any]) -> str:
-    """Markdown: accuracy (%) mean +- std over seeds (**bold** highest mean, ``*`` best in every seed), then
+    """Markdown: accuracy (%) mean ± std over seeds (**bold** highest mean, ``*`` best in every seed), then
     the reference minus each encoding, paired per seed."""
-    table, levels, name = summary["table"], summary["levels"], summary["level_name"]
+    name = summary["level_name"]
     train = summary["task"]["digits"] if name == "digits" else summary["train_len"]
-    n = len(summary["seeds"])
-    head = f"| encoding ({n} seed{'s' if n > 1 else ''}) | " + " | ".join(
-        f"{lv} ({lv / train:g}x)" for lv in levels) + " |"
-    lines = [head, "|---" * (len(levels) + 1) + "|"]
-    for lab, by in table["cells"].items():
-        best = {lv: max(c[str(lv)]["mean"] for c in table["cells"].values()) for lv in levels}
-        cells = []
-        for lv in levels:
-            c = by[str(lv)]
-            text = f"{c['mean']:.1f} ± {c['std']:.1f}" if n > 1 else f"{c['mean']:.1f}"
-            if math.isclose(c["mean"], best[lv], abs_tol=1e-9):
-                text = f"**{text}**"
-            if n > 1 and lab in table["best_every_seed"][str(lv)]:
-                text += " *"
-            cells.append(text)
-        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-    if n > 1 and table["paired"]:
-        ref = table["reference"]
-        lines += ["", f"Paired per-seed differences, {ref} minus each encoding (accuracy points, mean ± std; "
-                      f"in brackets: seeds where {ref} is ahead, of {n}):", "",
-                  f"| {ref} minus | " + " | ".join(str(lv) for lv in levels) + " |",
-                  "|---" * (len(levels) + 1) + "|"]
-        for lab, by in table["paired"].items():
-            lines.append(f"| {lab} | " + " | ".join(
-                f"{by[str(lv)]['mean']:+.1f} ± {by[str(lv)]['std']:.1f} ({by[str(lv)]['ref_ahead_in']})"
-                for lv in levels) + " |")
-    return "\n".join(lines)
+    return format_seed_table(summary["table"], summary["levels"], lambda lv: f"{lv} ({lv / train:g}x)", 1, True,
+                             len(summary["seeds"]), "accuracy points")
 
 
 def write_synth(out: Path, summary: dict[str, Any], text: str) -> None:

@@ -37,14 +37,13 @@ every encoding and every seed is scored on the same examples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 __all__ = ["SynthConfig", "SynthTask", "SYNTH_TASKS", "PAD", "SEP", "EOS", "rows_from", "score_batch", "distance_bins",
-           "bin_of", "std"]
+           "bin_of"]
 
 PAD, SEP, EOS = 0, 1, 2
 _FIRST = 3
@@ -317,10 +316,3 @@ def bin_of(distance: int, edges: list[int]) -> int:
             return i
     return len(edges) - 1
 
-
-def std(values: list[float]) -> float:
-    """Sample standard deviation (n - 1); 0 for one value."""
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
