@@ -169,12 +169,13 @@ def test_given_positions_reach_every_encoding(monkeypatch, name):
                     position_options=positions.training_options(name, required, 16))
     model = GPT(cfg)
     enc = model.position_for(0)
-    method = "compute_angles" if enc.kind == "rotary" else "compute_bias"
+    method = "compute_angles" if enc.kind == "rotary" else "compute_bias_rows"
     seen = _spy_positions(monkeypatch, type(enc), method)
     idx = torch.randint(0, 11, (2, 6))
     pos = torch.tensor([[0, 3, 4, 9, 20, 31], [1, 2, 5, 6, 7, 40]])
     out_given = model(idx, positions=pos)[0]
     assert seen and any(any(torch.equal(t.reshape(-1)[:6], pos[0]) for t in call) for call in seen), seen
+    assert any(any(torch.equal(t.reshape(-1)[-6:], pos[1]) for t in call) for call in seen), seen
     out_plain = model(idx)[0]
     assert not torch.allclose(out_given, out_plain)  # the positions change the output ...
     assert torch.allclose(model(idx, positions=torch.arange(6).expand(2, 6))[0], out_plain, atol=1e-5)  # ... 0..T-1 not
@@ -225,3 +226,21 @@ def test_random_positions_must_cover_the_training_length():
     with pytest.raises(ValueError, match=r"random_positions \(M\) must be an integer >= the training length 64"):
         TrainConfig(seq_len=64, random_positions=63)
     assert replace(TrainConfig(seq_len=64, random_positions=64)).random_positions == 64
+
+
+@pytest.mark.parametrize("name", ["fire", "fire_s", "alibi", "kerple_log", "t5", "sandwich", "kerple_power"])
+def test_per_row_bias_equals_row_by_row_bias_and_gradients(name):
+    enc = positions.build(name, num_heads=2, head_dim=8, **positions.training_options(name, {}, 16))
+    q = torch.rand(3, 200, generator=torch.Generator().manual_seed(1)).topk(12, dim=1).indices.sort(1).values
+    causal = (q[:, :, None] >= q[:, None, :])[:, None]  # entries past the causal mask are never read
+    got = enc.compute_bias_rows(q, q)
+    want = torch.stack([enc.compute_bias(a, a) for a in q])
+    assert got.shape == (3, 2, 12, 12)
+    got, want = torch.where(causal, got, 0), torch.where(causal, want, 0)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    params = [p for p in enc.parameters() if p.requires_grad]
+    if params:
+        g1 = torch.autograd.grad(got.sum(), params)
+        g2 = torch.autograd.grad(want.sum(), params)
+        for a, b in zip(g1, g2):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -296,7 +296,7 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     bias = bias_cache.get(id(enc)) if bias_cache is not None else None
     if bias is None:
-        bias = torch.stack([enc.compute_bias(rows.q[b], rows.k[b]) for b in range(q.shape[0])])
+        bias = enc.compute_bias_rows(rows.q, rows.k)
         if bias_cache is not None:
             bias_cache[id(enc)] = bias
     mask = torch.where(allowed, bias.to(q.dtype), torch.tensor(float("-inf"), dtype=q.dtype, device=q.device))

@@ -103,8 +103,8 @@ def outside_autocast(fn):
 
 
 #: the methods every encoding runs outside autocast (wrapped in each class that defines them)
-AUTOCAST_FREE = ("compute_bias", "score_mod", "distance_bias", "compute_angles", "f", "distance_table",
-                 "interpolation_table", "lookup_table")
+AUTOCAST_FREE = ("compute_bias", "compute_bias_rows", "score_mod", "distance_bias", "compute_angles", "f",
+                 "distance_table", "interpolation_table", "lookup_table")
 
 
 class PositionEncoding(nn.Module):
@@ -166,6 +166,16 @@ class BiasEncoding(PositionEncoding):
 
     def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def compute_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
+        """``[B, H, Q, K]``: the bias of every row's own positions ``q_rows`` ``[B, Q]``, ``k_rows`` ``[B, K]``
+        (padded batches, randomized positions). Translation-invariant encodings gather one per-distance
+        table for all rows; others compute row by row (FIRE overrides it to build its table once)."""
+        if self.translation_invariant:
+            span = max(int(q_rows.max()) - int(k_rows.min()), 0) if q_rows.numel() and k_rows.numel() else 0
+            per_distance = self.distance_bias(span, q_rows.device)
+            return per_distance[:, (q_rows[:, :, None] - k_rows[:, None, :]).clamp(min=0)].transpose(0, 1)
+        return torch.stack([self.compute_bias(q, k) for q, k in zip(q_rows, k_rows)])
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         return self.bias(q_pos, k_pos)

@@ -201,6 +201,12 @@ class FIRE(BiasEncoding):
         exact = self.f(self.psi(dist[idx].to(self.init_L.dtype)) / self.normalizer(q_pos[idx])[:, None])
         return out.index_copy(1, idx, exact.permute(2, 0, 1).to(out.dtype))
 
+    def compute_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
+        """``[B, H, Q, K]`` per-row bias; table mode builds its lookup table once for all rows."""
+        if self.bias_mode == "table":
+            return fire_table.table_bias_rows(self, q_rows, k_rows)
+        return super().compute_bias_rows(q_rows, k_rows)
+
     def distance_table(self, max_distance: int) -> torch.Tensor:
         """``[H, max_distance + 1]``: the bias of rows ``i <= L`` at distance ``d = 0..max_distance``."""
         grid = torch.arange(max_distance + 1, device=self.init_L.device, dtype=self.init_L.dtype)

@@ -30,7 +30,7 @@ from .base import causal_row_blocks, position_span
 if TYPE_CHECKING:
     from .fire import FIRE
 
-__all__ = ["interpolation_table", "lookup_table", "table_bias", "table_score_mod"]
+__all__ = ["interpolation_table", "lookup_table", "table_bias", "table_bias_rows", "table_score_mod"]
 
 
 def _snapshot_key(tensors: list[torch.Tensor]) -> tuple:
@@ -92,6 +92,20 @@ def table_bias(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Te
     else:
         idx = i0
     return _LerpLookup.apply(table, idx, w, causal_row_blocks(q_pos, k_pos, 256))
+
+
+def table_bias_rows(fire: FIRE, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
+    """``[B, H, Q, K]``: :func:`table_bias` of every row's positions, the lookup table (an MLP pass over
+    ``table_size`` points) built once for all rows on the fused-kernel path, not once per row."""
+    dtype = fire.init_L.dtype
+    if not (dtype == torch.float32 and fire.init_L.device.type == "cpu" and fire_kernel.available()):
+        return torch.stack([table_bias(fire, q, k) for q, k in zip(q_rows, k_rows)])
+    max_d = max((position_span(q, k) for q, k in zip(q_rows, k_rows)), default=0)
+    psi_d = fire.psi(torch.arange(max_d + 1, dtype=dtype))
+    table, base = lookup_table(fire, max_d)
+    g = fire.table_size
+    return torch.stack([fire_kernel.table_lookup(table, psi_d, 1 / fire.normalizer(q), q, k, fire.interpolating_rows(q),
+                                                 base, g) for q, k in zip(q_rows, k_rows)])
 
 
 def table_score_mod(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor):
