@@ -131,11 +131,30 @@ def test_parse_seeds_refuses(text):
     (["--task", "addition", "--lengths", "40"], "scored up to 4 x --digits"),
     (["--encodings", "fire,,rope"], "empty entry"),
     (["--encodings", "firex"], "unknown position encoding"),
+    (["--task", "copy", "--pairs", "2"], "--pairs applies to recall only"),
+    (["--hints"], "--hints applies to addition only"),
+    (["--task", "addition", "--seq-len", "32"], "follows from --digits"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--steps", "0"], "steps must be"),
+    (["--lr", "nan"], "finite"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, match):
     out = tmp_path / "out"
     one_line_error(capsys, ["synth", "--out", out, "--steps", "2", "--no-progress", *argv], match)
     assert not out.exists()
+
+
+def test_cli_synth_resumes_an_interrupted_run_and_extends_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["synth", "--out", out, "--encodings", "rope", "--seeds", "1", "--batch-size", "4", "--no-progress",
+            "--max-factor", "1", "--examples", "16", "--checkpoint-every", "2"]
+    assert run_cli([*base, "--steps", "4"]) == 0
+    (out / "results.json").unlink()
+    assert run_cli([*base, "--steps", "6"]) == 0  # a larger budget resumes the finished run from step 4
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "trained to step 6" in printed
+    assert json.loads((out / "results.json").read_text())["steps"] == 6
+    one_line_error(capsys, [*base, "--steps", "6", "--lr", "0.01"], "other settings")
 
 
 def test_cli_synth_runs(tmp_path, capsys):

@@ -372,6 +372,11 @@ def cmd_ablate(args) -> None:
                 else ABLATION_SPECS)
 
 
+#: the synth options that apply to some tasks only (given for another task, they are refused)
+SYNTH_OPTIONS = {**{k: ("recall",) for k in ("pairs", "keys", "values", "queries", "format", "filler")},
+                 "symbols": ("copy", "reverse"), "digits": ("addition",), "hints": ("addition",)}
+
+
 def cmd_synth(args) -> None:
     from .compare import split_specs
     from .synth import parse_seeds, synth
@@ -380,6 +385,12 @@ def cmd_synth(args) -> None:
 
     train = dataclass_from_args(TrainConfig, args)
     task = dataclass_from_args(SynthConfig, args)
+    wrong = sorted(f for f in args.given if f in SYNTH_OPTIONS and task.task not in SYNTH_OPTIONS[f])
+    if wrong:
+        flag = "--" + wrong[0].replace("_", "-")
+        raise ValueError(f"{flag} applies to {' and '.join(SYNTH_OPTIONS[wrong[0]])} only, not to --task {task.task}.")
+    if task.task == "addition" and "seq_len" in args.given:
+        raise ValueError("--seq-len does not apply to --task addition: its training length follows from --digits.")
     out = _check_out(args.out)
     seeds = parse_seeds(args.seeds, first=train.seed)
     levels = None

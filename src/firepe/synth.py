@@ -228,8 +228,10 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
                 f"last loss {last}" + (f", {tok_s:,.0f} tokens/s" if tok_s else ""))
         t1 = time.perf_counter()
         scores = score_synth_run(run.path, task, levels, examples, device=str(resolve_device(tcfg.device)))
-        log(f"[{spec.label} seed {seed}] scored in {time.perf_counter() - t1:.1f} s: "
-            + " ".join(f"{s['level']}:{s['accuracy']:.1f}%" for s in scores))
+        seconds = time.perf_counter() - t1
+        tokens = sum(s["length"] * math.ceil(examples / task.answers_per_row()) for s in scores)
+        log(f"[{spec.label} seed {seed}] scored {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} "
+            "tokens/s): " + " ".join(f"{s['level']}:{s['accuracy']:.1f}%" for s in scores))
         runs.append({"label": spec.label, "position": spec.position, "options": opts, "seed": seed,
                      "run": str(run.path), "train_tokens_per_s": tok_s, "results": scores})
     summary = {"task": asdict(task_cfg), "train_len": train_len, "level_name": _level_name(task),
