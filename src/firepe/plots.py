@@ -158,17 +158,25 @@ def passkey_heatmap(results: dict[str, Any] | str | Path, label: str, path: str 
     grid = torch.full((len(depths), len(lengths)), float("nan"))
     for r in rows:
         grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["score"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2.5, 0.5 * len(depths) + 2))
-    im = ax.imshow(grid.numpy(), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
-    for i in range(len(depths)):
-        for j in range(len(lengths)):
+    return _accuracy_heatmap(grid, [str(n) for n in lengths], [f"{d:g}" for d in depths], "context length (tokens)",
+                             "key depth", f"passkey accuracy: {label}", path)
+
+
+def _accuracy_heatmap(grid: torch.Tensor, xticks: list[str], yticks: list[str], xlabel: str, ylabel: str,
+                      title: str, path: str | Path, lower: bool = False) -> Path:
+    """Accuracy (%) grid ``[len(yticks), len(xticks)]`` as a red-to-green heat map with the values
+    written in the cells (NaN cells blank); ``lower`` puts the first row at the bottom."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(xticks) + 2.5, 0.5 * len(yticks) + 2))
+    im = ax.imshow(grid.numpy(), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower" if lower else None)
+    for i in range(len(yticks)):
+        for j in range(len(xticks)):
             if not math.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("key depth")
-    ax.set_title(f"passkey accuracy: {label}", fontsize=10)
+    ax.set_xticks(range(len(xticks)), xticks)
+    ax.set_yticks(range(len(yticks)), yticks)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     return save_figure(fig, path)
 
@@ -214,16 +222,5 @@ def synth_distance_heatmap(summary: dict[str, Any], label: str, path: str | Path
                 pair = torch.tensor([b["correct"], b["answers"]], dtype=torch.float)
                 counts[edges.index(b["max_distance"]), j] += pair
     grid = torch.where(counts[..., 1] > 0, 100 * counts[..., 0] / counts[..., 1].clamp(min=1), float("nan"))
-    fig, ax = plt.subplots(figsize=(1.2 * len(levels) + 2.5, 0.45 * len(edges) + 2))
-    im = ax.imshow(grid.numpy(), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")
-    for i in range(len(edges)):
-        for j in range(len(levels)):
-            if not math.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(levels)), [str(n) for n in levels])
-    ax.set_yticks(range(len(edges)), [f"<={e}" for e in edges])
-    ax.set_xlabel("sequence length (tokens)")
-    ax.set_ylabel("distance binding -> query")
-    ax.set_title(f"recall accuracy: {label}", fontsize=10)
-    fig.colorbar(im, ax=ax, label="accuracy (%)")
-    return save_figure(fig, path)
+    return _accuracy_heatmap(grid, [str(n) for n in levels], [f"<={e}" for e in edges], "sequence length (tokens)",
+                             "distance binding -> query", f"recall accuracy: {label}", path, lower=True)
