@@ -135,6 +135,11 @@ def test_parse_seeds_refuses(text):
     (["--hints"], "--hints applies to addition only"),
     (["--task", "addition", "--seq-len", "32"], "follows from --digits"),
     (["--seeds", "0,x"], "--seeds"),
+    (["--max-factor", "100000000"], "--max-factor must be an integer in"),
+    (["--max-factor", "32768"], "at most"),
+    (["--examples", "1000000"], "tokens; at most"),
+    (["--task", "addition", "--lengths", "1,x"], "digit counts"),
+    (["--task", "addition", "--random-positions", "20"], "training length 28"),
     (["--steps", "0"], "steps must be"),
     (["--lr", "nan"], "finite"),
 ])
@@ -155,6 +160,29 @@ def test_cli_synth_resumes_an_interrupted_run_and_extends_it(tmp_path, capsys):
     assert "resuming" in printed and "trained to step 6" in printed
     assert json.loads((out / "results.json").read_text())["steps"] == 6
     one_line_error(capsys, [*base, "--steps", "6", "--lr", "0.01"], "other settings")
+
+
+def test_synth_runs_are_refused_where_text_is_needed_and_eval_seed_may_change(tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["synth", "--out", out, "--encodings", "alibi", "--seeds", "1", "--steps", "2", "--batch-size", "2",
+            "--no-progress", "--max-factor", "1", "--examples", "8"]
+    assert run_cli(base) == 0
+    for argv in (["train", "--out", out / "alibi", "--resume", "--steps", "4"],
+                 ["eval", out / "alibi", "--lengths", "64"],
+                 ["finetune", out / "alibi", "--task", "passkey", "--out", tmp_path / "ft", "--steps", "1"]):
+        one_line_error(capsys, argv, "is a firepe synth run")
+    assert not (tmp_path / "ft").exists()
+    assert run_cli([*base, "--eval-seed", "7"]) == 0  # another evaluation set scores the same runs
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_addition_with_random_positions_and_one_digit(tmp_path):
+    code = run_cli(["synth", "--out", tmp_path / "o", "--task", "addition", "--digits", "2", "--encodings", "rope",
+                    "--seeds", "1", "--steps", "2", "--batch-size", "2", "--no-progress", "--lengths", "1,8",
+                    "--random-positions", "40", "--examples", "8"])
+    assert code == 0
+    saved = json.loads((tmp_path / "o" / "rope" / "config.json").read_text())
+    assert saved["train"]["random_positions"] == 40 and saved["train"]["seq_len"] == 10
 
 
 def test_cli_synth_runs(tmp_path, capsys):
@@ -204,7 +232,8 @@ def test_given_positions_are_checked():
     model = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, d_model=16, position="rope"))
     idx = torch.zeros((1, 4), dtype=torch.long)
     for bad, match in ((torch.tensor([[0, 2, 2, 3]]), "increasing"), (torch.tensor([[0, 1, 2]]), "shape"),
-                       (torch.tensor([[0.0, 1, 2, 3]]), "integers"), (torch.tensor([[-1, 1, 2, 3]]), "increasing")):
+                       (torch.tensor([[0.0, 1, 2, 3]]), "integers"), (torch.tensor([[-1, 1, 2, 3]]), "increasing"),
+                       (torch.tensor([[0, 1, 2, 1 << 21]]), "below")):
         with pytest.raises(ValueError, match=match):
             model(idx, positions=bad)
 

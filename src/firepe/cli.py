@@ -383,8 +383,12 @@ def cmd_synth(args) -> None:
     from .tasks.synthetic import SynthConfig
     from .train import TrainConfig
 
-    train = dataclass_from_args(TrainConfig, args)
     task = dataclass_from_args(SynthConfig, args)
+    if task.task == "addition":  # its training length follows from --digits (checked below)
+        from .tasks.synthetic import SynthTask
+
+        args.seq_len = SynthTask(task).train_length(args.seq_len)
+    train = dataclass_from_args(TrainConfig, args)
     wrong = sorted(f for f in args.given if f in SYNTH_OPTIONS and task.task not in SYNTH_OPTIONS[f])
     if wrong:
         flag = "--" + wrong[0].replace("_", "-")
@@ -394,12 +398,15 @@ def cmd_synth(args) -> None:
     out = _check_out(args.out)
     seeds = parse_seeds(args.seeds, first=train.seed)
     levels = None
-    if args.lengths:
+    if args.lengths and task.task == "addition":
+        try:
+            levels = [int(x) for x in args.lengths.split(",")]
+        except ValueError:
+            raise ValueError(f"--lengths of addition are digit counts like 8,16,32, got {args.lengths!r}.") from None
+    elif args.lengths:
         from .evaluate import parse_lengths
 
         levels = parse_lengths(args.lengths)
-    if args.max_factor < 1:
-        raise ValueError(f"--max-factor must be >= 1, got {args.max_factor}.")
     synth(out, split_specs(args.encodings, "--encodings"), _model_config(args, "nope"), train, task, seeds,
           levels=levels, max_factor=args.max_factor, examples=args.examples)
     print(f"wrote {out / 'results.md'}, results.json, results.csv and accuracy.png")

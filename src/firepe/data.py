@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import struct
 import sysconfig
@@ -426,9 +427,24 @@ def build_tokenizer(cfg: DataConfig, corpus: Corpus):
     raise ValueError(f"unknown tokenizer {cfg.tokenizer!r}; valid: byte, bpe, or a path to tokenizer.json.")
 
 
+def _refuse_synthetic(run_dir: Path) -> None:
+    """A ``firepe synth`` run has a task vocabulary, not a text tokenizer: refuse it where text is needed."""
+    path = run_dir / "tokenizer.json"
+    if not path.is_file() or path.stat().st_size > 1 << 16:
+        return
+    try:
+        kind = json.loads(path.read_text()).get("type")
+    except (ValueError, OSError, AttributeError):
+        return
+    if kind == "synthetic":
+        raise ValueError(f"{run_dir} is a firepe synth run (its vocabulary is a synthetic task's, not text); "
+                         "continue or score it by running the same firepe synth command again.")
+
+
 def load_tokenizer(run_dir: Path, cfg: DataConfig, vocab_size: int | None = None):
     """The tokenizer a run was trained with (``tokenizer.json`` in the run folder for BPE);
     ``vocab_size``: the run's model vocabulary, checked against the tokenizer's."""
+    _refuse_synthetic(Path(run_dir))
     tok = ByteTokenizer() if cfg.tokenizer == "byte" else BPETokenizer.load(Path(run_dir) / "tokenizer.json")
     if vocab_size is not None and tok.vocab_size != vocab_size:
         raise ValueError(f"{Path(run_dir) / 'tokenizer.json'} has {tok.vocab_size} tokens but the run's model has "

@@ -26,6 +26,7 @@ from .attention import (
     bias_encoding,
     encoding_kind,
 )
+from .limits import MAX_LENGTH
 from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
 from .runs import dataclass_from_dict
@@ -328,6 +329,8 @@ class GPT(nn.Module):
         positions = positions.long()
         if tokens > 1 and bool((positions[:, 1:] <= positions[:, :-1]).any()) or bool((positions < 0).any()):
             raise ValueError("positions must be increasing integers >= 0 along every row.")
+        if bool((positions >= MAX_LENGTH).any()):
+            raise ValueError(f"positions must be below {MAX_LENGTH:,} (firepe.limits.MAX_LENGTH).")
         valid = torch.ones_like(positions, dtype=torch.bool)
         return RowPositions(q=positions, k=positions, valid=valid)
 

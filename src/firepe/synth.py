@@ -26,6 +26,7 @@ import torch
 
 from .compare import _check_not_past, _log_group, _run_finished, _same_settings
 from .data import DataConfig
+from .limits import MAX_LENGTH, check_at_most
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
@@ -127,38 +128,54 @@ class SynthTrainer(Trainer):
         self.data = SynthData(task, self.cfg.seq_len)
 
 
+#: most evaluation tokens per level (rows x length) and most logits per forward pass (rows x length x vocab)
+MAX_EVAL_TOKENS = 1 << 24
+MAX_LOGITS = 1 << 27
+
+
+def _eval_rows(task: SynthTask, examples: int, length: int) -> int:
+    rows = max(1, math.ceil(examples / task.answers_per_row()))
+    if rows * length > MAX_EVAL_TOKENS:
+        raise ValueError(f"--examples {examples} at length {length} would score {rows * length:,} tokens; at most "
+                         f"{MAX_EVAL_TOKENS:,} per length: pass fewer --examples or shorter --lengths.")
+    return rows
+
+
 @torch.no_grad()
 def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], examples: int = 256,
                     device: str = "cpu", batch_tokens: int = 32768) -> list[dict[str, Any]]:
     """Accuracy (exact match of every answer) of a trained run at every level, on the fixed evaluation
-    examples; recall adds ``by_distance`` (answers by binding-query distance, power-of-two bins)."""
+    examples. Recall counts the first query of each key (``accuracy_all_queries``: every query) and adds
+    ``by_distance`` (those answers by binding-query distance, power-of-two bins)."""
     model, _ = load_run(run_dir, device)
     dev = next(model.parameters()).device
     out = []
     for level in levels:
-        rows = max(1, math.ceil(examples / task.answers_per_row()))
+        n = task.addition_length(level) if task.name == "addition" else level
+        rows = _eval_rows(task, examples, n)
         tokens, answer, extra = task.eval_batch(rows, level)
-        n = tokens.shape[1]
-        chunk = max(1, batch_tokens // n)
+        chunk = max(1, min(batch_tokens // n, MAX_LOGITS // (n * task.vocab_size)))
         correct = []
         t0 = time.perf_counter()
         for i in range(0, rows, chunk):
-            x = tokens[i:i + chunk].to(dev)
-            logits, _ = model(x)
+            logits, _ = model(tokens[i:i + chunk].to(dev))
             correct.append(score_batch(logits.cpu(), tokens[i:i + chunk], answer[i:i + chunk]))
-        ok = torch.cat(correct)  # [rows, answers per row]
+        ok = torch.cat(correct).flatten()  # row-major: the order of ``answer >= 0`` below
         seconds = time.perf_counter() - t0
-        res = {"level": level, "length": n, "correct": int(ok.sum()), "answers": ok.numel(),
-               "accuracy": 100.0 * float(ok.float().mean()), "tokens_per_s": rows * n / max(seconds, 1e-9)}
-        if "distance" in extra:
-            dist = extra["distance"][answer >= 0]  # row-major: the order of the answers in ``ok``
+        res = {"level": level, "length": n, "tokens_per_s": rows * n / max(seconds, 1e-9)}
+        if "first" in extra:
+            first = extra["first"][answer >= 0]
+            res["accuracy_all_queries"] = 100.0 * float(ok.float().mean())
+            dist = extra["distance"][answer >= 0][first]
+            ok = ok[first]
             edges = distance_bins(n)
             bins = [[0, 0] for _ in edges]
-            for d, c in zip(dist.tolist(), ok.flatten().tolist()):
+            for d, c in zip(dist.tolist(), ok.tolist()):
                 b = bins[bin_of(d, edges)]
                 b[0] += int(c)
                 b[1] += 1
             res["by_distance"] = [{"max_distance": e, "correct": c, "answers": a} for e, (c, a) in zip(edges, bins)]
+        res.update(correct=int(ok.sum()), answers=ok.numel(), accuracy=100.0 * float(ok.float().mean()))
         out.append(res)
     return out
 
@@ -186,9 +203,14 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
     train_cfg = replace(train_cfg, seq_len=train_len)
     task.check_level(task_cfg.digits if task.name == "addition" else train_len,
                      "digits" if task.name == "addition" else "training length")
+    if not isinstance(max_factor, int) or isinstance(max_factor, bool) or not 1 <= max_factor <= MAX_LENGTH:
+        raise ValueError(f"--max-factor must be an integer in [1, {MAX_LENGTH}], got {max_factor!r}.")
     levels = levels or task.levels(train_len, max_factor)
     for lv in levels:
         task.check_level(lv, "digits" if task.name == "addition" else "length")
+        n = task.addition_length(lv) if task.name == "addition" else lv
+        check_at_most(n, f"the scored length {n}", MAX_LENGTH, " tokens")
+        _eval_rows(task, examples, n)
     check_installed(train_cfg.log_to)
     group = _log_group(out)
     several = len(seeds) > 1
@@ -201,7 +223,7 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
             if run.has_run():
                 _same_settings(run, mcfg, tcfg, DataConfig())
                 saved = synth_section(run.read_config(), str(run.config_path))
-                if saved != task_cfg:
+                if replace(saved, eval_seed=task_cfg.eval_seed) != task_cfg:  # the evaluation set may change
                     raise ValueError(f"{run.path} holds a run on another task ({saved.task} {asdict(saved)}); use "
                                      "another --out or remove that folder.")
                 _check_not_past(run, tcfg.steps, "--steps")

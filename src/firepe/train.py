@@ -464,7 +464,8 @@ class Trainer:
         M = self.cfg.random_positions
         if M is None:
             return None
-        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 4099 + micro * 131 + self.rank)
+        g = torch.Generator().manual_seed(((self.cfg.seed * 1_000_003 + step) * 4099 + micro * 131 + self.rank)
+                                          % (1 << 63))
         pos = torch.rand(rows, M, generator=g).topk(tokens, dim=1).indices.sort(dim=1).values
         return pos.to(self.device)
 

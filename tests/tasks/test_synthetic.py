@@ -41,7 +41,8 @@ def test_recall_answers_are_the_bound_values(fmt):
     cfg = SynthConfig(format=fmt, pairs=5, keys=9, values=7, queries=6)
     task = SynthTask(cfg)
     tokens, answer, extra = _gen(task, 16, 96, seed=3)
-    for row, ans, dist in zip(tokens.tolist(), answer.tolist(), extra["distance"].tolist()):
+    for row, ans, dist, first_flags in zip(tokens.tolist(), answer.tolist(), extra["distance"].tolist(),
+                                           extra["first"].tolist()):
         bound, where = {}, {}
         for t, tok in enumerate(row[:96 - 2 * cfg.queries]):
             if fmt == "fact" and tok >= task.fact0:
@@ -52,10 +53,13 @@ def test_recall_answers_are_the_bound_values(fmt):
         assert len(bound) == cfg.pairs  # distinct keys, every binding present once
         answers = [t for t, a in enumerate(ans) if a >= 0]
         assert [ans[t] for t in answers] == list(range(cfg.queries))
+        asked = set()
         for t in answers:
             key = row[t - 1] - task.key0
             assert row[t] - task.val0 == bound[key]
             assert dist[t] == (t - 1) - where[key]
+            assert first_flags[t] == (key not in asked)  # only the first query of a key is scored
+            asked.add(key)
 
 
 @pytest.mark.parametrize("name", ["copy", "reverse"])
@@ -122,6 +126,13 @@ def test_score_batch_counts_exact_matches_of_known_predictions():
     pred[1, last] = (pred[1, last] + 1) % task.vocab_size
     ok = score_batch(torch.nn.functional.one_hot(torch.roll(pred, -1, 1), task.vocab_size).float(), tokens, answer)
     assert ok.tolist() == [[True], [False]]
+
+
+def test_score_batch_refuses_rows_with_different_answer_counts():
+    tokens = torch.tensor([[3, 4, 5], [3, 4, 5]])
+    answer = torch.tensor([[-1, 0, 1], [-1, 0, -1]])
+    with pytest.raises(ValueError, match="same number of answers"):
+        score_batch(torch.zeros(2, 3, 6), tokens, answer)
 
 
 def test_rows_from_targets_only_answers():

@@ -16,7 +16,9 @@ Token ids 0-2 are shared: ``PAD`` (after a short example), ``SEP`` (``=``) and `
   ``format="fact"`` (default) one binding is one token ``k=v`` (``keys x values`` fact tokens), so
   a query is answered by one content lookup over any distance; ``format="split"`` writes a
   binding as two tokens ``k v`` (MQAR proper), which needs an induction circuit (two composed
-  heads). Example (``pairs=2``, n=16, ``queries=3``; ``.`` filler)::
+  heads). Training supervises every query; scoring counts the first query of each key only (a later
+  one could copy the value of an earlier query instead of finding the binding). Example
+  (``pairs=2``, n=16, ``queries=3``; ``.`` filler)::
 
       . . k2=v7 . . . k5=v1 . . .   k5 [v1] k2 [v7] k5 [v1]
 
@@ -80,7 +82,7 @@ class SynthConfig:
                 raise ValueError(f"--{name} must be an integer >= 1, got {v!r}.")
             if v > 4096:
                 raise ValueError(f"--{name} must be at most 4096, got {v}.")
-        if self.keys * self.values > 65536:
+        if self.format == "fact" and self.keys * self.values > 65536:
             raise ValueError(f"--keys x --values ({self.keys} x {self.values}) must be at most 65536 fact tokens.")
         if self.format not in FORMATS:
             raise ValueError(f"--format must be fact or split, got {self.format!r}.")
@@ -197,7 +199,12 @@ class SynthTask:
         answer[ar, qpos + 1] = torch.arange(Q)[None].expand(B, Q)
         distance = torch.zeros((B, n), dtype=torch.long)
         distance[ar, qpos + 1] = qpos - where.gather(1, pick)
-        return tokens, answer, {"distance": distance}
+        # the first query of each key: teacher-forced, a later query of the same key could copy the value of
+        # an earlier one; the first can only be answered from the binding (what scoring counts)
+        earlier = (pick[:, :, None] == pick[:, None, :]).tril(-1).any(-1)
+        first = torch.zeros((B, n), dtype=torch.bool)
+        first[ar, qpos + 1] = ~earlier
+        return tokens, answer, {"distance": distance, "first": first}
 
     def _copy(self, B: int, n: int, g: torch.Generator, training: bool):
         top = (n - 2) // 2
@@ -278,7 +285,8 @@ class SynthTask:
         return self.batch(count, level, g, training=False)
 
     def answers_per_row(self) -> int:
-        return self.cfg.queries if self.name == "recall" else 1
+        """Scored answers per evaluation row (recall: about one per distinct key queried)."""
+        return min(self.cfg.queries, self.cfg.pairs) if self.name == "recall" else 1
 
 
 def rows_from(tokens: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,14 +297,18 @@ def rows_from(tokens: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def score_batch(logits: torch.Tensor, tokens: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-    """Per-answer correctness ``[B, A]`` (A = answers per row) from one teacher-forced pass: an answer is
-    correct when the argmax at the position before each of its tokens is that token."""
+    """Per-answer correctness ``[B, A]`` (A = answers per row, the same in every row) from one teacher-forced
+    pass: an answer is correct when the argmax at the position before each of its tokens is that token."""
     pred = logits[:, :-1].argmax(-1)
     ans = answer[:, 1:]
-    wrong = (pred != tokens[:, 1:]) & (ans >= 0)
+    is_answer = (ans >= 0).long()
+    wrong = (pred != tokens[:, 1:]).long() * is_answer
     A = int(answer.max()) + 1
     per = torch.zeros((tokens.shape[0], A), dtype=torch.long)
-    per.scatter_add_(1, ans.clamp(min=0), wrong.long() * (ans >= 0).long())
+    per.scatter_add_(1, ans.clamp(min=0), wrong)
+    present = torch.zeros_like(per).scatter_add_(1, ans.clamp(min=0), is_answer) > 0
+    if not bool(present.all()):
+        raise ValueError("score_batch needs the same number of answers in every row.")
     return per == 0
 
 
