@@ -4,7 +4,7 @@ each generated row (Python's own integer addition for addition)."""
 import pytest
 import torch
 
-from firepe.tasks.synthetic import EOS, PAD, SEP, SynthConfig, SynthTask, rows_from, score_batch
+from firepe.tasks.synthetic import EOS, PAD, SEP, SynthConfig, SynthTask, distance_bins, rows_from, score_batch
 
 
 def _gen(task, count, level, seed=0, training=False):
@@ -164,3 +164,10 @@ def test_levels_that_cannot_hold_an_example_are_refused():
         SynthTask(SynthConfig(queries=31)).check_level(64)
     with pytest.raises(ValueError, match="scored up to 4 x --digits = 20"):
         SynthTask(SynthConfig(task="addition", digits=5)).check_level(21)
+
+
+def test_distance_bins_are_powers_of_two_at_every_length():
+    assert distance_bins(64) == [4, 8, 16, 32, 64]
+    assert distance_bins(100) == [4, 8, 16, 32, 64, 128]
+    assert distance_bins(3) == [4]
+    assert distance_bins(200)[:6] == distance_bins(100)  # a longer column extends the bins of a shorter one

@@ -313,12 +313,13 @@ def score_batch(logits: torch.Tensor, tokens: torch.Tensor, answer: torch.Tensor
 
 
 def distance_bins(max_distance: int) -> list[int]:
-    """Upper edges of the distance bins of recall: powers of two up to ``max_distance``."""
+    """Upper edges of the distance bins of recall: 4, 8, 16, ... up to the first power of two >=
+    ``max_distance`` (the same bins at every length, so heat-map rows line up across columns)."""
     edges, e = [], 4
     while e < max_distance:
         edges.append(e)
         e *= 2
-    edges.append(max(max_distance, 1))
+    edges.append(e)
     return edges
 
 
