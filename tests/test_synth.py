@@ -9,7 +9,8 @@ import torch
 
 from firepe import positions
 from firepe.model import GPT, GPTConfig, preset
-from firepe.synth import SYNTH_DEFAULTS, SynthTrainer, aggregate, format_synth, parse_seeds, score_synth_run, synth
+from firepe.seeds import parse_seeds
+from firepe.synth import SYNTH_DEFAULTS, SynthTrainer, aggregate, format_synth, score_synth_run, synth
 from firepe.tasks.synthetic import SynthConfig, SynthTask
 from firepe.train import TrainConfig, Trainer
 

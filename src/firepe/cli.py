@@ -327,7 +327,7 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
     if task is not None and task != "passkey":
         raise ValueError(f"compare --task supports passkey only, got {task!r}; fine-tune and score other tasks "
                          "with firepe finetune and firepe score.")
-    from .synth import parse_seeds
+    from .seeds import parse_seeds
 
     seeds = parse_seeds(args.seeds, first=train.seed) if args.seeds is not None else None
     if task and seeds is not None and len(seeds) > 1:
@@ -379,7 +379,8 @@ SYNTH_OPTIONS = {**{k: ("recall",) for k in ("pairs", "keys", "values", "queries
 
 def cmd_synth(args) -> None:
     from .compare import split_specs
-    from .synth import parse_seeds, synth
+    from .seeds import parse_seeds
+    from .synth import synth
     from .tasks.synthetic import SynthConfig
     from .train import TrainConfig
 

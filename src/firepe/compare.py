@@ -108,6 +108,24 @@ def _run_finished(run_dir: Path, steps: int) -> bool:
     return _steps_done(run_dir) >= steps  # steps >= 1 (TrainConfig), so a run without a checkpoint is not
 
 
+def train_or_reuse(run: RunFolder, train_cfg: TrainConfig, what: str, trainer: type[Trainer], new_args: tuple,
+                   name: str, log_group: str | None, log=print) -> tuple[Trainer, list[float]] | None:
+    """One run of a comparison: reuse it when trained to ``train_cfg.steps``, resume it (runtime settings and
+    a larger budget from ``train_cfg``) when it holds a run, else start ``trainer(run.path, *new_args)``;
+    ``(trainer, losses)`` of the fit, or None when reused."""
+    if _run_finished(run.path, train_cfg.steps):
+        log(f"[{name}] already trained, reusing {run.path}")
+        return None
+    again = run.has_run()
+    log(f"[{name}] {'resuming' if again else 'training'} {what}")
+    if again:
+        fitted = trainer(run.path, resume=True, changes={k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE},
+                         log_group=log_group)
+    else:
+        fitted = trainer(run.path, *new_args, log_group=log_group)
+    return fitted, fitted.fit()
+
+
 def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig,
             data_cfg: DataConfig, lengths: list[int], val_tokens: int | None = None,
             progress: bool = True, log=print, seeds: list[int] | None = None) -> dict[str, Any]:
@@ -141,16 +159,7 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     rows = []
     for spec, opts, run, mcfg, tcfg, seed in plans:
         name = f"{spec.label} seed {seed}" if several else spec.label
-        if _run_finished(run.path, tcfg.steps):
-            log(f"[{name}] already trained, reusing {run.path}")
-        else:
-            resume = run.has_run()
-            log(f"[{name}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
-            if resume:
-                Trainer(run.path, resume=True, changes={k: getattr(tcfg, k) for k in _RUNTIME + _EXTENDABLE},
-                        log_group=group).fit()
-            else:
-                Trainer(run.path, mcfg, tcfg, data_cfg, log_group=group).fit()
+        train_or_reuse(run, tcfg, f"{spec.position} {opts or ''}", Trainer, (mcfg, tcfg, data_cfg), name, group, log)
         res = evaluate_run(run.path, lengths, val_tokens=val_tokens, progress=progress)
         row = {"label": spec.label, "position": spec.position, "options": opts, "results": res["results"]}
         rows.append({**row, "seed": seed, "run": str(run.path)} if several else row)

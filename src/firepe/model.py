@@ -327,9 +327,13 @@ class GPT(nn.Module):
         if positions.dtype.is_floating_point or positions.dtype == torch.bool:
             raise ValueError(f"positions must hold integers, got dtype {positions.dtype}.")
         positions = positions.long()
-        if tokens > 1 and bool((positions[:, 1:] <= positions[:, :-1]).any()) or bool((positions < 0).any()):
+        lo, hi = torch.aminmax(positions)
+        steps = positions[:, 1:] - positions[:, :-1]
+        min_step = steps.min() if tokens > 1 else torch.ones((), dtype=torch.long, device=positions.device)
+        lo, hi, min_step = torch.stack([lo, hi, min_step]).tolist()  # one host sync per call
+        if lo < 0 or min_step < 1:
             raise ValueError("positions must be increasing integers >= 0 along every row.")
-        if bool((positions >= MAX_LENGTH).any()):
+        if hi >= MAX_LENGTH:
             raise ValueError(f"positions must be below {MAX_LENGTH:,} (firepe.limits.MAX_LENGTH).")
         valid = torch.ones_like(positions, dtype=torch.bool)
         return RowPositions(q=positions, k=positions, valid=valid)

@@ -11,7 +11,32 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["seed_table", "format_seed_table", "mean", "std"]
+__all__ = ["parse_seeds", "seed_table", "format_seed_table", "mean", "std"]
+
+
+def parse_seeds(text: str | int, first: int = 0) -> list[int]:
+    """``--seeds``: a count ``N`` (seeds ``first .. first + N - 1``) or a comma-separated list ``0,3,7``."""
+    s = str(text).strip()
+    try:
+        if "," in s:
+            seeds = [int(x) for x in s.split(",")]
+        else:
+            n = int(s)
+            if n < 1:
+                raise ValueError(f"--seeds must be a count >= 1 or a list like 0,1,2, got {text!r}.")
+            seeds = list(range(first, first + n))
+    except ValueError as e:
+        if str(e).startswith("--seeds"):
+            raise
+        raise ValueError(f"--seeds must be a count >= 1 or a comma-separated list of integers, got {text!r}.") from None
+    if any(x < 0 for x in seeds):
+        raise ValueError(f"--seeds must be integers >= 0, got {text!r}.")
+    dup = sorted({x for x in seeds if seeds.count(x) > 1})
+    if dup:
+        raise ValueError(f"--seeds names seed {dup[0]} twice; each seed once.")
+    if len(seeds) > 100:
+        raise ValueError(f"--seeds gives {len(seeds)} seeds; at most 100.")
+    return seeds
 
 
 def mean(values: Sequence[float]) -> float:

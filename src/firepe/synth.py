@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from .compare import _check_not_past, _log_group, _run_finished, _same_settings
+from .compare import _check_not_past, _log_group, _same_settings, train_or_reuse
 from .data import DataConfig
 from .limits import MAX_LENGTH, check_at_most
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
-from .seeds import format_seed_table, seed_table
+from .seeds import format_seed_table, parse_seeds, seed_table
 from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch
 from .tracking import check_installed
 from .train import TrainConfig, Trainer, load_run, resolve_device
@@ -40,33 +40,6 @@ __all__ = ["SynthTrainer", "synth", "score_synth_run", "parse_seeds", "format_sy
 #: training settings of ``firepe synth`` (measured: README); the model is the ``tiny`` preset
 SYNTH_DEFAULTS = dict(seq_len=64, batch_size=32, steps=1500, lr=2e-3, warmup_steps=100, weight_decay=0.0,
                       checkpoint_every=500, log_every=50)
-_RUNTIME = ("progress", "device", "threads", "log_to", "log_project")
-_EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every")
-
-
-def parse_seeds(text: str | int, first: int = 0) -> list[int]:
-    """``--seeds``: a count ``N`` (seeds ``first .. first + N - 1``) or a comma-separated list ``0,3,7``."""
-    s = str(text).strip()
-    try:
-        if "," in s:
-            seeds = [int(x) for x in s.split(",")]
-        else:
-            n = int(s)
-            if n < 1:
-                raise ValueError(f"--seeds must be a count >= 1 or a list like 0,1,2, got {text!r}.")
-            seeds = list(range(first, first + n))
-    except ValueError as e:
-        if str(e).startswith("--seeds"):
-            raise
-        raise ValueError(f"--seeds must be a count >= 1 or a comma-separated list of integers, got {text!r}.") from None
-    if any(x < 0 for x in seeds):
-        raise ValueError(f"--seeds must be integers >= 0, got {text!r}.")
-    dup = sorted({x for x in seeds if seeds.count(x) > 1})
-    if dup:
-        raise ValueError(f"--seeds names seed {dup[0]} twice; each seed once.")
-    if len(seeds) > 100:
-        raise ValueError(f"--seeds gives {len(seeds)} seeds; at most 100.")
-    return seeds
 
 
 class SynthTokenizer:
@@ -109,11 +82,9 @@ class SynthTrainer(Trainer):
             return
         self.synth = synth or SynthConfig()
         train_cfg = train_cfg or TrainConfig(**SYNTH_DEFAULTS)
-        length = SynthTask(self.synth).train_length(train_cfg.seq_len)
+        length = SynthTask(self.synth).checked_train_length(train_cfg.seq_len)
         if length != train_cfg.seq_len:
             train_cfg = replace(train_cfg, seq_len=length)
-        SynthTask(self.synth).check_level(self.synth.digits if self.synth.task == "addition" else length,
-                                          "digits" if self.synth.task == "addition" else "training length")
         super().__init__(run_dir, model_cfg, train_cfg, DataConfig(), log_group=log_group)
 
     @property
@@ -162,7 +133,7 @@ def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], exa
             correct.append(score_batch(logits.cpu(), tokens[i:i + chunk], answer[i:i + chunk]))
         ok = torch.cat(correct).flatten()  # row-major: the order of ``answer >= 0`` below
         seconds = time.perf_counter() - t0
-        res = {"level": level, "length": n, "tokens_per_s": rows * n / max(seconds, 1e-9)}
+        res = {"level": level, "length": n, "tokens": rows * n, "tokens_per_s": rows * n / max(seconds, 1e-9)}
         if "first" in extra:
             first = extra["first"][answer >= 0]
             res["accuracy_all_queries"] = 100.0 * float(ok.float().mean())
@@ -199,10 +170,8 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
     task = SynthTask(task_cfg)
-    train_len = task.train_length(train_cfg.seq_len)
+    train_len = task.checked_train_length(train_cfg.seq_len)
     train_cfg = replace(train_cfg, seq_len=train_len)
-    task.check_level(task_cfg.digits if task.name == "addition" else train_len,
-                     "digits" if task.name == "addition" else "training length")
     if not isinstance(max_factor, int) or isinstance(max_factor, bool) or not 1 <= max_factor <= MAX_LENGTH:
         raise ValueError(f"--max-factor must be an integer in [1, {MAX_LENGTH}], got {max_factor!r}.")
     levels = levels or task.levels(train_len, max_factor)
@@ -234,24 +203,19 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
     t_all = time.perf_counter()
     for spec, opts, seed, run, mcfg, tcfg in plans:
         t0 = time.perf_counter()
-        tok_s = None
-        if _run_finished(run.path, tcfg.steps):
-            log(f"[{spec.label} seed {seed}] already trained, reusing {run.path}")
-        else:
-            resume = run.has_run()
-            log(f"[{spec.label} seed {seed}] {'resuming' if resume else 'training'} {spec.position} {opts or ''}")
-            changes = {k: getattr(tcfg, k) for k in _RUNTIME + _EXTENDABLE}
-            trainer = (SynthTrainer(run.path, resume=True, changes=changes, log_group=group) if resume
-                       else SynthTrainer(run.path, task_cfg, mcfg, tcfg, log_group=group))
-            losses = trainer.fit()
-            tok_s = trainer.tokens_per_s
+        name = f"{spec.label} seed {seed}"
+        fitted = train_or_reuse(run, tcfg, f"{spec.position} {opts or ''}", SynthTrainer, (task_cfg, mcfg, tcfg),
+                                name, group, log)
+        tok_s = fitted[0].tokens_per_s if fitted is not None else None
+        if fitted is not None:
+            trainer, losses = fitted
             last = f"{losses[-1]:.4f}" if losses else "n/a"
-            log(f"[{spec.label} seed {seed}] trained to step {trainer.step} in {time.perf_counter() - t0:.0f} s: "
+            log(f"[{name}] trained to step {trainer.step} in {time.perf_counter() - t0:.0f} s: "
                 f"last loss {last}" + (f", {tok_s:,.0f} tokens/s" if tok_s else ""))
         t1 = time.perf_counter()
         scores = score_synth_run(run.path, task, levels, examples, device=str(resolve_device(tcfg.device)))
         seconds = time.perf_counter() - t1
-        tokens = sum(s["length"] * math.ceil(examples / task.answers_per_row()) for s in scores)
+        tokens = sum(s["tokens"] for s in scores)
         log(f"[{spec.label} seed {seed}] scored {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} "
             "tokens/s): " + " ".join(f"{s['level']}:{s['accuracy']:.1f}%" for s in scores))
         runs.append({"label": spec.label, "position": spec.position, "options": opts, "seed": seed,

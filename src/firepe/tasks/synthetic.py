@@ -138,6 +138,15 @@ class SynthTask:
         """The training length: ``seq_len`` except for addition (its ``digits`` decide)."""
         return self.addition_length(self.cfg.digits) if self.name == "addition" else seq_len
 
+    def checked_train_length(self, seq_len: int) -> int:
+        """:meth:`train_length`, refused in one line when it cannot hold a training example."""
+        length = self.train_length(seq_len)
+        if self.name == "addition":
+            self.check_level(self.cfg.digits, "digits")
+        else:
+            self.check_level(length, "training length")
+        return length
+
     def check_level(self, level: int, what: str = "length") -> None:
         """One line naming why ``level`` cannot hold an example."""
         c = self.cfg
