@@ -132,6 +132,44 @@ def test_compare_then_passkey_end_to_end_and_reuse(tmp_path, base, capsys):
            "holds a fine-tuning run with other settings")
 
 
+def test_compare_passkey_seeds(tmp_path, base, capsys):
+    corpus = base[0].parent / "corpus"
+    out = tmp_path / "cmp"
+    argv = ["compare", "--out", out, "--encodings", "nope,fire", "--preset", "tiny", "--seq-len", "96",
+            "--steps", "2", "--batch-size", "2", "--max-factor", "2", "--corpus", corpus, "--val-tokens", "512",
+            "--no-progress", "--task", "passkey", "--task-steps", "2", "--task-examples", "2", "--depths", "0,1",
+            "--seeds", "2"]
+    assert run_cli(argv) == 0
+    capsys.readouterr()
+    folder = out / "passkey"
+    for lab in ("nope", "fire"):
+        for seed in (0, 1):
+            cfg = json.loads((folder / lab / f"seed-{seed}" / "config.json").read_text())
+            assert cfg["train"]["seed"] == seed  # each seed fine-tunes the run of that seed, with that seed
+            assert cfg["finetune"]["base_run"] == str((out / lab / f"seed-{seed}").resolve())
+    res = json.loads((folder / "score.json").read_text())
+    assert res["seeds"] == [0, 1]
+    assert {(r["label"], r["seed"], r["length"], r["depth"]) for r in res["results"]} == {
+        (lab, s, n, d) for lab in ("nope", "fire") for s in (0, 1) for n in (96, 192) for d in (0.0, 1.0)}
+    # the table, recomputed here: per seed the mean over depths, then mean and paired differences over seeds
+    acc = {}
+    for r in res["results"]:
+        acc.setdefault((r["label"], r["seed"], r["length"]), []).append(r["score"])
+    acc = {k: sum(v) / len(v) for k, v in acc.items()}
+    cell = res["table"]["cells"]["nope"]["192"]
+    assert cell["per_seed"] == [acc["nope", 0, 192], acc["nope", 1, 192]]
+    assert cell["mean"] == pytest.approx((acc["nope", 0, 192] + acc["nope", 1, 192]) / 2)
+    diff = [acc["fire", s, 96] - acc["nope", s, 96] for s in (0, 1)]
+    assert res["table"]["paired"]["nope"]["96"]["mean"] == pytest.approx(sum(diff) / 2)
+    assert res["table"]["paired"]["nope"]["96"]["ref_ahead_in"] == sum(d > 0 for d in diff)  # higher is better
+    md = (folder / "score.md").read_text()
+    assert "±" in md and "Paired per-seed differences, fire minus" in md
+    assert (folder / "score.csv").read_text().splitlines()[0].startswith("run,label,seed,task")
+    for name in ("score.png", "passkey_nope.png", "passkey_fire.png"):
+        assert (folder / name).exists()
+    assert run_cli(argv) == 0 and "passkey fine-tuning done, reusing" in capsys.readouterr().out
+
+
 def test_finetune_position_switch_flags(tmp_path, base, capsys):
     run, good = base
     err_of(capsys, ["finetune", run, "--task", f"jsonl:{good}", "--out", tmp_path / "o", "--position", "alibi"],

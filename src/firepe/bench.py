@@ -50,15 +50,22 @@ def check_rows(rows: list[str]) -> None:
             raise ValueError(f"unknown benchmark row {r!r}; valid: {', '.join(valid)}.")
 
 
+#: the FIRE rows' bias modes (the encodings' training defaults at the paper's training length set the rest)
+FIRE_MODES = {"fire_appendix_e": "reference", "fire_exact": "exact"}
+PAPER_TRAIN_LEN = 2048
+
+
 def row_spec(row: str, fire_layers: int) -> tuple[str, dict[str, Any]]:
-    fire = {"mlp_layers": fire_layers, "init_L": 512.0}
-    table = {
-        "fire_appendix_e": ("fire", {**fire, "bias_mode": "reference"}),
-        "fire_exact": ("fire", {**fire, "bias_mode": "exact"}),
-        "fire": ("fire", {**fire, "bias_mode": "table"}),
-        "fire_s": ("fire_s", {**fire, "bias_mode": "table"}),
-    }
-    return table.get(row, (row, {}))
+    """``(encoding, options)`` of a benchmark row: FIRE rows with ``fire_layers`` hidden layers and FIRE's
+    training defaults at the paper's training length (``init_L`` 512, table mode unless the row names a
+    mode); every other encoding with its constructor defaults."""
+    from .positions import training_options
+
+    name = "fire" if row in FIRE_MODES else row
+    if name not in ("fire", "fire_s"):
+        return name, {}  # other encodings run with their constructor defaults
+    opts = {"mlp_layers": fire_layers, **({"bias_mode": FIRE_MODES[row]} if row in FIRE_MODES else {})}
+    return name, training_options(name, opts, PAPER_TRAIN_LEN)
 
 
 def _sync(device: torch.device) -> None:

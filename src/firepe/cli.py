@@ -10,17 +10,34 @@ import argparse
 import math
 import shutil
 import sys
-import types
 import typing
 import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import __version__
-from .attention import BACKENDS
+from .attention import BACKENDS, bias_encoding
+from .bench import ROWS, check_rows, run_bench
+from .compare import ABLATION_SPECS, DEFAULT_SPECS, PASSKEY_DEFAULTS, compare, compare_passkey, split_specs
+from .config import PRESETS, RESUMABLE, DataConfig, TrainConfig, dataclass_from_dict, preset, resume_changes
+from .data import load_tokenizer
+from .evaluate import evaluate_run, parse_lengths, write_results
+from .finetune import FINETUNE_DEFAULTS, FinetuneConfig, FinetuneTrainer, finetune_section
 from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
-from .runs import error_line
+from .loading import load_run, resolve_device
+from .positions import parse_spec, training_options
+from .positions.hints import split_optional
+from .runs import RunFolder, error_line, writing
+from .score import format_scores, score_runs, write_scores
+from .seeds import parse_seeds
+from .synth import SYNTH_DEFAULTS, synth
+from .tasks import TASK_HELP, expand_tasks, parse_depths
+from .tasks.metrics import check_metric
+from .tasks.synthetic import SynthConfig, SynthTask
+from .train import Trainer, process_group
 
 # Per-command defaults as dataclass instances (litgpt style); flags are derived from the fields.
 # The laptop comparison (`firepe compare` with no options) is measured to finish in well under
@@ -29,17 +46,11 @@ COMPARE_PRESET = "cpu"
 
 
 def _compare_defaults():
-    from .data import DataConfig
-    from .train import TrainConfig
-
     return (TrainConfig(seq_len=256, batch_size=8, steps=800, lr=2e-3, warmup_steps=50),
             DataConfig(max_train_tokens=4_000_000, val_tokens=32768))
 
 
 def _train_defaults():
-    from .data import DataConfig
-    from .train import TrainConfig
-
     return TrainConfig(), DataConfig()
 
 
@@ -79,13 +90,6 @@ def _float(text: str) -> float:
     return value
 
 
-def _base_type(hint: Any) -> Any:
-    """``int | None`` -> ``int``; other hints unchanged."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
 def add_dataclass_args(group, cls, defaults, help_fallback: dict[str, str] | None = None,
                        skip: tuple[str, ...] = ()) -> None:
     """One flag per field of dataclass ``cls`` (``seq_len`` -> ``--seq-len``): type from the annotation,
@@ -98,7 +102,7 @@ def add_dataclass_args(group, cls, defaults, help_fallback: dict[str, str] | Non
         default = getattr(defaults, f.name)
         text = f.metadata.get("help") or (help_fallback or {}).get(f.name, "")
         flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(hints[f.name])
+        kind = split_optional(hints[f.name])[0]  # int | None -> int
         if kind is bool:
             if default:
                 group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
@@ -133,17 +137,11 @@ def _add_model_args(p: argparse.ArgumentParser, with_position: bool, preset: str
 
 
 def _add_train_args(p: argparse.ArgumentParser, train_defaults, data_defaults) -> None:
-    from .data import DataConfig
-    from .train import TrainConfig
-
     add_dataclass_args(p.add_argument_group("training"), TrainConfig, train_defaults)
     add_dataclass_args(p.add_argument_group("data"), DataConfig, data_defaults, _DATA_HELP)
 
 
 def _model_config(args, position: str):
-    from .model import preset
-    from .positions import parse_spec, training_options
-
     overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_head", args.n_head),
                                    ("d_model", args.d_model)) if v is not None}
     spec = parse_spec(position)
@@ -153,28 +151,9 @@ def _model_config(args, position: str):
 
 
 def _configs(args, position: str = "nope"):
-    from .data import DataConfig
-    from .train import TrainConfig
-
     train = dataclass_from_args(TrainConfig, args)
-    data = _absolute_paths(dataclass_from_args(DataConfig, args))
+    data = dataclass_from_args(DataConfig, args).resolved()
     return _model_config(args, getattr(args, "position", position)), train, data
-
-
-def _absolute_paths(data):
-    """Local corpus paths, ``--hf-data-files`` and a tokenizer.json path made absolute, so that a run
-    resumed or evaluated from another directory reads the same files."""
-    def absolute(items: str) -> str:
-        return ",".join(str(Path(p.strip()).resolve()) if p.strip() else p for p in items.split(","))
-
-    changes = {}
-    if data.corpus != "stdlib" and not data.corpus.startswith("hf:"):
-        changes["corpus"] = absolute(data.corpus)
-    if data.hf_data_files and all(Path(p.strip()).exists() for p in data.hf_data_files.split(",") if p.strip()):
-        changes["hf_data_files"] = absolute(data.hf_data_files)  # local files (not a hub repo's paths or globs)
-    if data.tokenizer.endswith(".json"):
-        changes["tokenizer"] = absolute(data.tokenizer)
-    return replace(data, **changes) if changes else data
 
 
 def _check_out(path: str, what: str = "--out") -> Path:
@@ -193,7 +172,6 @@ _MODEL_FLAGS = {"preset": ("n_layer", "n_head", "d_model"), "n_layer": ("n_layer
 
 def _resumed_run(args):
     """The run folder ``--resume --out`` names (ValueError if it holds no run)."""
-    from .runs import RunFolder
 
     run = RunFolder(_check_out(args.out))
     run.check_exists()
@@ -203,33 +181,22 @@ def _resumed_run(args):
 
 
 def _train_changes(args, given: set[str], saved_train) -> tuple[dict[str, Any], list[str]]:
-    """``(changes, conflicts)`` of the TrainConfig flags given on a ``--resume``: a different value of a
-    :data:`~firepe.train.RESUMABLE` field is a change, of any other field a conflict (described)."""
-    from .train import RESUMABLE, TrainConfig
-
-    changes, conflicts = {}, []
-    for f in fields(TrainConfig):
-        if f.name in given and getattr(args, f.name) != getattr(saved_train, f.name):
-            if f.name in RESUMABLE:
-                changes[f.name] = getattr(args, f.name)
-            else:
-                conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} "
-                                 f"(run: {getattr(saved_train, f.name)})")
-    return changes, conflicts
+    """``(changes, conflicts)`` of the TrainConfig flags given on a ``--resume``
+    (:func:`~firepe.config.resume_changes`), the conflicts written as flags."""
+    wanted = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in given}
+    changes, refused = resume_changes(saved_train, wanted)
+    return changes, [f"--{k.replace('_', '-')} {new} (run: {old})" for k, (old, new) in refused.items()]
 
 
 def _resume_changes(args, given: set[str]) -> dict[str, Any]:
     """The TrainConfig changes a ``--resume`` command asks for; ValueError naming every given option
     that differs from the saved run and may not change."""
-    from .data import DataConfig
-    from .positions import parse_spec
-    from .train import RESUMABLE
 
     run = _resumed_run(args)
     saved_model, saved_train, saved_data = run.configs()
     changes, conflicts = _train_changes(args, given, saved_train)
     flag = {d: "--" + d.replace("_", "-") for d in given}
-    wanted_data = _absolute_paths(dataclass_from_args(DataConfig, args))
+    wanted_data = dataclass_from_args(DataConfig, args).resolved()
     for f in fields(DataConfig):
         if f.name in given and getattr(wanted_data, f.name) != getattr(saved_data, f.name):
             conflicts.append(f"{flag[f.name]} {getattr(args, f.name)} (run: {getattr(saved_data, f.name)})")
@@ -250,9 +217,16 @@ def _resume_changes(args, given: set[str]) -> dict[str, Any]:
     return changes
 
 
-def cmd_train(args) -> None:
-    from .train import Trainer, process_group
+def add_train(sub) -> None:
+    t = sub.add_parser("train", help="train one GPT (single process or under torchrun)")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_model_args(t, with_position=True)
+    _add_train_args(t, *_train_defaults())
+    t.set_defaults(func=cmd_train)
 
+
+def cmd_train(args) -> None:
     _check_out(args.out)
     with process_group():
         # built in the call: _fit_and_report holds the only reference and frees it in the group
@@ -280,10 +254,21 @@ def _positive(value: Any, flag: str, minimum: int = 1, maximum: int | None = Non
         check_at_most(value, flag, maximum)
 
 
-def cmd_eval(args) -> None:
-    from .evaluate import evaluate_run, parse_lengths, write_results
-    from .train import resolve_device
+def add_eval(sub) -> None:
+    e = sub.add_parser("eval", help="zero-shot log perplexity at several lengths")
+    e.add_argument("run", help="run folder or exported folder (firepe export)")
+    e.add_argument("--lengths", required=True, help="comma-separated, e.g. 512,1024,2048")
+    e.add_argument("--val-tokens", type=_int, help="validation tokens scored at every length")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", help="output prefix (default RUN/eval -> eval.json, eval.csv)")
+    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--attention", choices=list(BACKENDS),
+                   help="attention backend (chunked: no n x n bias; evaluation at 32k+ tokens)")
+    e.add_argument("--batch-tokens", type=_int, default=16384, help="tokens per forward pass")
+    e.set_defaults(func=cmd_eval)
 
+
+def cmd_eval(args) -> None:
     _positive(args.val_tokens, "--val-tokens", 1, MAX_TOKENS)
     _positive(args.batch_tokens, "--batch-tokens", 1, MAX_BATCH_TOKENS)
     resolve_device(args.device)
@@ -298,8 +283,6 @@ def cmd_eval(args) -> None:
 
 
 def _lengths_for(args, train_len: int) -> list[int]:
-    from .evaluate import parse_lengths
-
     if args.lengths:
         return parse_lengths(args.lengths)
     if args.max_factor < 1:
@@ -313,9 +296,36 @@ def _lengths_for(args, train_len: int) -> list[int]:
     return out
 
 
-def cmd_compare(args, specs: list[str] | None = None) -> None:
-    from .compare import compare, split_specs
+def add_compare(sub) -> None:
+    """``compare`` and ``ablate``: the same flags, ablate with --variants instead of --encodings."""
+    for name, helptext in (("compare", "the main job: train every encoding short, test long"),
+                           ("ablate", "Appendix B ablations of FIRE through the compare machinery")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--out", default=f"runs/{name}", help="output folder")
+        if name == "compare":
+            c.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
+                           help="comma-separated encodings; use ';' between specs that carry options")
+        else:
+            c.add_argument("--variants", help="';'-separated specs (default: the Appendix B set)")
+        c.add_argument("--lengths", help="evaluation lengths (default: train length x 1, 2, 4, ... max-factor)")
+        c.add_argument("--max-factor", type=_int, default=8)
+        c.add_argument("--seeds", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2: mean ± std "
+                                       "over seeds, OUT/<label>/seed-<s> (default: the one --seed, OUT/<label>)")
+        if name == "compare":
+            c.add_argument("--task", choices=["passkey"], help="then fine-tune every model on passkey at its "
+                                                               "training length and score it at every length")
+            c.add_argument("--task-steps", type=_int,
+                           help=f"passkey fine-tuning steps (default {PASSKEY_DEFAULTS['steps']})")
+            c.add_argument("--task-lr", type=_float,
+                           help=f"passkey fine-tuning learning rate (default {PASSKEY_DEFAULTS['lr']:g})")
+            c.add_argument("--task-examples", type=_int, default=10, help="passkey examples per length and depth")
+            c.add_argument("--depths", help="passkey key depths (default 0,0.25,0.5,0.75,1)")
+        _add_model_args(c, with_position=False, preset=COMPARE_PRESET)
+        _add_train_args(c, *_compare_defaults())
+        c.set_defaults(func=cmd_compare if name == "compare" else cmd_ablate, position="nope")
 
+
+def cmd_compare(args, specs: list[str] | None = None) -> None:
     model, train, data = _configs(args)
     out = _check_out(args.out)
     if specs is None:
@@ -327,15 +337,11 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
     if task is not None and task != "passkey":
         raise ValueError(f"compare --task supports passkey only, got {task!r}; fine-tune and score other tasks "
                          "with firepe finetune and firepe score.")
-    from .seeds import parse_seeds
 
     seeds = parse_seeds(args.seeds, first=train.seed) if args.seeds is not None else None
-    if task and seeds is not None and len(seeds) > 1:
-        raise ValueError("compare --task passkey takes one seed for now; drop --seeds or pass --seeds 1.")
     task_train = _passkey_train(args, train) if task else None
     depths = None
     if task and args.depths is not None:
-        from .tasks import parse_depths
 
         depths = parse_depths(args.depths)
     summary = compare(out, specs, replace(model, position="nope", position_options={}), train, data,
@@ -343,7 +349,6 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
                       seeds=seeds)
     print(f"wrote {out / 'results.md'}, results.json, results.csv and perplexity.png")
     if task:
-        from .compare import compare_passkey
 
         compare_passkey(out, summary, task_train, depths=depths, examples=args.task_examples)
         print(f"wrote {out / 'passkey'}/score.md, score.json, score.csv, score.png and passkey_<label>.png")
@@ -352,7 +357,6 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
 def _passkey_train(args, train):
     """TrainConfig of compare's passkey fine-tuning: the compare run's settings, PASSKEY_DEFAULTS,
     and the --task-* flags."""
-    from .compare import PASSKEY_DEFAULTS
 
     _positive(args.task_steps, "--task-steps", 1, MAX_STEPS)
     _positive(args.task_examples, "--task-examples", 1, MAX_EXAMPLES)
@@ -366,8 +370,6 @@ def _passkey_train(args, train):
 
 
 def cmd_ablate(args) -> None:
-    from .compare import ABLATION_SPECS, split_specs
-
     cmd_compare(args, specs=split_specs(args.variants, "--variants", sep=";") if args.variants is not None
                 else ABLATION_SPECS)
 
@@ -377,16 +379,26 @@ SYNTH_OPTIONS = {**{k: ("recall",) for k in ("pairs", "keys", "values", "queries
                  "symbols": ("copy", "reverse"), "digits": ("addition",), "hints": ("addition",)}
 
 
-def cmd_synth(args) -> None:
-    from .compare import split_specs
-    from .seeds import parse_seeds
-    from .synth import synth
-    from .tasks.synthetic import SynthConfig
-    from .train import TrainConfig
+def add_synth(sub) -> None:
+    y = sub.add_parser("synth", help="train every encoding from scratch on a synthetic task (recall, copy, "
+                                     "reverse, addition) and score it from 1x to 16x")
+    y.add_argument("--out", default="runs/synth", help="output folder")
+    y.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
+                   help="comma-separated encodings; use ';' between specs that carry options")
+    y.add_argument("--seeds", default="3", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2")
+    y.add_argument("--lengths", help="scored lengths (addition: digits); default: training length x 1, 2, 4, ... "
+                                     "--max-factor (addition: digits x 1..4)")
+    y.add_argument("--max-factor", type=_int, default=16)
+    y.add_argument("--examples", type=_int, default=512, help="answers scored per length")
+    add_dataclass_args(y.add_argument_group("task"), SynthConfig, SynthConfig())
+    _add_model_args(y, with_position=False, preset="tiny")
+    add_dataclass_args(y.add_argument_group("training"), TrainConfig, TrainConfig(**SYNTH_DEFAULTS))
+    y.set_defaults(func=cmd_synth)
 
+
+def cmd_synth(args) -> None:
     task = dataclass_from_args(SynthConfig, args)
     if task.task == "addition":  # its training length follows from --digits (checked below)
-        from .tasks.synthetic import SynthTask
 
         args.seq_len = SynthTask(task).train_length(args.seq_len)
     train = dataclass_from_args(TrainConfig, args)
@@ -405,7 +417,6 @@ def cmd_synth(args) -> None:
         except ValueError:
             raise ValueError(f"--lengths of addition are digit counts like 8,16,32, got {args.lengths!r}.") from None
     elif args.lengths:
-        from .evaluate import parse_lengths
 
         levels = parse_lengths(args.lengths)
     synth(out, split_specs(args.encodings, "--encodings"), _model_config(args, "nope"), train, task, seeds,
@@ -414,15 +425,10 @@ def cmd_synth(args) -> None:
 
 
 def _finetune_defaults():
-    from .finetune import FINETUNE_DEFAULTS, FinetuneConfig
-    from .train import TrainConfig
-
     return TrainConfig(**FINETUNE_DEFAULTS), FinetuneConfig()
 
 
 def _position_options(text: str | None, position: str) -> dict[str, Any]:
-    from .positions import parse_spec
-
     if text is None:
         return {}
     if not text.strip():
@@ -432,8 +438,6 @@ def _position_options(text: str | None, position: str) -> dict[str, Any]:
 
 def _finetune_resume_changes(args) -> dict[str, Any]:
     """TrainConfig changes of ``finetune --resume``; every other given option must match the run."""
-    from .finetune import FinetuneConfig, finetune_section
-    from .train import RESUMABLE
 
     run = _resumed_run(args)
     cfg = run.read_config()
@@ -447,9 +451,9 @@ def _finetune_resume_changes(args) -> dict[str, Any]:
             continue
         value = getattr(args, f.name)
         if f.name == "task":  # saved with absolute paths: the same relative path is the same task
-            value = _absolute_task(value)
-        elif f.name == "task_files" and value:
-            value = _absolute_files(value)
+            value = FinetuneConfig.absolute_task(value)
+        elif f.name == "task_files":
+            value = FinetuneConfig.absolute_files(value)
         if value != saved_ft[f.name]:
             conflicts.append(f"--{f.name.replace('_', '-')} {getattr(args, f.name)} (run: {saved_ft[f.name]})")
     for flag in ("dropout", "attention", "position_options", "position"):
@@ -463,10 +467,28 @@ def _finetune_resume_changes(args) -> dict[str, Any]:
     return changes
 
 
-def cmd_finetune(args) -> None:
-    from .finetune import FinetuneTrainer
-    from .train import process_group
+def add_finetune(sub) -> None:
+    f = sub.add_parser("finetune", help="fine-tune a trained run on a task (loss on the answer tokens only)")
+    f.add_argument("run", nargs="?", help="the trained run folder to start from (not with --resume)")
+    f.add_argument("--task", default="passkey", help=TASK_HELP)
+    f.add_argument("--out", required=True, help="new run folder of the fine-tuned model")
+    f.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
+    fm = f.add_argument_group("model changes")
+    fm.add_argument("--dropout", type=_float, default=0.1, help="dropout (Tables 10/12: 0.1)")
+    fm.add_argument("--attention", choices=list(BACKENDS), help="attention backend (chunked: O(n) memory)")
+    fm.add_argument("--position-options", help="encoding options that depend on the target length, e.g. "
+                                               "factor=4 for rope_pi/yarn from 2048 to 8192")
+    fm.add_argument("--position", help="switch to an encoding with the same checkpoint state, e.g. "
+                                       "rope_pi:factor=4 for a rope run (position interpolation)")
 
+    ft_train, ft_task = _finetune_defaults()
+    add_dataclass_args(f.add_argument_group("task"), FinetuneConfig, ft_task)
+    add_dataclass_args(f.add_argument_group("training"), TrainConfig, ft_train)
+    next(a for a in f._actions if a.dest == "seq_len").help = "training length (default: the run's)"
+    f.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args) -> None:
     _check_out(args.out)
     with process_group():
         # built in the call: _fit_and_report holds the only reference and frees it in the group
@@ -477,9 +499,6 @@ def cmd_finetune(args) -> None:
 def _finetune_configs(args):
     """``(FinetuneConfig, TrainConfig, model changes)`` of a new fine-tuning run (``--seq-len``
     defaults to the base run's; task file paths made absolute)."""
-    from .finetune import FinetuneConfig
-    from .runs import RunFolder
-    from .train import TrainConfig
 
     if args.run is None:
         raise ValueError("finetune needs RUN, the trained run folder to start from (or --resume --out FT).")
@@ -494,12 +513,9 @@ def _finetune_configs(args):
         train = replace(train, seq_len=base_train.seq_len)
     ft = dataclass_from_args(FinetuneConfig, args)
     _check_task_flags(args, passkey_only=("filler",))  # after the values' own checks
-    if ft.task_files:
-        ft = replace(ft, task_files=_absolute_files(ft.task_files))
-    ft = replace(ft, task=_absolute_task(args.task))
+    ft = ft.resolved()
     position = None
     if args.position is not None:
-        from .positions import parse_spec
 
         spec = parse_spec(args.position)
         position = spec.position
@@ -512,16 +528,10 @@ def _finetune_configs(args):
     return ft, train, changes
 
 
-def _absolute_files(text: str) -> str:
-    """``--task-files`` items made absolute (globs too)."""
-    return ",".join(str(Path(p.strip()).resolve()) for p in text.split(",") if p.strip())
-
-
 def _check_task_flags(args, passkey_only: tuple[str, ...]) -> None:
     """A given option the task does not read is an error rather than ignored: ``passkey_only`` options
     with another task, ``--limit`` / ``--metric`` with passkey, ``--split`` without a Hugging Face task
     (``--task-files`` and ``--depths`` are checked by the library)."""
-    from .tasks import expand_tasks
 
     specs = expand_tasks(args.task)
     passkey = specs == ["passkey"]
@@ -537,257 +547,7 @@ def _check_task_flags(args, passkey_only: tuple[str, ...]) -> None:
                          "read it.")
 
 
-def _absolute_task(text: str) -> str:
-    """``jsonl:PATH`` / ``parquet:PATH`` entries with absolute paths (resume from elsewhere reads the same file)."""
-    from .tasks import expand_tasks
-
-    expand_tasks(text)
-    out = []
-    for item in (t.strip() for t in text.split(",")):
-        kind, _, rest = item.partition(":")
-        out.append(f"{kind}:{Path(rest).resolve()}" if kind in ("jsonl", "parquet") else item)
-    return ",".join(out)
-
-
-def cmd_score(args) -> None:
-    from .evaluate import parse_lengths
-    from .tasks import parse_depths
-
-    _positive(args.examples, "--examples")  # their upper bounds: score_runs checks them
-    _positive(args.limit, "--limit")
-    _positive(args.max_new_tokens, "--max-new-tokens")
-    _positive(args.batch_tokens, "--batch-tokens")
-    _positive(args.seed, "--seed", 0)
-    out = _check_out(args.out)
-    if args.metric is not None:
-        from .tasks.metrics import check_metric
-
-        check_metric(args.metric)
-    _check_task_flags(args, passkey_only=("examples", "filler", "seed"))  # after the values' own checks
-    lengths = parse_lengths(args.lengths) if args.lengths is not None else None
-    depths = parse_depths(args.depths) if args.depths is not None else None
-    from .runs import RunFolder, writing
-
-    created, had_lock = not out.exists(), (out / ".lock").exists()
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
-    folder = RunFolder(out)  # locked as runs are: two commands never write one output folder at once
-    try:
-        folder.lock()
-        _score_into(args, folder, lengths, depths)
-    except BaseException:
-        folder.unlock()
-        if created:  # a refused or failed score leaves no folder behind (only its .lock was in it)
-            shutil.rmtree(out, ignore_errors=True)
-        elif not had_lock and not (out / ".lock").is_symlink():
-            (out / ".lock").unlink(missing_ok=True)
-        raise
-    finally:
-        folder.unlock()
-
-
-def _score_into(args, folder, lengths, depths) -> None:
-    from .score import format_scores, score_runs, write_scores
-
-    out = folder.path
-    res = score_runs(args.runs, args.task, lengths=lengths, depths=depths, split=args.split,
-                     task_files=args.task_files, limit=args.limit, examples=args.examples,
-                     max_new_tokens=args.max_new_tokens, metric=args.metric, filler=args.filler, seed=args.seed,
-                     device=args.device, attention=args.attention, batch_tokens=args.batch_tokens,
-                     progress=not args.no_progress)
-    print(format_scores(res))
-    sys.stdout.flush()
-    paths = write_scores(out, res, plot=not args.no_plot)
-    print(f"wrote {', '.join(str(p) for p in paths)}")
-
-
-def cmd_export(args) -> None:
-    _check_out(args.out)  # '' is refused as empty (it used to be "output folder '.' already exists")
-    try:
-        from .hf import export_run
-    except ImportError as e:  # transformers missing or older than tested
-        raise ValueError(f"firepe export: {str(e).splitlines()[0]}") from None
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    out = export_run(args.run, args.out)
-    print(f"wrote {out} (load with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r}, "
-          "trust_remote_code=True))")
-
-
-#: the largest query position plot-bias draws (a [H, query + 1] row per layer)
-MAX_PLOT_QUERY = 1 << 20
-
-
-def cmd_plot_bias(args) -> None:
-    from .attention import bias_encoding
-    from .plots import bias_curves
-    from .train import load_run
-
-    if not 0 <= args.query <= MAX_PLOT_QUERY:
-        raise ValueError(f"--query must be a position in 0..{MAX_PLOT_QUERY}, got {args.query}.")
-    if args.out is not None and (Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir()):
-        raise ValueError(f"--out {args.out!r} must be a PNG file path ending in .png.")
-    model, cfg = load_run(args.run)
-    mods = model.position_modules()
-    if bias_encoding(mods[0]) is None:
-        raise ValueError(f"run {args.run} uses {cfg['model']['position']!r}, which has no additive bias to plot.")
-    panels = {"all layers (shared)": mods[0]} if model.position_shared is not None else {
-        f"layer {i}": m for i, m in enumerate(mods)}
-    out = bias_curves(panels, query_pos=args.query, path=args.out or Path(args.run) / f"bias_q{args.query}.png")
-    print(f"wrote {out}")
-
-
-def cmd_generate(args) -> None:
-    import torch
-
-    from .data import DataConfig, load_tokenizer
-    from .runs import dataclass_from_dict
-    from .train import load_run, resolve_device
-
-    _positive(args.max_new_tokens, "--max-new-tokens", 0, MAX_LENGTH)
-    _positive(args.seed, "--seed", 0)
-    _positive(args.top_k, "--top-k")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
-    device = resolve_device(args.device)
-    model, cfg = load_run(args.run, device=device)
-    if args.attention:
-        model.set_attention(args.attention)
-    tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]), model.cfg.vocab_size)
-    ids = tok.encode(args.prompt)
-    if not ids:
-        raise ValueError("--prompt is empty; give at least one character.")
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    prompt = torch.tensor([ids], device=device)
-    out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         generator=gen)
-    print(tok.decode(out[0].tolist()))
-
-
-def cmd_bench_speed(args) -> None:
-    from .bench import ROWS, check_rows, run_bench
-    from .evaluate import parse_lengths
-    from .train import resolve_device
-
-    rows = [r.strip() for r in args.encodings.split(",")] if args.encodings is not None else ROWS
-    check_rows(rows)
-    for flag, value, minimum in (("--repeats", args.repeats, 1), ("--heads", args.heads, 1),
-                                 ("--head-dim", args.head_dim, 1), ("--batch", args.batch, 1),
-                                 ("--block", args.block, 1), ("--n-layer", args.n_layer, 0),
-                                 ("--fire-mlp-layers", args.fire_mlp_layers, 0), ("--threads", args.threads, 1),
-                                 ("--job-timeout", args.job_timeout, 1)):
-        _positive(value, flag, minimum)
-    device = resolve_device(args.device)
-    dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    from .model import PRESETS
-
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown model preset {args.preset!r}; valid: {', '.join(PRESETS)}.")
-    scopes = ["layer", "model"] if args.scope == "both" else [args.scope]
-    settings = {"device": args.device, "dtype": dtype, "tf32": device.type == "cuda" and not args.no_tf32,
-                "job_timeout": args.job_timeout, "batch": args.batch, "heads": args.heads,
-                "head_dim": args.head_dim, "preset": args.preset, "n_layer": args.n_layer,
-                "attention": args.attention, "block": args.block, "repeats": args.repeats,
-                "backward": not args.forward_only, "fire_layers": args.fire_mlp_layers, "threads": args.threads}
-    results = run_bench(rows, parse_lengths(args.lengths), scopes, settings, _check_out(args.out))
-    if results and all("error" in r for r in results):
-        raise ValueError(f"every benchmark row failed (first: {results[0]['error']}).")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="firepe", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"firepe {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train one GPT (single process or under torchrun)")
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _add_model_args(t, with_position=True)
-    _add_train_args(t, *_train_defaults())
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("eval", help="zero-shot log perplexity at several lengths")
-    e.add_argument("run", help="run folder or exported folder (firepe export)")
-    e.add_argument("--lengths", required=True, help="comma-separated, e.g. 512,1024,2048")
-    e.add_argument("--val-tokens", type=_int, help="validation tokens scored at every length")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--out", help="output prefix (default RUN/eval -> eval.json, eval.csv)")
-    e.add_argument("--no-progress", action="store_true")
-    e.add_argument("--attention", choices=list(BACKENDS),
-                   help="attention backend (chunked: no n x n bias; evaluation at 32k+ tokens)")
-    e.add_argument("--batch-tokens", type=_int, default=16384, help="tokens per forward pass")
-    e.set_defaults(func=cmd_eval)
-
-    for name, helptext in (("compare", "the main job: train every encoding short, test long"),
-                           ("ablate", "Appendix B ablations of FIRE through the compare machinery")):
-        c = sub.add_parser(name, help=helptext)
-        c.add_argument("--out", default=f"runs/{name}", help="output folder")
-        if name == "compare":
-            from .compare import DEFAULT_SPECS
-
-            c.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
-                           help="comma-separated encodings; use ';' between specs that carry options")
-        else:
-            c.add_argument("--variants", help="';'-separated specs (default: the Appendix B set)")
-        c.add_argument("--lengths", help="evaluation lengths (default: train length x 1, 2, 4, ... max-factor)")
-        c.add_argument("--max-factor", type=_int, default=8)
-        c.add_argument("--seeds", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2: mean ± std "
-                                       "over seeds, OUT/<label>/seed-<s> (default: the one --seed, OUT/<label>)")
-        if name == "compare":
-            c.add_argument("--task", choices=["passkey"], help="then fine-tune every model on passkey at its "
-                                                               "training length and score it at every length")
-            c.add_argument("--task-steps", type=_int, help="passkey fine-tuning steps (default 900)")
-            c.add_argument("--task-lr", type=_float, help="passkey fine-tuning learning rate (default 2e-3)")
-            c.add_argument("--task-examples", type=_int, default=10, help="passkey examples per length and depth")
-            c.add_argument("--depths", help="passkey key depths (default 0,0.25,0.5,0.75,1)")
-        _add_model_args(c, with_position=False, preset=COMPARE_PRESET)
-        _add_train_args(c, *_compare_defaults())
-        c.set_defaults(func=cmd_compare if name == "compare" else cmd_ablate, position="nope")
-
-    from .compare import DEFAULT_SPECS
-    from .synth import SYNTH_DEFAULTS
-    from .tasks.synthetic import SynthConfig
-    from .train import TrainConfig
-
-    y = sub.add_parser("synth", help="train every encoding from scratch on a synthetic task (recall, copy, "
-                                     "reverse, addition) and score it from 1x to 16x")
-    y.add_argument("--out", default="runs/synth", help="output folder")
-    y.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
-                   help="comma-separated encodings; use ';' between specs that carry options")
-    y.add_argument("--seeds", default="3", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2")
-    y.add_argument("--lengths", help="scored lengths (addition: digits); default: training length x 1, 2, 4, ... "
-                                     "--max-factor (addition: digits x 1..4)")
-    y.add_argument("--max-factor", type=_int, default=16)
-    y.add_argument("--examples", type=_int, default=512, help="answers scored per length")
-    add_dataclass_args(y.add_argument_group("task"), SynthConfig, SynthConfig())
-    _add_model_args(y, with_position=False, preset="tiny")
-    add_dataclass_args(y.add_argument_group("training"), TrainConfig, TrainConfig(**SYNTH_DEFAULTS))
-    y.set_defaults(func=cmd_synth)
-
-    from .tasks import TASK_HELP
-
-    f = sub.add_parser("finetune", help="fine-tune a trained run on a task (loss on the answer tokens only)")
-    f.add_argument("run", nargs="?", help="the trained run folder to start from (not with --resume)")
-    f.add_argument("--task", default="passkey", help=TASK_HELP)
-    f.add_argument("--out", required=True, help="new run folder of the fine-tuned model")
-    f.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
-    fm = f.add_argument_group("model changes")
-    fm.add_argument("--dropout", type=_float, default=0.1, help="dropout (Tables 10/12: 0.1)")
-    fm.add_argument("--attention", choices=list(BACKENDS), help="attention backend (chunked: O(n) memory)")
-    fm.add_argument("--position-options", help="encoding options that depend on the target length, e.g. "
-                                               "factor=4 for rope_pi/yarn from 2048 to 8192")
-    fm.add_argument("--position", help="switch to an encoding with the same checkpoint state, e.g. "
-                                       "rope_pi:factor=4 for a rope run (position interpolation)")
-    from .finetune import FinetuneConfig
-    from .train import TrainConfig
-
-    ft_train, ft_task = _finetune_defaults()
-    add_dataclass_args(f.add_argument_group("task"), FinetuneConfig, ft_task)
-    add_dataclass_args(f.add_argument_group("training"), TrainConfig, ft_train)
-    next(a for a in f._actions if a.dest == "seq_len").help = "training length (default: the run's)"
-    f.set_defaults(func=cmd_finetune)
-
+def add_score(sub) -> None:
     sc = sub.add_parser("score", help="greedy-decode runs on a task and score them, across context lengths")
     sc.add_argument("runs", nargs="+", help="run folders (trained or fine-tuned)")
     sc.add_argument("--task", default="passkey", help=TASK_HELP)
@@ -810,17 +570,103 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-progress", action="store_true", help="no progress bar (examples decoded, tokens/s)")
     sc.set_defaults(func=cmd_score)
 
+
+def cmd_score(args) -> None:
+    _positive(args.examples, "--examples")  # their upper bounds: score_runs checks them
+    _positive(args.limit, "--limit")
+    _positive(args.max_new_tokens, "--max-new-tokens")
+    _positive(args.batch_tokens, "--batch-tokens")
+    _positive(args.seed, "--seed", 0)
+    out = _check_out(args.out)
+    if args.metric is not None:
+
+        check_metric(args.metric)
+    _check_task_flags(args, passkey_only=("examples", "filler", "seed"))  # after the values' own checks
+    lengths = parse_lengths(args.lengths) if args.lengths is not None else None
+    depths = parse_depths(args.depths) if args.depths is not None else None
+
+    created, had_lock = not out.exists(), (out / ".lock").exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(out)  # locked as runs are: two commands never write one output folder at once
+    try:
+        folder.lock()
+        _score_into(args, folder, lengths, depths)
+    except BaseException:
+        folder.unlock()
+        if created:  # a refused or failed score leaves no folder behind (only its .lock was in it)
+            shutil.rmtree(out, ignore_errors=True)
+        elif not had_lock and not (out / ".lock").is_symlink():
+            (out / ".lock").unlink(missing_ok=True)
+        raise
+    finally:
+        folder.unlock()
+
+
+def _score_into(args, folder, lengths, depths) -> None:
+    out = folder.path
+    res = score_runs(args.runs, args.task, lengths=lengths, depths=depths, split=args.split,
+                     task_files=args.task_files, limit=args.limit, examples=args.examples,
+                     max_new_tokens=args.max_new_tokens, metric=args.metric, filler=args.filler, seed=args.seed,
+                     device=args.device, attention=args.attention, batch_tokens=args.batch_tokens,
+                     progress=not args.no_progress)
+    print(format_scores(res))
+    sys.stdout.flush()
+    paths = write_scores(out, res, plot=not args.no_plot)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def add_export(sub) -> None:
     x = sub.add_parser("export", help="write a run as a Hugging Face transformers model folder")
     x.add_argument("run", help="run folder (its latest checkpoint is exported)")
     x.add_argument("--out", required=True, help="new folder to write (must not exist)")
     x.set_defaults(func=cmd_export)
 
+
+def cmd_export(args) -> None:
+    _check_out(args.out)  # '' is refused as empty (it used to be "output folder '.' already exists")
+    try:
+        from .hf import export_run
+    except ImportError as e:  # transformers missing or older than tested
+        raise ValueError(f"firepe export: {str(e).splitlines()[0]}") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out = export_run(args.run, args.out)
+    print(f"wrote {out} (load with transformers' AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+          "trust_remote_code=True))")
+
+
+#: the largest query position plot-bias draws (a [H, query + 1] row per layer)
+MAX_PLOT_QUERY = 1 << 20
+
+
+def add_plot_bias(sub) -> None:
     b = sub.add_parser("plot-bias", help="plot a trained model's bias for one query (Fig. 4)")
     b.add_argument("run", help="run folder or exported folder (firepe export)")
     b.add_argument("--query", type=_int, default=128)
     b.add_argument("--out", help="PNG path (default RUN/bias_q<query>.png)")
     b.set_defaults(func=cmd_plot_bias)
 
+
+def cmd_plot_bias(args) -> None:
+    from .plots import bias_curves
+
+    if not 0 <= args.query <= MAX_PLOT_QUERY:
+        raise ValueError(f"--query must be a position in 0..{MAX_PLOT_QUERY}, got {args.query}.")
+    if args.out is not None and (Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir()):
+        raise ValueError(f"--out {args.out!r} must be a PNG file path ending in .png.")
+    model, cfg = load_run(args.run)
+    mods = model.position_modules()
+    if bias_encoding(mods[0]) is None:
+        raise ValueError(f"run {args.run} uses {cfg['model']['position']!r}, which has no additive bias to plot.")
+    panels = {"all layers (shared)": mods[0]} if model.position_shared is not None else {
+        f"layer {i}": m for i, m in enumerate(mods)}
+    out = bias_curves(panels, query_pos=args.query, path=args.out or Path(args.run) / f"bias_q{args.query}.png")
+    print(f"wrote {out}")
+
+
+def add_generate(sub) -> None:
     g = sub.add_parser("generate", help="sample from a trained model with a KV cache")
     g.add_argument("run", help="run folder or exported folder (firepe export)")
     g.add_argument("--prompt", required=True)
@@ -832,6 +678,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention", choices=list(BACKENDS))
     g.set_defaults(func=cmd_generate)
 
+
+def cmd_generate(args) -> None:
+    _positive(args.max_new_tokens, "--max-new-tokens", 0, MAX_LENGTH)
+    _positive(args.seed, "--seed", 0)
+    _positive(args.top_k, "--top-k")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run, device=device)
+    if args.attention:
+        model.set_attention(args.attention)
+    tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]), model.cfg.vocab_size)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise ValueError("--prompt is empty; give at least one character.")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    prompt = torch.tensor([ids], device=device)
+    out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         generator=gen)
+    print(tok.decode(out[0].tolist()))
+
+
+def add_bench_speed(sub) -> None:
     s = sub.add_parser("bench-speed", help="time and peak memory per encoding across lengths (Fig. 5)")
     s.add_argument("--lengths", default="512,1024,2048,4096,8192")
     s.add_argument("--encodings", help="comma-separated rows (default: every encoding, fire_appendix_e, "
@@ -856,6 +725,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_int)
     s.add_argument("--out", default="runs/bench")
     s.set_defaults(func=cmd_bench_speed)
+
+
+def cmd_bench_speed(args) -> None:
+    rows = [r.strip() for r in args.encodings.split(",")] if args.encodings is not None else ROWS
+    check_rows(rows)
+    for flag, value, minimum in (("--repeats", args.repeats, 1), ("--heads", args.heads, 1),
+                                 ("--head-dim", args.head_dim, 1), ("--batch", args.batch, 1),
+                                 ("--block", args.block, 1), ("--n-layer", args.n_layer, 0),
+                                 ("--fire-mlp-layers", args.fire_mlp_layers, 0), ("--threads", args.threads, 1),
+                                 ("--job-timeout", args.job_timeout, 1)):
+        _positive(value, flag, minimum)
+    device = resolve_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown model preset {args.preset!r}; valid: {', '.join(PRESETS)}.")
+    scopes = ["layer", "model"] if args.scope == "both" else [args.scope]
+    settings = {"device": args.device, "dtype": dtype, "tf32": device.type == "cuda" and not args.no_tf32,
+                "job_timeout": args.job_timeout, "batch": args.batch, "heads": args.heads,
+                "head_dim": args.head_dim, "preset": args.preset, "n_layer": args.n_layer,
+                "attention": args.attention, "block": args.block, "repeats": args.repeats,
+                "backward": not args.forward_only, "fire_layers": args.fire_mlp_layers, "threads": args.threads}
+    results = run_bench(rows, parse_lengths(args.lengths), scopes, settings, _check_out(args.out))
+    if results and all("error" in r for r in results):
+        raise ValueError(f"every benchmark row failed (first: {results[0]['error']}).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="firepe", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"firepe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    add_eval(sub)
+    add_compare(sub)
+    add_synth(sub)
+    add_finetune(sub)
+    add_score(sub)
+    add_export(sub)
+    add_plot_bias(sub)
+    add_generate(sub)
+    add_bench_speed(sub)
     return p
 
 

@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import latest_checkpoint, read_state
-from .data import DataConfig
+from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, config_diff, resume_changes
 from .evaluate import evaluate_run
-from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, write_json, write_text, writing
 from .seeds import format_seed_table, seed_table
 from .tracking import check_installed
-from .train import TrainConfig, Trainer
+from .train import Trainer
 
 __all__ = ["Spec", "parse_spec", "split_specs", "training_options", "compare", "format_table", "DEFAULT_SPECS",
            "ABLATION_SPECS"]
@@ -68,24 +67,22 @@ def split_specs(text: str, flag: str = "--encodings", sep: str | None = None) ->
     return items
 
 
-_RUNTIME = ("progress", "device", "threads", "log_to", "log_project")  # train settings that do not change a run
-_EXTENDABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every")  # a larger budget resumes the run
-
-
-def _same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, data: DataConfig) -> None:
+def check_same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, data: DataConfig) -> None:
+    """A label folder holding a run must hold these settings (one error naming the differences): the model
+    (its vocabulary comes from the tokenizer) and the data as saved, the train fields other than
+    :data:`~firepe.config.RESUMABLE` (:func:`~firepe.config.resume_changes`)."""
     saved_model, saved_train, saved_data = run.configs()
-    diffs = []
-    sections = (("model", saved_model, model, ("vocab_size",)),
-                ("train", saved_train, train, _RUNTIME + _EXTENDABLE), ("data", saved_data, data, ()))
-    for section, saved, wanted, skip in sections:
-        a, b = asdict(saved), asdict(wanted)
-        diffs += [f"{section}.{k} ({a[k]!r} != {b[k]!r})" for k in a if k not in skip and a[k] != b.get(k)]
+    data = data.resolved()  # as a new run stores it
+    diffs = [f"model.{k} ({getattr(saved_model, k)!r} != {getattr(model, k)!r})"
+             for k in config_diff(saved_model, model) if k != "vocab_size"]
+    diffs += [f"train.{k} ({a!r} != {b!r})" for k, (a, b) in resume_changes(saved_train, asdict(train))[1].items()]
+    diffs += [f"data.{k} ({getattr(saved_data, k)!r} != {getattr(data, k)!r})" for k in config_diff(saved_data, data)]
     if diffs:
         raise ValueError(f"{run.path} holds a run with other settings: {', '.join(diffs[:4])}; use another --out "
                          "or remove that folder.")
 
 
-def _log_group(out: Path) -> str:
+def log_group(out: Path) -> str:
     """The tracker group of a comparison's runs: the name of its folder."""
     return Path(out).resolve().name
 
@@ -96,7 +93,7 @@ def _steps_done(run_dir: Path) -> int:
     return read_state(ckpt)["step"] if ckpt is not None else 0
 
 
-def _check_not_past(run: RunFolder, steps: int, flag: str) -> None:
+def check_not_past(run: RunFolder, steps: int, flag: str) -> None:
     """A run already trained past ``steps`` would be reused as is while the results name ``steps``."""
     done = _steps_done(run.path)
     if done > steps:
@@ -119,7 +116,7 @@ def train_or_reuse(run: RunFolder, train_cfg: TrainConfig, what: str, trainer: t
     again = run.has_run()
     log(f"[{name}] {'resuming' if again else 'training'} {what}")
     if again:
-        fitted = trainer(run.path, resume=True, changes={k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE},
+        fitted = trainer(run.path, resume=True, changes={k: getattr(train_cfg, k) for k in RESUMABLE},
                          log_group=log_group)
     else:
         fitted = trainer(run.path, *new_args, log_group=log_group)
@@ -142,7 +139,7 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
     check_installed(train_cfg.log_to)
-    group = _log_group(out)
+    group = log_group(out)
     plans = []
     for spec in parsed:  # refuse before training (or creating) anything
         opts = training_options(spec.position, spec.options, train_cfg.seq_len)
@@ -151,8 +148,8 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
             run = RunFolder(out / spec.label / f"seed-{seed}" if several else out / spec.label)
             tcfg = replace(train_cfg, seed=seed)
             if run.has_run():
-                _same_settings(run, mcfg, tcfg, data_cfg)
-                _check_not_past(run, tcfg.steps, "--steps")
+                check_same_settings(run, mcfg, tcfg, data_cfg)
+                check_not_past(run, tcfg.steps, "--steps")
             plans.append((spec, opts, run, mcfg, tcfg, seed))
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -219,54 +216,85 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 #: ``firepe compare --task passkey``: fine-tuning settings of the laptop companion table (README)
-PASSKEY_DEFAULTS = dict(steps=900, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1, checkpoint_every=300)
+PASSKEY_DEFAULTS = dict(steps=2500, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1, checkpoint_every=300)
 
 
 def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainConfig, dropout: float = 0.0,
                     depths: list[float] | None = None, examples: int = 10, filler: str = "corpus",
                     log=print) -> dict[str, Any]:
     """The companion of the perplexity table: fine-tune every run of ``summary`` (``compare``'s
-    result) on passkey at its training length into ``out/passkey/<label>``, score each at the
-    compare lengths and depths, and write ``out/passkey/score.{json,csv,md,png}`` and one heat map
-    per encoding. Finished fine-tuning runs are reused, unfinished ones resumed."""
+    result) on passkey at its training length into ``out/passkey/<label>`` (several seeds:
+    ``out/passkey/<label>/seed-<s>``, fine-tuned with that seed from the run of that seed), score each at
+    the compare lengths and depths, and write ``out/passkey/score.{json,csv,md,png}`` and one heat map
+    per encoding (pooled over seeds). Several seeds: ``score.md`` is the mean ± std table over seeds of the
+    accuracy averaged over depths, with the paired differences (:mod:`firepe.seeds`), also in ``score.json``
+    under ``"table"``. Finished fine-tuning runs are reused, unfinished ones resumed."""
     from .finetune import FinetuneConfig, FinetuneTrainer
     from .score import format_scores, score_runs, write_scores
 
     out = Path(out)
     folder = out / "passkey"
     check_installed(train_cfg.log_to)
-    group = f"{_log_group(out)}-passkey"
+    group = f"{log_group(out)}-passkey"
+    several = "seeds" in summary
     plans = []
     for row in summary["runs"]:
-        base, ft = out / row["label"], RunFolder(folder / row["label"])
+        seed = row["seed"] if several else train_cfg.seed
+        base = Path(row["run"]) if several else out / row["label"]
+        ft = RunFolder(folder / row["label"] / f"seed-{seed}" if several else folder / row["label"])
+        tcfg = replace(train_cfg, seed=seed)
         if ft.has_run():
-            saved_train = ft.configs()[1]
-            skip = _RUNTIME + _EXTENDABLE
-            diffs = [k for k, v in asdict(saved_train).items() if k not in skip and v != getattr(train_cfg, k)]
+            diffs = list(resume_changes(ft.configs()[1], asdict(tcfg))[1])
             saved_ft = ft.read_config().get("finetune")
             if not isinstance(saved_ft, dict) or saved_ft.get("task") != "passkey" or saved_ft.get("filler") != filler:
                 diffs.append("finetune")
             if diffs:
                 raise ValueError(f"{ft.path} holds a fine-tuning run with other settings ({', '.join(diffs)}); "
                                  "use another --out or remove that folder.")
-            _check_not_past(ft, train_cfg.steps, "--task-steps")
-        plans.append((row["label"], base, ft))
-    for label, base, ft in plans:
-        if _run_finished(ft.path, train_cfg.steps):
-            log(f"[{label}] passkey fine-tuning done, reusing {ft.path}")
+            check_not_past(ft, tcfg.steps, "--task-steps")
+        plans.append((row["label"], seed, base, ft, tcfg))
+    for label, seed, base, ft, tcfg in plans:
+        name = f"{label} seed {seed}" if several else label
+        if _run_finished(ft.path, tcfg.steps):
+            log(f"[{name}] passkey fine-tuning done, reusing {ft.path}")
         elif ft.has_run():
-            log(f"[{label}] resuming passkey fine-tuning")
-            changes = {k: getattr(train_cfg, k) for k in _RUNTIME + _EXTENDABLE}
-            _fit_logged(FinetuneTrainer(ft.path, resume=True, changes=changes, log_group=group), label, log)
+            log(f"[{name}] resuming passkey fine-tuning")
+            changes = {k: getattr(tcfg, k) for k in RESUMABLE}
+            _fit_logged(FinetuneTrainer(ft.path, resume=True, changes=changes, log_group=group), name, log)
         else:
-            log(f"[{label}] fine-tuning on passkey at {train_cfg.seq_len} tokens")
-            _fit_logged(FinetuneTrainer(ft.path, base, FinetuneConfig(task="passkey", filler=filler), train_cfg,
-                                        model_changes={"dropout": dropout}, log_group=group), label, log)
-    res = score_runs([ft.path for _, _, ft in plans], "passkey", lengths=summary["lengths"], depths=depths,
-                     examples=examples, filler=filler, log=log)
-    log(format_scores(res))
-    write_scores(folder, res)
+            log(f"[{name}] fine-tuning on passkey at {tcfg.seq_len} tokens")
+            _fit_logged(FinetuneTrainer(ft.path, base, FinetuneConfig(task="passkey", filler=filler), tcfg,
+                                        model_changes={"dropout": dropout}, log_group=group), name, log)
+    res = score_runs([ft.path for *_, ft, _ in plans], "passkey", lengths=summary["lengths"], depths=depths,
+                     examples=examples, filler=filler, progress=train_cfg.progress, log=log)
+    if several:
+        who = {str(ft.path): (label, seed) for label, seed, _, ft, _ in plans}
+        for r in res["results"]:
+            r["label"], r["seed"] = who[r["run"]]
+        res["seeds"] = summary["seeds"]
+        res["table"] = passkey_seed_summary(res)
+    table = format_passkey(res, summary["train_len"]) if several else format_scores(res)
+    log(table)
+    write_scores(folder, res, table=table if several else None)
     return res
+
+
+def passkey_seed_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """:func:`firepe.seeds.seed_table` of passkey accuracy (%, the mean over depths of each run; higher is
+    better, reference ``fire`` if present) from several-seed score rows (``label``, ``seed``, ``length``)."""
+    cells: dict[tuple[str, int, int], list[float]] = {}
+    for r in res["results"]:
+        cells.setdefault((r["label"], r["seed"], r["length"]), []).append(r["score"])
+    value = {k: sum(v) / len(v) for k, v in cells.items()}
+    labels = list(dict.fromkeys(r["label"] for r in res["results"]))
+    lengths = sorted({r["length"] for r in res["results"]})
+    return seed_table(value, labels, res["seeds"], lengths, higher_is_better=True, reference="fire")
+
+
+def format_passkey(res: dict[str, Any], train_len: int) -> str:
+    lengths = sorted({r["length"] for r in res["results"]})
+    return format_seed_table(res["table"], lengths, lambda n: f"{n} ({n / train_len:g}x)", 1, True,
+                             len(res["seeds"]), "accuracy points, mean over depths")
 
 
 def _fit_logged(trainer: Trainer, label: str, log) -> None:

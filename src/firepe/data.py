@@ -39,81 +39,19 @@ import warnings
 import zlib
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .limits import MAX_TOKENS, check_at_most
+from .config import CORPUS_HINT, HF_FILE_BUILDERS, DataConfig, corpus_items, is_int
 
 __all__ = ["DataConfig", "Corpus", "load_corpus", "ByteTokenizer", "BPETokenizer", "build_tokenizer",
            "load_tokenizer", "encode_documents", "encoded_stream", "token_cache_dir", "EpochOrder", "TokenData"]
 
 _EXCLUDED_DIRS = {"test", "tests", "idle_test", "pydoc_data", "site-packages", "__pycache__"}
-# Hugging Face packaged builders that read local files: without data_files they scan the current folder.
-_HF_FILE_BUILDERS = {"arrow", "csv", "json", "pandas", "parquet", "text", "xml"}
-_CORPUS_HINT = "pass 'stdlib', a file or folder path (several joined by ','), or 'hf:NAME[:CONFIG]'"
-
-
-def _items(spec: str) -> list[str]:
-    """The non-empty items of a ``,``-joined list (a trailing comma adds nothing)."""
-    return [p.strip() for p in spec.split(",") if p.strip()]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass
-class DataConfig:
-    corpus: str = "stdlib"
-    tokenizer: str = "byte"          # byte | bpe | path/to/tokenizer.json
-    bpe_vocab_size: int = 4096
-    val_percent: int = 5             # 1..99: share of files (or of each file's text) held out
-    max_train_tokens: int | None = None   # cap (and the budget pulled from streaming corpora)
-    val_tokens: int = 65536          # validation tokens scored at every evaluation length
-    hf_data_files: str | None = None
-    hf_text_field: str = "text"
-
-    def __post_init__(self):
-        if not isinstance(self.corpus, str):
-            raise ValueError(f"the corpus must be a string ({_CORPUS_HINT}), got {self.corpus!r}.")
-        if not _items(self.corpus):
-            raise ValueError(f"the corpus is empty ({self.corpus!r}): {_CORPUS_HINT}.")
-        hf_name = self.corpus.strip()[3:].partition(":")[0] if self.corpus.strip().startswith("hf:") else None
-        if hf_name is not None and not hf_name.strip():
-            raise ValueError(f"corpus {self.corpus!r} names no dataset; valid: 'hf:NAME[:CONFIG]', "
-                             f"e.g. hf:allenai/c4:en.")
-        if not isinstance(self.tokenizer, str) or not (self.tokenizer in ("byte", "bpe")
-                                                       or self.tokenizer.endswith(".json")):
-            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; valid: byte, bpe, or a path to tokenizer.json.")
-        if not _is_int(self.bpe_vocab_size) or self.bpe_vocab_size <= 257:
-            raise ValueError(f"bpe_vocab_size must be an integer above 257 (the 256 byte values and the "
-                             f"end-of-document token must fit), got {self.bpe_vocab_size!r}.")
-        if not _is_int(self.val_percent) or not 1 <= self.val_percent <= 99:
-            raise ValueError(f"val_percent must be an integer from 1 to 99, got {self.val_percent!r}.")
-        if self.max_train_tokens is not None and (not _is_int(self.max_train_tokens) or self.max_train_tokens < 1):
-            raise ValueError(f"max_train_tokens must be None or a positive integer, got {self.max_train_tokens!r}.")
-        if not _is_int(self.val_tokens) or self.val_tokens < 1:
-            raise ValueError(f"val_tokens must be a positive integer, got {self.val_tokens!r}.")
-        check_at_most(self.val_tokens, "val_tokens", MAX_TOKENS)
-        check_at_most(self.max_train_tokens, "max_train_tokens", MAX_TOKENS)
-        if self.hf_data_files is not None and not isinstance(self.hf_data_files, str):
-            raise ValueError(f"hf_data_files must be None or a string of paths joined by ',', "
-                             f"got {self.hf_data_files!r}.")
-        if not isinstance(self.hf_text_field, str) or not self.hf_text_field:
-            raise ValueError(f"hf_text_field must be a non-empty string, got {self.hf_text_field!r}.")
-        if self.hf_data_files and hf_name is None:
-            raise ValueError(f"hf_data_files is only read by an 'hf:' corpus, not by corpus {self.corpus!r}; "
-                             f"use corpus 'hf:json' (or hf:text, hf:csv, hf:parquet) or drop hf_data_files.")
-        if hf_name in _HF_FILE_BUILDERS and not _items(self.hf_data_files or ""):
-            raise ValueError(f"corpus 'hf:{hf_name}' needs hf_data_files (the local files to read, joined by ','); "
-                             f"without them it would read every {hf_name} file of the current folder.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -211,7 +149,7 @@ def _local_corpus(paths: list[Path], val_percent: int, description: str) -> Corp
 
 def _hf_data_files(cfg: DataConfig, builder: bool) -> list[str] | None:
     """``hf_data_files`` as a list; for a file builder every path must be a file and every glob must match."""
-    files = _items(cfg.hf_data_files or "")
+    files = corpus_items(cfg.hf_data_files or "")
     if builder:
         for f in files:
             if any(c in f for c in "*?["):
@@ -224,13 +162,14 @@ def _hf_data_files(cfg: DataConfig, builder: bool) -> list[str] | None:
     return files or None
 
 
-def _cause(e: BaseException) -> str:
+def error_cause(e: BaseException) -> str:
+    """``ValueError: first line`` of an exception (at most 300 characters), for one-line errors."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:300] if lines else 'no message'}"
 
 
 @contextmanager
-def _quiet_hub():
+def quiet_hub():
     """Silence the retry/warning logs of datasets and huggingface_hub (their failure becomes one line)."""
     import logging
 
@@ -251,18 +190,18 @@ def _hf_corpus(spec: str, cfg: DataConfig) -> Corpus:
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ValueError("corpus 'hf:...' needs the Hugging Face extra: pip install 'firepe[hf]'.") from e
     name, _, config = spec[3:].partition(":")
-    data_files = _hf_data_files(cfg, name in _HF_FILE_BUILDERS)
+    data_files = _hf_data_files(cfg, name in HF_FILE_BUILDERS)
     files = data_files or []
     what = (f"the {name} files {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}"
-            if name in _HF_FILE_BUILDERS else f"Hugging Face dataset {spec[3:]!r}")
+            if name in HF_FILE_BUILDERS else f"Hugging Face dataset {spec[3:]!r}")
     kwargs: dict[str, Any] = {"streaming": True}
     if data_files:
         kwargs["data_files"] = data_files
     try:
-        with _quiet_hub():
+        with quiet_hub():
             ds = datasets.load_dataset(name, config or None, **kwargs)
     except Exception as e:  # network, hub, builder and file errors of datasets / huggingface_hub
-        raise ValueError(f"could not load {what} ({_cause(e)}).") from e
+        raise ValueError(f"could not load {what} ({error_cause(e)}).") from e
     if "train" not in ds:
         raise ValueError(f"{what} has no 'train' split; its splits: {', '.join(ds) or 'none'}.")
     budget = cfg.max_train_tokens or 50_000_000
@@ -283,7 +222,7 @@ def _hf_corpus(spec: str, cfg: DataConfig) -> Corpus:
                 if total >= limit_chars:
                     break
         except Exception as e:  # undecodable or malformed files surface only while streaming
-            raise ValueError(f"could not read {what} ({_cause(e)}).") from e
+            raise ValueError(f"could not read {what} ({error_cause(e)}).") from e
         if bad:
             raise ValueError(f"field {field!r} of {what} holds {bad}, not text; pick a text field with hf_text_field.")
         return docs
@@ -303,8 +242,8 @@ def _hf_corpus(spec: str, cfg: DataConfig) -> Corpus:
 
 def load_corpus(cfg: DataConfig) -> Corpus:
     spec = cfg.corpus.strip()
-    if not _items(spec):
-        raise ValueError(f"the corpus is empty ({cfg.corpus!r}): {_CORPUS_HINT}.")
+    if not corpus_items(spec):
+        raise ValueError(f"the corpus is empty ({cfg.corpus!r}): {CORPUS_HINT}.")
     if spec == "stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
         items = [(str(f.relative_to(root)), t) for f in stdlib_files() if (t := _read_text(f))]
@@ -314,7 +253,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         return Corpus(train, val, f"stdlib:{root}", "by file")
     if spec.startswith("hf:"):
         return _hf_corpus(spec, cfg)
-    return _local_corpus([Path(p) for p in _items(spec)], cfg.val_percent, cfg.corpus)
+    return _local_corpus([Path(p) for p in corpus_items(spec)], cfg.val_percent, cfg.corpus)
 
 
 def _undecodable(text: str, hint: str) -> ValueError | None:
@@ -453,7 +392,7 @@ def load_tokenizer(run_dir: Path, cfg: DataConfig, vocab_size: int | None = None
 
 
 def _check_max_tokens(max_tokens) -> None:
-    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+    if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 1):
         raise ValueError(f"max_tokens must be None or a positive integer, got {max_tokens!r}.")
 
 
@@ -598,7 +537,7 @@ class TokenData(EpochOrder):
     """
 
     def __init__(self, stream: torch.Tensor, seq_len: int):
-        if not _is_int(seq_len) or seq_len < 2:
+        if not is_int(seq_len) or seq_len < 2:
             raise ValueError(f"the training length must be at least 2 tokens, got {seq_len!r}.")
         if not isinstance(stream, torch.Tensor) or stream.dim() != 1 or stream.is_floating_point():
             raise ValueError(f"the token stream must be a 1-D integer tensor, got "

@@ -106,7 +106,7 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], val_tokens: int | None
         raise ValueError(f"val_tokens must be a positive integer, got {val_tokens!r}.")
     if not isinstance(batch_tokens, int) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}.")
-    from .train import load_run
+    from .loading import load_run
 
     model, cfg = load_run(run_dir, device=device)
     if attention:

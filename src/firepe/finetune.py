@@ -30,34 +30,31 @@ from typing import Any
 import torch
 
 from .checkpoint import latest_checkpoint, load_model_weights, read_state
-from .data import DataConfig, EpochOrder, load_tokenizer
-from .model import IGNORE_INDEX, GPTConfig
-from .runs import RunFolder, dataclass_from_dict
+from .config import DataConfig, GPTConfig, TrainConfig, dataclass_from_dict, field_help
+from .data import EpochOrder, load_tokenizer
+from .model import IGNORE_INDEX
+from .runs import RunFolder
 from .tasks import PasskeyTask, Prepared, check_task_files, expand_tasks, load_task, prepare
 from .tasks.passkey import corpus_filler
-from .train import TrainConfig, Trainer
+from .train import Trainer
 
 __all__ = ["FinetuneConfig", "FinetuneData", "FinetuneTrainer", "finetune_model_config", "task_data",
            "finetune_section", "FINETUNE_DEFAULTS"]
-
-
-def _help(text: str, **more: Any) -> dict[str, Any]:
-    return {"help": text, **more}
 
 
 @dataclass
 class FinetuneConfig:
     """What a fine-tuning run trains on; saved as ``config.json["finetune"]``."""
 
-    task: str = field(default="passkey", metadata=_help("task spec (see firepe.tasks)", cli=False))
-    split: str = field(default="train", metadata=_help("dataset split of Hugging Face tasks"))
-    task_files: str | None = field(default=None, metadata=_help(
+    task: str = field(default="passkey", metadata=field_help("task spec (see firepe.tasks)", cli=False))
+    split: str = field(default="train", metadata=field_help("dataset split of Hugging Face tasks"))
+    task_files: str | None = field(default=None, metadata=field_help(
         "local copies (json/jsonl/parquet/csv, joined by ',') of a Hugging Face task"))
-    limit: int | None = field(default=None, metadata=_help("use the first N examples of each task"))
-    filler: str = field(default="corpus", metadata=_help("passkey filler: corpus | classic",
+    limit: int | None = field(default=None, metadata=field_help("use the first N examples of each task"))
+    filler: str = field(default="corpus", metadata=field_help("passkey filler: corpus | classic",
                                                          choices=("corpus", "classic")))
-    base_run: str = field(default="", metadata=_help("the run fine-tuned from (absolute path)", cli=False))
-    base_step: int = field(default=0, metadata=_help("its checkpoint step", cli=False))
+    base_run: str = field(default="", metadata=field_help("the run fine-tuned from (absolute path)", cli=False))
+    base_step: int = field(default=0, metadata=field_help("its checkpoint step", cli=False))
 
     def __post_init__(self) -> None:
         expand_tasks(self.task)
@@ -69,6 +66,26 @@ class FinetuneConfig:
         if self.filler not in ("corpus", "classic"):
             raise ValueError(f"filler must be corpus or classic, got {self.filler!r}.")
         check_task_files(expand_tasks(self.task), self.task_files)
+
+    def resolved(self) -> FinetuneConfig:
+        """This config with local paths made absolute (:meth:`absolute_task`, :meth:`absolute_files`), so a
+        run resumed from another directory reads the same files. A new fine-tuning run stores this."""
+        return replace(self, task=self.absolute_task(self.task), task_files=self.absolute_files(self.task_files))
+
+    @staticmethod
+    def absolute_task(task: str) -> str:
+        """``jsonl:PATH`` / ``parquet:PATH`` entries of a task spec with absolute paths."""
+        expand_tasks(task)
+        items = []
+        for item in (t.strip() for t in task.split(",")):
+            kind, _, rest = item.partition(":")
+            items.append(f"{kind}:{Path(rest).resolve()}" if kind in ("jsonl", "parquet") else item)
+        return ",".join(items)
+
+    @staticmethod
+    def absolute_files(files: str | None) -> str | None:
+        """``task_files`` items made absolute (globs too)."""
+        return ",".join(str(Path(p.strip()).resolve()) for p in files.split(",") if p.strip()) if files else files
 
 
 #: passkey keys of fine-tuning come from this seed (scoring uses 0 by default: other keys)
@@ -226,7 +243,7 @@ class FinetuneTrainer(Trainer):
         state = read_state(self.base_ckpt)
         self.base_dir = base.path
         ft = finetune or FinetuneConfig()
-        self.ft = replace(ft, base_run=str(base.path.resolve()), base_step=state["step"])
+        self.ft = replace(ft.resolved(), base_run=str(base.path.resolve()), base_step=state["step"])
         train_cfg = train_cfg or TrainConfig(**{**{f.name: getattr(base_train, f.name) for f in fields(TrainConfig)
                                                    if f.name in ("seq_len", "device", "threads", "precision")},
                                                 **FINETUNE_DEFAULTS})

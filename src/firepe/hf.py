@@ -345,8 +345,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     from . import __version__
     from .checkpoint import latest_checkpoint, read_state
     from .exported import is_export
+    from .loading import load_run
     from .runs import fsync_dir, fsync_file, writing
-    from .train import load_run
 
     run_dir, out = Path(run_dir), Path(out)
     if is_export(run_dir):

@@ -8,8 +8,6 @@ length (16x its training length included). Presets follow Appendix C Table 8 (``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,93 +24,16 @@ from .attention import (
     bias_encoding,
     encoding_kind,
 )
+from .config import PRESETS, GPTConfig, is_int, is_real, preset
+from .generate import decode
 from .limits import MAX_LENGTH
 from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
-from .runs import dataclass_from_dict
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "preset", "IGNORE_INDEX", "MIN_TEMPERATURE"]
 
 IGNORE_INDEX = -100      # target id skipped by the loss (F.cross_entropy's default)
 MIN_TEMPERATURE = 1e-4   # smallest sampling temperature other than 0 (greedy); see GPT.generate
-
-
-@dataclass
-class GPTConfig:
-    """Model configuration; serialized as JSON next to every checkpoint."""
-
-    vocab_size: int = 257
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    d_ff: int | None = None
-    position: str = "fire"
-    position_options: dict[str, Any] = field(default_factory=dict)
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    norm_eps: float = 1e-5
-    attention: str = "auto"         # auto | dense | blocked | chunked | flex (see firepe.attention)
-    attention_block: int = 1024     # query block of the chunked backend
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "attention_block"):
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff <= 0):
-            raise ValueError(f"d_ff must be a positive integer or None (4 * d_model), got {self.d_ff!r}.")
-        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}.")
-        if not _is_real(self.norm_eps) or not 0 < self.norm_eps < math.inf:
-            raise ValueError(f"norm_eps must be a finite number > 0, got {self.norm_eps!r}.")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}.")
-        if not isinstance(self.position_options, dict):
-            raise ValueError(f"position_options must be a dict of encoding options, got "
-                             f"{type(self.position_options).__name__} {self.position_options!r}.")
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}.")
-        positions.validate(self.position, self.position_options)
-        if self.attention not in BACKENDS:
-            raise ValueError(f"unknown attention backend {self.attention!r}; valid: {', '.join(BACKENDS)}.")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.d_ff or 4 * self.d_model
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
-        return dataclass_from_dict(cls, data)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(n_layer=2, n_head=4, d_model=64),      # unit tests
-    "cpu": dict(n_layer=3, n_head=4, d_model=128),      # the laptop `firepe compare` default
-    "small": dict(n_layer=6, n_head=8, d_model=512),
-    "base": dict(n_layer=12, n_head=12, d_model=768),   # Table 8, 125M
-    "large": dict(n_layer=24, n_head=16, d_model=1024),  # Table 8 (head dim 64), 350M
-}
-
-
-def preset(name: str, **overrides: Any) -> GPTConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}.")
-    return GPTConfig(**{**PRESETS[name], **overrides})
 
 
 class Attention(nn.Module):
@@ -363,7 +284,7 @@ class GPT(nn.Module):
         chunked backend's query ``block`` of a built model."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}.")
-        if block is not None and (not _is_int(block) or block <= 0):
+        if block is not None and (not is_int(block) or block <= 0):
             raise ValueError(f"attention block must be a positive integer, got {block!r}.")
         self.cfg.attention = backend
         if block is not None:
@@ -381,32 +302,20 @@ class GPT(nn.Module):
         anyway. ``top_k`` keeps the k most likely tokens (all of them when ``top_k >= vocab_size``).
         Each step feeds one token: bias encodings compute one bias row for query position ``t``.
         """
-        if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        if not is_int(max_new_tokens) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
-        if not _is_real(temperature) or not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+        if not is_real(temperature) or not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
             raise ValueError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, "
                              f"got {temperature!r}.")
-        if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        if top_k is not None and (not is_int(top_k) or top_k < 1):
             raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}.")
         if isinstance(prompt, torch.Tensor) and prompt.dim() == 1:
             prompt = prompt[None]
         self._check_inputs(prompt, name="prompt")
         was_training = self.training
         self.eval()
-        cache = KVCache.empty(self.cfg.n_layer)
-        logits, _ = self._forward(prompt, None, cache)
-        out = [prompt]
-        for _ in range(max_new_tokens):
-            last = logits[:, -1].float()
-            if temperature == 0:
-                nxt = last.argmax(-1, keepdim=True)
-            else:
-                last = last / temperature
-                if top_k is not None:
-                    kth = torch.topk(last, min(top_k, last.shape[-1])).values[:, -1:]
-                    last = last.masked_fill(last < kth, float("-inf"))
-                nxt = torch.multinomial(last.softmax(-1), 1, generator=generator)
-            out.append(nxt)
-            logits, _ = self._forward(nxt, None, cache)  # sampled ids are in range: no per-step check/sync
-        self.train(was_training)
-        return torch.cat(out, dim=1)
+        try:
+            new = decode(self, prompt, max_new_tokens, temperature, top_k, generator)
+        finally:
+            self.train(was_training)
+        return torch.cat([prompt, new], dim=1)

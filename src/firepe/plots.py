@@ -133,6 +133,13 @@ def score_vs_length(results: dict[str, Any] | str | Path, path: str | Path = "sc
         lines.setdefault(name, {}).setdefault(r["length"], []).append(r["score"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lengths = sorted({r["length"] for r in results["results"]})
+    if "table" in results:  # several seeds: the mean over seeds with a +-1 std band
+        for name, by in results["table"]["cells"].items():
+            xs = [n for n in lengths if str(n) in by]
+            m, sd = [by[str(n)]["mean"] for n in xs], [by[str(n)]["std"] for n in xs]
+            ax.plot(xs, m, marker="o", lw=1.5, label=name)
+            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.2)
+        lines = {}
     for name, by_len in lines.items():
         xs = sorted(by_len)
         ax.plot(xs, [sum(by_len[n]) / len(by_len[n]) for n in xs], marker="o", lw=1.5, label=name)
@@ -155,11 +162,16 @@ def passkey_heatmap(results: dict[str, Any] | str | Path, label: str, path: str 
         raise ValueError(f"no passkey results of run {label!r} to plot.")
     lengths = sorted({r["length"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
+    cells: dict[tuple[int, int], list[float]] = {}
+    for r in rows:  # several seeds of one label: their mean
+        cells.setdefault((depths.index(r["depth"]), lengths.index(r["length"])), []).append(r["score"])
     grid = torch.full((len(depths), len(lengths)), float("nan"))
-    for r in rows:
-        grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["score"]
+    for (i, j), v in cells.items():
+        grid[i, j] = sum(v) / len(v)
+    seeds = len({r.get("seed") for r in rows})
+    title = f"passkey accuracy: {label}" + (f" (mean of {seeds} seeds)" if seeds > 1 else "")
     return _accuracy_heatmap(grid, [str(n) for n in lengths], [f"{d:g}" for d in depths], "context length (tokens)",
-                             "key depth", f"passkey accuracy: {label}", path)
+                             "key depth", title, path)
 
 
 def _accuracy_heatmap(grid: torch.Tensor, xticks: list[str], yticks: list[str], xlabel: str, ylabel: str,

@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import re
 import shutil
-import types
-import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from .config import DataConfig, GPTConfig, TrainConfig, check_fields, dataclass_from_dict
 
 __all__ = ["RunFolder", "RunWriteError", "error_line", "write_json", "write_text", "read_json", "dataclass_from_dict",
            "check_fields", "fsync_dir", "MetricsLog", "STEP_DIR"]
@@ -153,71 +152,6 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e}); the file is corrupt or truncated.") from None
 
 
-# -- schema checks ----------------------------------------------------------------------------
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list) or hint in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return False
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return all(_type_ok(v, args[0]) for v in value) if args else True
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    return {type(None): "null", bool: "true/false", int: "an integer", float: "a finite number",
-            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def check_fields(cls, data: Any, where: str) -> None:
-    """Raise ``ValueError`` unless ``data`` is a JSON object whose keys are fields of dataclass ``cls``
-    holding values of the annotated types (missing keys take the field defaults)."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}.")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
-    for name, f in known.items():
-        if name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ValueError(f"{where}: the required key {name!r} is missing.")
-            continue
-        if not _type_ok(data[name], hints[name]):
-            raise ValueError(f"{where}: {name} must be {_describe(hints[name])}, got {data[name]!r}.")
-
-
-def dataclass_from_dict(cls, data: Any, where: str | None = None):
-    """``cls(**data)`` after :func:`check_fields` (one clear error naming ``where`` if not)."""
-    where = where or cls.__name__
-    check_fields(cls, data, where)
-    try:
-        return cls(**data)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
 # -- metrics log ------------------------------------------------------------------------------
 
 
@@ -300,10 +234,6 @@ class RunFolder:
 
     def read_config(self) -> dict[str, Any]:
         """``config.json`` as a dict with sections ``model``, ``train``, ``data`` (each checked)."""
-        from .data import DataConfig
-        from .model import GPTConfig
-        from .train import TrainConfig
-
         self.check_exists()
         cfg = read_json(self.config_path)
         if not isinstance(cfg, dict):
@@ -317,18 +247,12 @@ class RunFolder:
 
     def configs(self):
         """``(GPTConfig, TrainConfig, DataConfig)`` of the run."""
-        from .data import DataConfig
-        from .model import GPTConfig
-        from .train import TrainConfig
-
         cfg = self.read_config()
         return tuple(dataclass_from_dict(cls, cfg[s], f"{self.config_path} [{s}]")
                      for s, cls in (("model", GPTConfig), ("train", TrainConfig), ("data", DataConfig)))
 
     def write_config(self, model_cfg, train_cfg, data_cfg, extra: dict[str, Any] | None = None) -> None:
         """``config.json``: the three sections, plus ``extra`` ones (e.g. ``finetune``)."""
-        from dataclasses import asdict
-
         write_json(self.config_path, {**(extra or {}), "model": asdict(model_cfg), "train": asdict(train_cfg),
                                       "data": asdict(data_cfg)})
 

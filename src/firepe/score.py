@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .attention import KVCache
 from .data import DataConfig, load_tokenizer
+from .generate import decode
 from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, check_at_most
 from .runs import RunFolder, dataclass_from_dict, refuse_link, write_json, write_text, writing
 from .tasks import PasskeyTask, Prepared, Task, check_task_files, expand_tasks, load_task, prepare
@@ -69,24 +69,7 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
 
 
 def _greedy_batch(model, x: torch.Tensor, max_new: int, eos_id: int, use_cache: bool) -> list[list[int]]:
-    B = x.shape[0]
-    done = torch.zeros(B, dtype=torch.bool, device=x.device)
-    new: list[torch.Tensor] = []
-    cache = KVCache.empty(model.cfg.n_layer) if use_cache else None
-    logits, _ = model(x, cache=cache)
-    seq = x
-    for _ in range(max_new):
-        nxt = logits[:, -1].float().argmax(-1)
-        new.append(nxt)
-        done |= nxt == eos_id
-        if bool(done.all()) or len(new) == max_new:
-            break
-        if use_cache:
-            logits, _ = model(nxt[:, None], cache=cache)
-        else:
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            logits, _ = model(seq)
-    ids = torch.stack(new, 1).tolist() if new else [[] for _ in range(B)]
+    ids = decode(model, x, max_new, eos_id=eos_id, use_cache=use_cache).tolist()
     return [row[:row.index(eos_id)] if eos_id in row else row for row in ids]
 
 
@@ -140,7 +123,7 @@ def score_runs(runs: Sequence[str | Path], task: str, lengths: Sequence[int] | N
     reference in tokens + 1. ``progress``: a progress bar over the examples decoded (with tokens/s), as
     ``train`` and ``eval`` have.
     """
-    from .train import resolve_device
+    from .loading import resolve_device
 
     if not runs:
         raise ValueError("no runs to score; pass one or more run folders.")
@@ -209,7 +192,7 @@ class _Progress:
 def _score_run(run, label, passkey, tasks, lengths, depths, examples, max_new_tokens, filler, seed, dev,
                attention, batch_tokens, rows, bar, log) -> None:
     """Score one run (every task, length and depth), appending to ``rows``."""
-    from .train import load_run
+    from .loading import load_run
 
     model, cfg = load_run(run, device=dev)
     if attention:
@@ -302,22 +285,25 @@ def format_scores(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_scores(out: str | Path, results: dict[str, Any], plot: bool = True) -> list[Path]:
+def write_scores(out: str | Path, results: dict[str, Any], plot: bool = True, table: str | None = None) -> list[Path]:
     """``out/score.json``, ``score.csv``, ``score.md``, ``score.png`` (score vs length, one line per
     run) and for passkey ``passkey_<label>.png`` (length x depth heat map per run); atomic writes. The
-    plots of an earlier score into ``out`` are removed first (with ``plot=False`` none is left)."""
+    plots of an earlier score into ``out`` are removed first (with ``plot=False`` none is left).
+    ``table``: the text of ``score.md`` (default :func:`format_scores`). Rows with a ``seed`` (several
+    seeds of one label) get a ``seed`` column in the CSV."""
     out = Path(out)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "label", "task", "metric", "length", "depth", "score", "examples"])
+    seeds = any("seed" in r for r in results["results"])
+    w.writerow(["run", "label", *(["seed"] if seeds else []), "task", "metric", "length", "depth", "score", "examples"])
     for r in results["results"]:
-        w.writerow([r["run"], r["label"], r["task"], r["metric"], r["length"],
+        w.writerow([r["run"], r["label"], *([r.get("seed", "")] if seeds else []), r["task"], r["metric"], r["length"],
                     "" if r["depth"] is None else r["depth"], f"{r['score']:.4f}", r["examples"]])
     write_json(out / "score.json", results)
     write_text(out / "score.csv", buf.getvalue())
-    write_text(out / "score.md", format_scores(results) + "\n")
+    write_text(out / "score.md", (format_scores(results) if table is None else table) + "\n")
     paths = [out / "score.json", out / "score.csv", out / "score.md"]
     heatmaps = {}
     if plot and results["results"] and results["results"][0]["task"] == "passkey":

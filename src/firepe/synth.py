@@ -24,16 +24,17 @@ from typing import Any
 
 import torch
 
-from .compare import _check_not_past, _log_group, _same_settings, train_or_reuse
+from .compare import check_not_past, check_same_settings, log_group, train_or_reuse
 from .data import DataConfig
 from .limits import MAX_LENGTH, check_at_most
+from .loading import load_run, resolve_device
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
 from .seeds import format_seed_table, parse_seeds, seed_table
 from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch
 from .tracking import check_installed
-from .train import TrainConfig, Trainer, load_run, resolve_device
+from .train import TrainConfig, Trainer
 
 __all__ = ["SynthTrainer", "synth", "score_synth_run", "parse_seeds", "format_synth", "SYNTH_DEFAULTS"]
 
@@ -181,7 +182,7 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
         check_at_most(n, f"the scored length {n}", MAX_LENGTH, " tokens")
         _eval_rows(task, examples, n)
     check_installed(train_cfg.log_to)
-    group = _log_group(out)
+    group = log_group(out)
     several = len(seeds) > 1
     plans = []
     for spec in parsed:  # refuse before training (or creating) anything
@@ -190,12 +191,12 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
         for seed in seeds:
             run, tcfg = _plan_folder(out, spec.label, seed, several), replace(train_cfg, seed=seed)
             if run.has_run():
-                _same_settings(run, mcfg, tcfg, DataConfig())
+                check_same_settings(run, mcfg, tcfg, DataConfig())
                 saved = synth_section(run.read_config(), str(run.config_path))
                 if replace(saved, eval_seed=task_cfg.eval_seed) != task_cfg:  # the evaluation set may change
                     raise ValueError(f"{run.path} holds a run on another task ({saved.task} {asdict(saved)}); use "
                                      "another --out or remove that folder.")
-                _check_not_past(run, tcfg.steps, "--steps")
+                check_not_past(run, tcfg.steps, "--steps")
             plans.append((spec, opts, seed, run, mcfg, tcfg))
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)

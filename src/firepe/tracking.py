@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import TRACKERS, parse_log_to
 from .runs import error_line, read_json, refuse_link, write_json
 
 __all__ = ["Tracker", "TrackerRun", "Trackers", "BACKENDS", "parse_log_to", "check_installed", "open_trackers"]
@@ -151,32 +152,7 @@ class TrackioTracker(Tracker):
 #: ``--log-to`` names -> backends
 BACKENDS: dict[str, type[Tracker]] = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
                                       "trackio": TrackioTracker}
-
-_VALID = f"{', '.join(BACKENDS)} (comma-separated), or none"
-
-
-def parse_log_to(text: str | None) -> str | None:
-    """``log_to`` as given -> the canonical ``"tensorboard,wandb"`` (lower case, no spaces or
-    repeats), or None for ``None`` / ``"none"``; ValueError naming a bad entry and the valid ones."""
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise ValueError(f"log_to must be a string of backend names ({_VALID}), got {text!r}.")
-    if not text.strip():
-        raise ValueError(f"log_to is empty; valid: {_VALID}.")
-    if text.strip().lower() == "none":
-        return None
-    names = [s.strip().lower() for s in text.split(",")]
-    if any(not s for s in names):
-        raise ValueError(f"log_to {text!r} has an empty entry; valid: {_VALID}.")
-    if "none" in names:
-        raise ValueError(f"log_to {text!r} combines 'none' with backends; pass none alone (no logging) or only "
-                         f"backend names: {', '.join(BACKENDS)}.")
-    unknown = [s for s in names if s not in BACKENDS]
-    if unknown:
-        raise ValueError(f"log_to names an unknown backend {unknown[0]!r}; valid: {_VALID}.")
-    return ",".join(dict.fromkeys(names))
-
+assert tuple(BACKENDS) == TRACKERS  # the names --log-to accepts (firepe.config)
 
 def _names(log_to: str | None) -> list[str]:
     canonical = parse_log_to(log_to)

@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,113 +27,15 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
-from .data import DataConfig, TokenData, build_tokenizer, encoded_stream, load_corpus, load_tokenizer
-from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, check_at_most
-from .model import GPT, GPTConfig
-from .runs import RunFolder, dataclass_from_dict, read_json
-from .tracking import TrackerRun, Trackers, check_installed, open_trackers, parse_log_to
+from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, resume_changes
+from .data import TokenData, build_tokenizer, encoded_stream, load_corpus, load_tokenizer
+from .loading import load_run, resolve_device
+from .model import GPT
+from .runs import RunFolder, read_json
+from .tracking import TrackerRun, Trackers, check_installed, open_trackers
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_run", "lr_at", "resolve_device", "process_group",
            "build_optimizer", "RESUMABLE"]
-
-
-def _help(text: str, **more: Any) -> dict[str, Any]:
-    return {"help": text, **more}
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; ``firepe train`` derives one flag per field (``--seq-len`` ...) from them."""
-
-    seq_len: int = field(default=128, metadata=_help("training length (tokens per sequence)"))
-    batch_size: int = field(default=16, metadata=_help("global sequences per optimizer step"))
-    micro_batch_size: int | None = field(default=None, metadata=_help(
-        "sequences per forward pass per process (gradient accumulation); default: the whole per-process batch"))
-    steps: int = field(default=1000, metadata=_help("optimizer steps"))
-    lr: float = field(default=1e-3, metadata=_help("peak learning rate"))
-    min_lr_ratio: float = field(default=0.1, metadata=_help("final lr as a fraction of --lr (cosine decay), 0..1"))
-    warmup_steps: int = field(default=50, metadata=_help("linear warm-up steps"))
-    weight_decay: float = field(default=0.1, metadata=_help("AdamW weight decay (not on norms, biases, positions)"))
-    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_help("AdamW betas", cli=False))
-    grad_clip: float = field(default=1.0, metadata=_help("gradient-norm clipping (0: off)"))
-    seed: int = field(default=0, metadata=_help("seed of the initialization and the data order"))
-    random_positions: int | None = field(default=None, metadata=_help(
-        "randomized positions (Ruoss et al., 2023): each training sequence takes a sorted random subset of "
-        "[0, M) as its positions instead of 0..seq_len-1 (M >= seq_len; never at evaluation)"))
-    log_every: int = field(default=10, metadata=_help("steps between metrics.jsonl lines"))
-    checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints"))
-    keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept on disk (newest first)"))
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N"))
-    precision: str = field(default="auto", metadata=_help("auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16",
-                                                           choices=("auto", "fp32", "bf16")))
-    threads: int | None = field(default=None, metadata=_help("CPU threads (torch.set_num_threads)"))
-    progress: bool = field(default=True, metadata=_help("progress bar"))
-    log_to: str | None = field(default=None, metadata=_help(
-        "also send the metrics.jsonl rows to tensorboard, wandb and/or trackio (comma-separated; none: off)"))
-    log_project: str = field(default="firepe", metadata=_help("W&B / Trackio project of --log-to"))
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        _check_int(self.seq_len, "seq_len", 2, "the training length must be at least 2 tokens")
-        for name in ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-            _check_int(getattr(self, name), name, 1)
-        for name in ("micro_batch_size", "threads"):
-            if getattr(self, name) is not None:
-                _check_int(getattr(self, name), name, 1)
-        _check_int(self.warmup_steps, "warmup_steps", 0)
-        check_at_most(self.seq_len, "seq_len", MAX_LENGTH, " tokens")
-        for name in ("steps", "warmup_steps", "log_every", "checkpoint_every"):
-            check_at_most(getattr(self, name), name, MAX_STEPS)
-        check_at_most(self.batch_size * self.seq_len, f"batch_size x seq_len ({self.batch_size} x {self.seq_len})",
-                      MAX_BATCH_TOKENS, " tokens per step")
-        _check_int(self.seed, "seed", 0)
-        if self.random_positions is not None:
-            _check_int(self.random_positions, "random_positions", self.seq_len,
-                       f"random_positions (M) must be an integer >= the training length {self.seq_len} (positions "
-                       "are drawn from [0, M))")
-            check_at_most(self.random_positions, "random_positions", MAX_LENGTH)
-        _check_float(self.lr, "lr", lo=0, lo_open=True)
-        _check_float(self.min_lr_ratio, "min_lr_ratio", lo=0, hi=1)
-        _check_float(self.weight_decay, "weight_decay", lo=0)
-        _check_float(self.grad_clip, "grad_clip", lo=0)
-        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}.")
-        if not isinstance(self.device, str) or not self.device.strip():
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
-        self.log_to = parse_log_to(self.log_to)
-        if (not isinstance(self.log_project, str) or not self.log_project.strip()
-                or any(c in self.log_project for c in "/\\#?%:")):
-            raise ValueError(f"log_project must be a non-empty name without any of / \\ # ? % :, "
-                             f"got {self.log_project!r}.")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return dataclass_from_dict(cls, data)
-
-
-#: TrainConfig fields a resumed run may change (``--resume --steps N`` extends the budget and the cosine
-#: schedule from there); every other setting of a run is fixed by its config.json.
-RESUMABLE = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "progress", "log_to",
-             "log_project")
-
-
-def _check_int(value: Any, name: str, minimum: int, message: str | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{message or f'{name} must be an integer >= {minimum}'}, got {value!r}.")
-
-
-def _check_float(value: Any, name: str, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value <= hi
-    if not ok:
-        rng = (f"> {lo:g}" if lo_open else f">= {lo:g}") if hi is None else f"in [{lo:g}, {hi:g}]"
-        raise ValueError(f"{name} must be a finite number {rng}, got {value!r}.")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -145,27 +47,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; ``cuda`` (no index) -> ``cuda:LOCAL_RANK``
-    (under torchrun every process takes its own GPU); checks that the device exists."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N.") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported; valid: auto, cpu, cuda, cuda:N.")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but this PyTorch has no usable CUDA; use --device cpu.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
-    return device
-
-
 def init_distributed(device: torch.device) -> None:
     """The process group of a torchrun job: NCCL on CUDA after ``torch.cuda.set_device(device)`` (so NCCL and
     object collectives use this rank's GPU, not GPU 0 from every rank), gloo on CPU."""
@@ -174,31 +55,6 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """Model (latest checkpoint, eval mode, weights checked finite) and the run's config dictionary.
-
-    An exported folder (``firepe export``) loads as well: see :func:`firepe.exported.load_export`."""
-    from .exported import is_export, load_export
-
-    if is_export(run_dir):
-        return load_export(run_dir, device)
-    run = RunFolder(run_dir)
-    cfg = run.read_config()
-    model_cfg = dataclass_from_dict(GPTConfig, cfg["model"], f"{run.config_path} [model]")
-    device = resolve_device(device) if isinstance(device, str) else device
-    ckpt = latest_checkpoint(run.path)
-    if ckpt is None:
-        raise ValueError(f"run folder {str(run.path)!r} has no checkpoint yet.")
-    read_state(ckpt)
-    model = GPT(model_cfg)
-    load_model_weights(model, ckpt)
-    try:
-        model.check_finite()
-    except ValueError as e:
-        raise ValueError(f"checkpoint {ckpt} holds non-finite weights: {e}") from None
-    return model.to(device).eval(), cfg
 
 
 @contextmanager
@@ -284,7 +140,8 @@ class Trainer:
         elif changes:
             raise ValueError("changes= applies to resumed runs only.")
         self.model_cfg, self.cfg = model_cfg or GPTConfig(), train_cfg or TrainConfig()
-        self.data_cfg = data_cfg or DataConfig()
+        # a new run stores absolute local paths (DataConfig.resolved), whoever builds it
+        self.data_cfg = data_cfg if resume else (data_cfg or DataConfig()).resolved()
         cfg = self.cfg
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {self.world} processes.")
@@ -363,12 +220,11 @@ class Trainer:
     # -- run folder ------------------------------------------------------------------------
     def _resumed_configs(self, changes: dict[str, Any]) -> tuple[GPTConfig, TrainConfig, DataConfig]:
         model_cfg, train_cfg, data_cfg = self.run.configs()
-        fixed = sorted(set(changes) - set(RESUMABLE))
-        if fixed:
-            raise ValueError(f"--resume continues the run with its saved settings; {', '.join(fixed)} cannot "
+        allowed, refused = resume_changes(train_cfg, changes)
+        if refused:
+            raise ValueError(f"--resume continues the run with its saved settings; {', '.join(sorted(refused))} cannot "
                              f"change (only {', '.join(RESUMABLE)} may). Start a new run with another --out.")
-        valid = {f.name for f in fields(TrainConfig)}
-        return model_cfg, TrainConfig(**{**{k: getattr(train_cfg, k) for k in valid}, **changes}), data_cfg
+        return model_cfg, replace(train_cfg, **allowed), data_cfg
 
     def _open_folder(self, resume: bool) -> None:
         """Rank 0: lock the folder, clean leftovers of killed writers, and (new run) write config and

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,6 +131,12 @@ class PositionEncoding(nn.Module):
         super().__init__()
         self.num_heads = _positive_int("num_heads", num_heads)
         self.head_dim = _positive_int("head_dim", head_dim)
+
+    @classmethod
+    def training_defaults(cls, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
+        """Options a training run at ``seq_len`` adds to ``options`` (the encoding's own defaults stay for
+        what is not added). None here; FIRE and T5 set the paper's training values (Appendix C.1)."""
+        return {}
 
     @property
     def adds_bias(self) -> bool:

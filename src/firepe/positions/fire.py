@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -153,6 +154,16 @@ class FIRE(BiasEncoding):
                 self.L_multiplier = nn.Parameter(multiplier)
             else:
                 self.register_buffer("L_multiplier", multiplier)
+
+    @classmethod
+    def training_defaults(cls, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
+        """``init_L = seq_len / 4`` unless given (or ``threshold=False``): the paper's ratio, 512 for 2048
+        (the constructor's default stays 512); ``bias_mode="table"``, recorded explicitly in saved configs."""
+        out: dict[str, Any] = {}
+        if "init_L" not in options and options.get("threshold", True):
+            out["init_L"] = seq_len / 4
+        out["bias_mode"] = "table"
+        return out
 
     @property
     def L(self) -> torch.Tensor | None:

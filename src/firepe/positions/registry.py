@@ -16,14 +16,13 @@ for an optional option).
 from __future__ import annotations
 
 import inspect
-import numbers
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .base import PositionEncoding
+from .hints import describe, fits, split_optional
 
 __all__ = ["register", "available", "get", "options", "validate", "build", "Spec", "parse_spec",
            "training_options"]
@@ -78,51 +77,9 @@ def options(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in _parameters(name).items()}
 
 
-def _split_optional(annotation) -> tuple[Any, bool]:
-    """``X | None`` -> ``(X, True)``; anything else -> ``(annotation, False)``."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
-            return args[0], True
-    return annotation, False
-
-
-def _describe(annotation, text: bool = True) -> str:
-    """``annotation`` in words, for a spec's text (``text``) or for a Python value."""
-    inner, optional = _split_optional(annotation)
-    if typing.get_origin(inner) in (list, tuple, Sequence):
-        base = "a list"
-    else:
-        words = {bool: "a bool (true/false/1/0/yes/no)" if text else "a bool (True or False)",
-                 int: "an integer", float: "a number", str: "a string"}
-        base = words.get(inner, getattr(inner, "__name__", str(inner)))
-    return base + ((" or none" if text else " or None") if optional else "")
-
-
-def _is_type(value: Any, annotation) -> bool:
-    """Whether the Python ``value`` fits ``annotation`` (unknown annotations accept anything)."""
-    inner, optional = _split_optional(annotation)
-    if value is None:
-        return optional or annotation is None
-    if inner is bool:
-        return isinstance(value, bool)
-    if inner is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if inner is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if inner is str:
-        return isinstance(value, str)
-    if typing.get_origin(inner) in (list, tuple, Sequence):
-        if hasattr(value, "tolist") and hasattr(value, "dim"):  # a tensor of values
-            return True
-        item = (typing.get_args(inner) or (Any,))[0]
-        return isinstance(value, Sequence) and not isinstance(value, str) and all(_is_type(v, item) for v in value)
-    return True
-
-
 def _from_text(name: str, key: str, text: str, annotation) -> Any:
     """The value of option ``key`` written as ``text`` in a spec, converted by its annotation."""
-    inner, optional = _split_optional(annotation)
+    inner, optional = split_optional(annotation)
     word = text.strip().lower()
     if optional and word == "none":
         return None
@@ -143,7 +100,7 @@ def _from_text(name: str, key: str, text: str, annotation) -> Any:
             return text
     except ValueError:
         pass
-    raise ValueError(f"option {key}={text!r} of position encoding {name!r} must be {_describe(annotation)}.")
+    raise ValueError(f"option {key}={text!r} of position encoding {name!r} must be {describe(annotation, 'spec')}.")
 
 
 def validate(name: str, opts: dict[str, Any]) -> None:
@@ -160,8 +117,8 @@ def validate(name: str, opts: dict[str, Any]) -> None:
         raise ValueError(f"position encoding {name!r} needs option(s) {', '.join(missing)}.")
     for key, value in opts.items():
         annotation = params[key].annotation
-        if annotation is not inspect.Parameter.empty and not _is_type(value, annotation):
-            expected = _describe(annotation, text=False)
+        if annotation is not inspect.Parameter.empty and not fits(value, annotation):
+            expected = describe(annotation, 'python')
             raise ValueError(f"option {key} of position encoding {name!r} must be {expected}, "
                              f"got {value!r} ({type(value).__name__}).")
 
@@ -217,17 +174,9 @@ def parse_spec(text: str) -> Spec:
 
 
 def training_options(position: str, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
-    """``options`` plus the defaults ``firepe train`` and ``firepe compare`` use (paper, Appendix C.1).
-
-    * FIRE / FIRE-S: ``init_L = seq_len / 4`` unless given (or ``threshold=False``; the paper's 512
-      for 2048) and ``bias_mode="table"`` (recorded explicitly in saved configs).
-    * T5: 64 buckets per head unless ``num_buckets`` is given (``max_distance`` keeps T5's 128).
-    """
+    """``options`` plus the encoding's :meth:`~.base.PositionEncoding.training_defaults` for a run at
+    ``seq_len`` (what ``firepe train`` and ``firepe compare`` use; a given option always wins)."""
     opts = dict(options)
-    if position in ("fire", "fire_s"):
-        if "init_L" not in opts and opts.get("threshold", True):
-            opts["init_L"] = seq_len / 4
-        opts.setdefault("bias_mode", "table")
-    elif position == "t5":
-        opts.setdefault("num_buckets", 64)
+    for key, value in get(position).training_defaults(dict(options), seq_len).items():
+        opts.setdefault(key, value)
     return opts

@@ -13,6 +13,7 @@ sets ``num_buckets=64`` unless it is given.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +44,11 @@ class T5Bias(BiasEncoding):
     """``bias[h, q, k] = r[bucket(q_pos - k_pos), h]`` with ``r`` an ``nn.Embedding(num_buckets, H)``."""
 
     translation_invariant = True
+
+    @classmethod
+    def training_defaults(cls, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
+        """The paper's 64 buckets per head (Appendix C.1); ``max_distance`` keeps T5's 128."""
+        return {"num_buckets": 64}
 
     def __init__(self, num_heads: int, head_dim: int, num_buckets: int = 32, max_distance: int = 128,
                  layer_shared: bool = True):

@@ -189,7 +189,7 @@ def _load(spec: str, name: str, config: str, split: str, data_files: str | None)
         import datasets
     except ImportError:
         raise ValueError(f"task {spec} needs the datasets package: pip install 'firepe[tasks]'.") from None
-    from ..data import _cause, _quiet_hub
+    from ..data import error_cause, quiet_hub
 
     if files is not None:
         builder, paths = files
@@ -197,23 +197,23 @@ def _load(spec: str, name: str, config: str, split: str, data_files: str | None)
         bars = datasets.are_progress_bars_disabled()
         datasets.disable_progress_bars()  # "Generating train split" of a few local rows is noise
         try:
-            with _quiet_hub():
+            with quiet_hub():
                 ds = datasets.load_dataset(builder, data_files=paths, split="train")
         except Exception as e:  # undecodable, malformed or mixed-schema files
-            raise ValueError(f"could not read the {builder} files {shown} for task {spec} ({_cause(e)}).") from e
+            raise ValueError(f"could not read the {builder} files {shown} for task {spec} ({error_cause(e)}).") from e
         finally:
             if not bars:
                 datasets.enable_progress_bars()
         return ds, f"(files {shown})"
     try:
-        with _quiet_hub():
+        with quiet_hub():
             if name == HF_NAMES["scrolls"]:
                 ds = _scrolls_hub(datasets, name, config, split)
             else:
                 ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # network, hub, cache and builder errors of datasets / huggingface_hub
         raise ValueError(f"could not load Hugging Face dataset {name!r} (config {config!r}, split {split!r}) for "
-                         f"task {spec} ({_cause(e)}); without the hub, pass local copies with data_files "
+                         f"task {spec} ({error_cause(e)}); without the hub, pass local copies with data_files "
                          "(.jsonl/.json/.parquet/.csv) or set HF_DATASETS_OFFLINE=1 with the dataset already in the "
                          "Hugging Face cache.") from e
     return ds, f"(split {split!r})"
