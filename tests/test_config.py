@@ -63,6 +63,26 @@ def test_trainer_compare_and_cli_share_the_rule(tmp_path):
                             DataConfig(corpus=str(corpus), val_tokens=64))
     with pytest.raises(ValueError, match="lr cannot change"):
         Trainer(tmp_path / "r", resume=True, changes={"lr": 0.5})
+    again = Trainer(tmp_path / "r", resume=True, changes={"lr": train.lr, "steps": 2})  # an unchanged lr is no change
+    assert again.cfg.lr == train.lr and again.cfg.steps == 2
+    again.run.unlock()
+
+
+def test_compare_reuses_a_run_that_stored_a_relative_corpus(tmp_path, monkeypatch):
+    """Runs written before configs resolved their paths hold relative ones; both sides are resolved."""
+    from firepe.compare import check_same_settings
+    from firepe.runs import RunFolder
+    from firepe.train import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.txt").write_text("hello world, " * 400)
+    model = GPTConfig(vocab_size=257, n_layer=1, n_head=2, d_model=16, position="nope")
+    train = TrainConfig(seq_len=16, batch_size=2, steps=1, log_every=1, checkpoint_every=1, progress=False)
+    Trainer("r", model, train, DataConfig(corpus="c.txt", val_tokens=64)).fit()
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    cfg["data"]["corpus"] = "c.txt"  # as an older version stored it
+    (tmp_path / "r" / "config.json").write_text(json.dumps(cfg))
+    check_same_settings(RunFolder(tmp_path / "r"), model, train, DataConfig(corpus="c.txt", val_tokens=64))
 
 
 def test_a_library_run_stores_absolute_paths(tmp_path, monkeypatch):

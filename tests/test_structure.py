@@ -128,3 +128,6 @@ def test_old_config_import_paths_keep_working():
     from firepe import loading
 
     assert train.load_run is loading.load_run and train.resolve_device is loading.resolve_device
+    from firepe import exported
+
+    assert exported.load_export is loading.load_export

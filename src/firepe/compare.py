@@ -10,7 +10,7 @@ optional label prefix ``label=`` (``fire_lin=fire:mlp_layers=0``).
 
 FIRE defaults for training runs (:func:`training_options`): unless given, ``init_L`` is a quarter
 of the training length, the paper's ratio (512 for 2048; the positions-level default stays 512),
-and ``bias_mode="table"`` (the fast interpolated bias, max error ~3e-5, see the README); T5 gets the
+and ``bias_mode="table"`` (the fast interpolated bias, max error ~3e-5, see docs/backends.md); T5 gets the
 paper's 64 buckets (Appendix C.1) unless ``num_buckets`` is given.
 
 With ``train_cfg.log_to`` (``--log-to``), every label's training is its own tracker run, named
@@ -72,7 +72,7 @@ def check_same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, da
     (its vocabulary comes from the tokenizer) and the data as saved, the train fields other than
     :data:`~firepe.config.RESUMABLE` (:func:`~firepe.config.resume_changes`)."""
     saved_model, saved_train, saved_data = run.configs()
-    data = data.resolved()  # as a new run stores it
+    saved_data, data = saved_data.resolved(), data.resolved()  # as a new run stores it (older runs: relative)
     diffs = [f"model.{k} ({getattr(saved_model, k)!r} != {getattr(model, k)!r})"
              for k in config_diff(saved_model, model) if k != "vocab_size"]
     diffs += [f"train.{k} ({a!r} != {b!r})" for k, (a, b) in resume_changes(saved_train, asdict(train))[1].items()]
@@ -166,6 +166,8 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     if several:
         summary["seeds"] = seeds
         summary["table"] = seed_summary(summary)
+    else:
+        summary["seed"] = seeds[0]
     table = format_table(summary)
     log(table)
     write_json(out / "results.json", summary)
@@ -239,7 +241,7 @@ def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainCo
     several = "seeds" in summary
     plans = []
     for row in summary["runs"]:
-        seed = row["seed"] if several else train_cfg.seed
+        seed = row["seed"] if several else summary.get("seed", train_cfg.seed)
         base = Path(row["run"]) if several else out / row["label"]
         ft = RunFolder(folder / row["label"] / f"seed-{seed}" if several else folder / row["label"])
         tcfg = replace(train_cfg, seed=seed)

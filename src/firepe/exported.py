@@ -16,10 +16,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import GPTConfig, dataclass_from_dict
+import torch
+from torch import nn
+
+from .checkpoint import load_model_weights
+from .config import DataConfig, GPTConfig, TrainConfig, check_fields, dataclass_from_dict
+from .devices import resolve_device
+from .model import GPT
 from .runs import read_json
 
-__all__ = ["MODEL_TYPE", "PREFIX", "SHIM", "AUTO_MAP", "is_export", "hf_fields", "gpt_config"]
+__all__ = ["MODEL_TYPE", "PREFIX", "SHIM", "AUTO_MAP", "is_export", "hf_fields", "gpt_config", "load_export"]
 
 MODEL_TYPE = "firepe"
 PREFIX = "transformer"           # attribute of the GPT inside FirePEForCausalLM, so tensors are "transformer.*"
@@ -93,3 +99,41 @@ def gpt_config(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
         return dataclass_from_dict(GPTConfig, data, where)
     except ValueError as e:  # GPTConfig's own checks (encoding options ...) do not know the file
         raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
+class _Holder(nn.Module):
+    def __init__(self, model: GPT):
+        super().__init__()
+        setattr(self, PREFIX, model)
+
+
+def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
+    """Model (eval mode, weights checked finite) and a run-style config dict (``model``, ``train``,
+    ``data``, plus ``export``: the source run and step) of an exported folder."""
+    path = Path(path)
+    file = path / "config.json"
+    hf = read_json(file)
+    if not isinstance(hf, dict) or hf.get("model_type") != MODEL_TYPE:
+        raise ValueError(f"{file} is not a firepe export (model_type must be {MODEL_TYPE!r}).")
+    model_cfg = gpt_config(hf, str(file))
+    extra = hf.get("firepe")
+    if not isinstance(extra, dict) or not isinstance(extra.get("train"), dict) or not isinstance(extra.get("data"),
+                                                                                                  dict):
+        raise ValueError(f"{file} has no \"firepe\" object with \"train\" and \"data\"; re-export the run.")
+    check_fields(TrainConfig, extra["train"], f"{file} [firepe.train]")
+    check_fields(DataConfig, extra["data"], f"{file} [firepe.data]")
+    try:
+        model = GPT(model_cfg)  # an encoding checks its option values when built
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
+    if extra["data"].get("tokenizer", "byte") == "byte":
+        check_byte_tokenizer(path / "tokenizer.json")
+    load_model_weights(_Holder(model), path)
+    try:
+        model.check_finite()
+    except ValueError as e:
+        raise ValueError(f"{path / 'model.safetensors'} holds non-finite weights: {e}") from None
+    device = resolve_device(device) if isinstance(device, str) else device
+    cfg = {"model": model_cfg.to_dict(), "train": extra["train"], "data": extra["data"],
+           "export": {k: v for k, v in extra.items() if k not in ("train", "data")}}
+    return model.to(device).eval(), cfg

@@ -137,8 +137,9 @@ def score_vs_length(results: dict[str, Any] | str | Path, path: str | Path = "sc
         for name, by in results["table"]["cells"].items():
             xs = [n for n in lengths if str(n) in by]
             m, sd = [by[str(n)]["mean"] for n in xs], [by[str(n)]["std"] for n in xs]
-            ax.plot(xs, m, marker="o", lw=1.5, label=name)
-            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.2)
+            (line,) = ax.plot(xs, m, marker="o", lw=1.5, label=name)
+            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.2,
+                            color=line.get_color())
         lines = {}
     for name, by_len in lines.items():
         xs = sorted(by_len)

@@ -116,7 +116,8 @@ class Trainer:
     """Owns model, optimizer, data and the run folder. ``fit()`` trains to ``cfg.steps``.
 
     New run: pass the three configs; the folder must not hold a run yet. ``resume=True``: the configs
-    come from ``RUN/config.json``; ``changes`` may set the :data:`RESUMABLE` train fields (a new step
+    come from ``RUN/config.json``; ``changes`` may set the :data:`RESUMABLE` train fields (a given value equal
+    to the saved one is no change, whatever the field: :func:`~firepe.config.resume_changes`; a new step
     budget is written back to config.json). A run stopped before its first checkpoint resumes from
     step 0. The folder is locked (``flock``) from construction until ``fit()`` returns.
 
