@@ -139,3 +139,30 @@ def test_bench_speed_job_past_its_timeout_is_an_error_row(tmp_path, capsys, monk
     code, out, err = run_cli(["bench-speed", "--lengths", "64", "--encodings", "nope", "--scope", "layer",
                               "--job-timeout", "7", "--out", tmp_path / "b"], capsys)
     assert code == 2 and "timed out after 7 s" in err and err.count("\n") == 1
+
+
+def test_model_flags_come_from_gptconfig_fields(tmp_path, text_corpus, capsys):
+    """Every GPTConfig field with a flag reaches the saved config; on --resume a different value is refused."""
+    from dataclasses import fields
+
+    from firepe.cli import build_parser
+    from firepe.config import GPTConfig
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in fields(GPTConfig):
+        flag = "--" + f.name.replace("_", "-") + " "
+        if f.name != "position":  # --position is the hand-written spec flag (name and options)
+            assert (flag in help_text) == (f.metadata.get("cli") is not False), flag
+    assert "--untied" in help_text and "--preset" in help_text
+    run = tmp_path / "r"
+    code, out, err = run_cli(["train", "--out", run, "--position", "nope", "--steps", "2", "--d-ff", "48",
+                              "--norm-eps", "0.001", "--n-layer", "1", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0, err
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert (model["d_ff"], model["norm_eps"], model["n_layer"], model["n_head"]) == (48, 0.001, 1, 4)  # n_head: tiny's
+    code, out, err = run_cli(["train", "--out", run, "--resume", "--steps", "3", "--d-ff", "64",
+                              "--corpus", text_corpus, *TINY], capsys)
+    assert code == 2 and "--d-ff (run: d_ff=48)" in err
+    code, out, err = run_cli(["train", "--out", tmp_path / "x", "--norm-eps", "0", "--corpus", text_corpus, *TINY],
+                             capsys)
+    assert code == 2 and "norm_eps must be a finite number > 0" in err and not (tmp_path / "x").exists()

@@ -22,7 +22,7 @@ from . import __version__
 from .attention import BACKENDS, bias_encoding
 from .bench import ROWS, check_rows, run_bench
 from .compare import ABLATION_SPECS, DEFAULT_SPECS, PASSKEY_DEFAULTS, compare, compare_passkey, split_specs
-from .config import PRESETS, RESUMABLE, DataConfig, TrainConfig, dataclass_from_dict, preset, resume_changes
+from .config import PRESETS, RESUMABLE, DataConfig, GPTConfig, TrainConfig, dataclass_from_dict, preset, resume_changes
 from .data import load_tokenizer
 from .evaluate import evaluate_run, parse_lengths, write_results
 from .finetune import FINETUNE_DEFAULTS, FinetuneConfig, FinetuneTrainer, finetune_section
@@ -123,17 +123,17 @@ def dataclass_from_args(cls, args) -> Any:
 
 
 def _add_model_args(p: argparse.ArgumentParser, with_position: bool, preset: str = "cpu") -> None:
+    """``--preset``, ``--position`` (a spec, train only), ``--untied``, and one flag per :class:`GPTConfig`
+    field with a flag (:func:`add_dataclass_args`; the preset's fields default to None: the preset's)."""
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=preset, help="tiny | cpu | small | base | large (Table 8)")
     if with_position:
         g.add_argument("--position", default="fire",
                        help="encoding spec, e.g. fire, rope, fire:mlp_layers=1,activation=gelu")
-    g.add_argument("--n-layer", type=_int)
-    g.add_argument("--n-head", type=_int)
-    g.add_argument("--d-model", type=_int)
+    defaults = GPTConfig()
+    add_dataclass_args(g, GPTConfig, argparse.Namespace(**{
+        f.name: None if f.metadata.get("preset") else getattr(defaults, f.name) for f in fields(GPTConfig)}))
     g.add_argument("--untied", action="store_true", help="untie input and output embeddings")
-    g.add_argument("--dropout", type=_float, default=0.0)
-    g.add_argument("--attention", choices=list(BACKENDS), default="auto", help="attention backend for training")
 
 
 def _add_train_args(p: argparse.ArgumentParser, train_defaults, data_defaults) -> None:
@@ -142,12 +142,11 @@ def _add_train_args(p: argparse.ArgumentParser, train_defaults, data_defaults) -
 
 
 def _model_config(args, position: str):
-    overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_head", args.n_head),
-                                   ("d_model", args.d_model)) if v is not None}
+    given = {f.name: getattr(args, f.name) for f in _MODEL_FIELDS if getattr(args, f.name) is not None}
     spec = parse_spec(position)
     opts = training_options(spec.position, spec.options, args.seq_len)
     return preset(args.preset, position=spec.position, position_options=opts, tie_embeddings=not args.untied,
-                  dropout=args.dropout, attention=args.attention, **overrides)
+                  **given)
 
 
 def _configs(args, position: str = "nope"):
@@ -165,9 +164,11 @@ def _check_out(path: str, what: str = "--out") -> Path:
     return out
 
 
-_MODEL_FLAGS = {"preset": ("n_layer", "n_head", "d_model"), "n_layer": ("n_layer",), "n_head": ("n_head",),
-                "d_model": ("d_model",), "untied": ("tie_embeddings",), "dropout": ("dropout",),
-                "attention": ("attention",)}
+#: the GPTConfig fields with a flag of their own (the model group of train, compare, ablate, synth)
+_MODEL_FIELDS = [f for f in fields(GPTConfig) if f.metadata.get("cli") is not False]
+#: model flag -> the GPTConfig fields it sets (what a --resume compares)
+_MODEL_FLAGS = {"preset": tuple(f.name for f in _MODEL_FIELDS if f.metadata.get("preset")),
+                "untied": ("tie_embeddings",), **{f.name: (f.name,) for f in _MODEL_FIELDS}}
 
 
 def _resumed_run(args):

@@ -59,18 +59,21 @@ _help = field_help
 class GPTConfig:
     """Model configuration; serialized as JSON next to every checkpoint."""
 
-    vocab_size: int = 257
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    d_ff: int | None = None
-    position: str = "fire"
-    position_options: dict[str, Any] = field(default_factory=dict)
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    norm_eps: float = 1e-5
-    attention: str = "auto"         # auto | dense | blocked | chunked | flex (see firepe.attention)
-    attention_block: int = 1024     # query block of the chunked backend
+    # ``preset=True``: the flag's default is the --preset's value; ``cli=False``: no flag of its own (the
+    # vocabulary comes from the tokenizer, the encoding from --position, tie_embeddings from --untied)
+    vocab_size: int = field(default=257, metadata=_help("vocabulary size", cli=False))
+    n_layer: int = field(default=4, metadata=_help("layers (default: the preset's)", preset=True))
+    n_head: int = field(default=4, metadata=_help("attention heads (default: the preset's)", preset=True))
+    d_model: int = field(default=128, metadata=_help("model width (default: the preset's)", preset=True))
+    d_ff: int | None = field(default=None, metadata=_help("feed-forward width (default: 4 x d_model)"))
+    position: str = field(default="fire", metadata=_help("position encoding", cli=False))
+    position_options: dict[str, Any] = field(default_factory=dict, metadata=_help("its options", cli=False))
+    tie_embeddings: bool = field(default=True, metadata=_help("tie input and output embeddings", cli=False))
+    dropout: float = field(default=0.0, metadata=_help("dropout"))
+    norm_eps: float = field(default=1e-5, metadata=_help("LayerNorm epsilon"))
+    attention: str = field(default="auto", metadata=_help("attention backend for training (see firepe.attention)",
+                                                          choices=BACKENDS))
+    attention_block: int = field(default=1024, metadata=_help("query block of the chunked backend"))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "attention_block"):
