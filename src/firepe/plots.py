@@ -94,14 +94,8 @@ def perplexity_vs_length(summary: dict[str, Any] | str | Path, path: str | Path 
     if not isinstance(summary, dict):
         summary = json.loads(Path(summary).read_text())
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if "table" in summary:  # several seeds: the mean with a +-1 std band
-        xs = summary["lengths"]
-        for label, by in summary["table"]["cells"].items():
-            m = [by[str(n)]["mean"] for n in xs]
-            sd = [by[str(n)]["std"] for n in xs]
-            (line,) = ax.plot(xs, m, marker="o", lw=1.5, label=label)
-            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
-                            color=line.get_color(), alpha=0.15)
+    if "table" in summary:  # several seeds
+        _seed_lines(ax, summary["table"], summary["lengths"])
     else:
         for run in summary["runs"]:
             xs = [r["length"] for r in run["results"]]
@@ -116,6 +110,18 @@ def perplexity_vs_length(summary: dict[str, Any] | str | Path, path: str | Path 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def _seed_lines(ax, table: dict[str, Any], levels: list[int], band: bool = True) -> None:
+    """One line per label of a :func:`firepe.seeds.seed_table`: the mean over seeds at each level, with a
+    +-1 standard deviation band in the line's colour (``band``)."""
+    for label, by in table["cells"].items():
+        mean = [by[str(lv)]["mean"] for lv in levels]
+        sd = [by[str(lv)]["std"] for lv in levels]
+        (line,) = ax.plot(levels, mean, marker="o", lw=1.5, label=label)
+        if band:
+            ax.fill_between(levels, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=line.get_color(), alpha=0.15)
 
 
 def _score_results(results: dict[str, Any] | str | Path) -> dict[str, Any]:
@@ -133,17 +139,12 @@ def score_vs_length(results: dict[str, Any] | str | Path, path: str | Path = "sc
         lines.setdefault(name, {}).setdefault(r["length"], []).append(r["score"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lengths = sorted({r["length"] for r in results["results"]})
-    if "table" in results:  # several seeds: the mean over seeds with a +-1 std band
-        for name, by in results["table"]["cells"].items():
-            xs = [n for n in lengths if str(n) in by]
-            m, sd = [by[str(n)]["mean"] for n in xs], [by[str(n)]["std"] for n in xs]
-            (line,) = ax.plot(xs, m, marker="o", lw=1.5, label=name)
-            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.2,
-                            color=line.get_color())
-        lines = {}
-    for name, by_len in lines.items():
-        xs = sorted(by_len)
-        ax.plot(xs, [sum(by_len[n]) / len(by_len[n]) for n in xs], marker="o", lw=1.5, label=name)
+    if "table" in results:  # several seeds
+        _seed_lines(ax, results["table"], lengths)
+    else:
+        for name, by_len in lines.items():
+            xs = sorted(by_len)
+            ax.plot(xs, [sum(by_len[n]) / len(by_len[n]) for n in xs], marker="o", lw=1.5, label=name)
     if len(lengths) > 1:
         ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(n) for n in lengths])
@@ -199,13 +200,7 @@ def synth_accuracy(summary: dict[str, Any], path: str | Path = "accuracy.png") -
     +-1 standard deviation band (no band for one seed)."""
     levels = summary["levels"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, by in summary["table"]["cells"].items():
-        mean = [by[str(lv)]["mean"] for lv in levels]
-        sd = [by[str(lv)]["std"] for lv in levels]
-        (line,) = ax.plot(levels, mean, marker="o", lw=1.5, label=label)
-        if len(summary["seeds"]) > 1:
-            ax.fill_between(levels, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
-                            color=line.get_color(), alpha=0.15)
+    _seed_lines(ax, summary["table"], levels, band=len(summary["seeds"]) > 1)
     if summary["level_name"] == "length" and len(levels) > 1:
         ax.set_xscale("log", base=2)
     ax.set_xticks(levels, [str(n) for n in levels])
