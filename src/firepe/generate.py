@@ -56,10 +56,10 @@ def decode(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float 
            generator: torch.Generator | None = None, eos_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
     """The new tokens ``[B, N]`` after ``prompt`` ``[B, T]``: ``N = max_new_tokens``, or fewer when ``eos_id``
     is given and every row has produced it (rows that finished earlier go on; callers cut at ``eos_id``)."""
-    cache = KVCache.empty(model.cfg.n_layer) if use_cache else None
-    new: list[torch.Tensor] = []
     if max_new_tokens == 0:
         return prompt.new_empty((prompt.shape[0], 0))
+    cache = KVCache.empty(model.cfg.n_layer) if use_cache else None
+    new: list[torch.Tensor] = []
     logits = prefill(model, prompt, cache)
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     seq = prompt
