@@ -13,7 +13,9 @@ from firepe.model import GPT, GPTConfig, preset
 ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),
        ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {"init_L": 8.0}),
-       ("fire", {"init_L": 8.0, "bias_mode": "table"}), ("fire_s", {"init_L": 8.0, "threshold": False})]
+       ("fire", {"init_L": 8.0, "bias_mode": "table"}), ("fire_s", {"init_L": 8.0, "threshold": False}),
+       ("p_rope", {"fraction": 0.5}),
+       ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16, "factors": "long"})]
 
 
 def tiny(name, opts, **kw):

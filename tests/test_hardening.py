@@ -87,7 +87,8 @@ def test_finetune_onto_an_existing_run_does_not_touch_its_lock(base, tmp_path, c
 # -- library errors are ValueError --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,opts", [("rope", {}), ("rope_pi", {"factor": 2.0}), ("yarn", {"factor": 2.0})])
+@pytest.mark.parametrize("name,opts", [("rope", {}), ("rope_pi", {"factor": 2.0}), ("yarn", {"factor": 2.0}),
+                                       ("p_rope", {}), ("longrope", {"factor": 2.0})])
 def test_apply_rotary_with_angles_of_the_wrong_shape_is_a_value_error(name, opts):
     enc = positions.build(name, num_heads=2, head_dim=8, **opts)
     q = k = torch.randn(1, 2, 6, 8)

@@ -28,7 +28,8 @@ def test_typed_values_and_label():
     ("kerple_log:init_r1=abc", r"option init_r1='abc' of position encoding 'kerple_log' must be a number or none\."),
     ("fire:mlp_layers=2.5", "mlp_layers='2.5' .* must be an integer"),
     ("fire:init_L=none", "init_L='none' .* must be a number"),
-    ("alibi:slopes=[0.5]", "slopes .* takes a list, which a spec cannot give"),
+    ("alibi:slopes=[0.5]", r"slopes=.\[0.5\]. .* must be a list written a/b/c, each item a number"),
+    ("alibi:slopes=0.5//1", "must be a list written a/b/c"),
     ("fire:mlp_layers=1,mlp_layers=2", "mlp_layers is given twice"),
     ("=fire", "empty label"),
     ("fire:mlp_layers", "must look like key=value"),
@@ -70,7 +71,7 @@ def test_python_values_of_the_right_type_pass():
 @pytest.mark.parametrize("bad", [True, 2.0, 0, "4"])
 def test_common_sizes_must_be_positive_ints(name, field, bad):
     sizes = {"num_heads": 2, "head_dim": 8, field: bad}
-    extra = {"factor": 2.0} if name in ("rope_pi", "yarn") else {}
+    extra = {"factor": 2.0} if name in ("rope_pi", "yarn", "longrope") else {}
     with pytest.raises(ValueError, match=f"{field} must be a positive integer, got {bad!r}"):
         P.build(name, **sizes, **extra)
 

@@ -16,14 +16,16 @@ from .alibi import ALiBi, alibi_slopes
 from .base import BiasEncoding, PositionEncoding, RotaryEncoding, causal_row_blocks, check_positions
 from .fire import FIRE, FIREHeads, FIREShared, load_appendix_e
 from .kerple import KerpleLog, KerplePower
+from .longrope import LongRoPE
 from .nope import NoPE
+from .p_rope import PRoPE
 from .registry import Spec, available, build, get, options, parse_spec, register, training_options, validate
 from .rope import RoPE, RoPEPositionInterpolation, YaRN, apply_rotary, apply_rotary_one, rotate_half
 from .sandwich import Sandwich
 from .t5 import T5Bias, t5_bucket
 
 __all__ = [
-    "ALiBi", "BiasEncoding", "FIRE", "FIREHeads", "FIREShared", "KerpleLog", "KerplePower", "NoPE",
+    "ALiBi", "BiasEncoding", "FIRE", "FIREHeads", "FIREShared", "KerpleLog", "KerplePower", "LongRoPE", "NoPE", "PRoPE",
     "PositionEncoding", "RoPE", "RoPEPositionInterpolation", "RotaryEncoding", "Sandwich", "Spec", "T5Bias",
     "YaRN", "alibi_slopes", "apply_rotary", "apply_rotary_one", "available", "build", "causal_row_blocks",
     "check_positions", "convert", "fire_kernel", "get", "load_appendix_e", "options", "parse_spec", "register",

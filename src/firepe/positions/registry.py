@@ -10,7 +10,7 @@ Spec(label='lin', position='fire', options={'mlp_layers': 0, 'threshold': False}
 Option types come from the annotations of the encoding's constructor: :func:`validate` refuses a
 Python value of the wrong type (``bool`` is not an ``int``; an ``int`` is fine for a ``float``) and
 :func:`parse_spec` converts the text of a spec (``true/false/1/0/yes/no`` for ``bool``, ``none``
-for an optional option).
+for an optional option, ``a/b/c`` for a list: ``longrope:long_factor=1/1.5/2/4``).
 """
 
 from __future__ import annotations
@@ -84,8 +84,15 @@ def _from_text(name: str, key: str, text: str, annotation) -> Any:
     if optional and word == "none":
         return None
     if typing.get_origin(inner) in (list, tuple, Sequence):
-        raise ValueError(f"option {key} of position encoding {name!r} takes a list, which a spec cannot give; "
-                         "pass it from Python (positions.build).")
+        items = [t.strip() for t in text.split("/")]
+        item_hint = (typing.get_args(inner) or (float,))[0]
+        try:
+            if not all(items):
+                raise ValueError
+            return [_from_text(name, key, t, item_hint) for t in items]
+        except ValueError:
+            raise ValueError(f"option {key}={text!r} of position encoding {name!r} must be a list written "
+                             f"a/b/c, each item {describe(item_hint, 'spec')}.") from None
     try:
         if inner is bool and word in _TRUE + _FALSE:
             return word in _TRUE
@@ -138,6 +145,11 @@ class Spec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def _spec_text(value: Any) -> str:
+    """An option value as a spec writes it (lists as ``a/b/c``)."""
+    return "/".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def parse_spec(text: str) -> Spec:
     """``[label=]name[:key=value,...]`` -> :class:`Spec`, e.g. ``fire_lin=fire:mlp_layers=0``.
 
@@ -169,7 +181,7 @@ def parse_spec(text: str) -> Spec:
                 options[key] = val.strip()  # unknown keys are reported by validate
     validate(name, options)
     if label is None:
-        label = name if not options else name + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+        label = name if not options else name + "[" + ",".join(f"{k}={_spec_text(v)}" for k, v in options.items()) + "]"
     return Spec(label.strip(), name, options)
 
 
