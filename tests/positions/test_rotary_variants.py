@@ -106,13 +106,13 @@ def test_longrope_uses_short_factors_within_and_long_factors_past_the_original_l
         "longrope", num_heads=1, head_dim=32, factor=4.0, factors="long").uses_long(torch.arange(3))
 
 
-def test_longrope_defaults_short_one_long_geometric_ramp_and_attention_factor_one_without_factor():
+def test_longrope_defaults_short_one_long_geometric_ramp_and_attention_factor_one_at_factor_1():
     enc = P.build("longrope", num_heads=1, head_dim=8, factor=8.0, original_max_position_embeddings=16)
     ramp = [8.0 ** (k / 3) for k in range(4)]  # 1 .. factor over the 4 frequencies
     torch.testing.assert_close(enc.long_inv_freq.double(), longrope_reference(8, ramp), rtol=1e-6, atol=0)
     torch.testing.assert_close(enc.short_inv_freq.double(), longrope_reference(8, [1.0] * 4), rtol=1e-6, atol=0)
-    no_factor = P.build("longrope", num_heads=1, head_dim=8, long_factor=[1, 2, 3, 4])
-    assert no_factor.attention_factor == 1.0
+    one = P.build("longrope", num_heads=1, head_dim=8, factor=1, long_factor=[1, 2, 3, 4])
+    assert one.attention_factor == 1.0
 
 
 def test_longrope_matches_hugging_face():
@@ -141,7 +141,7 @@ def test_longrope_matches_hugging_face():
 
 
 def test_longrope_spec_lists_and_gradients_through_the_rotation():
-    spec = P.parse_spec("longrope:long_factor=1/2/3/4,factor=4")
+    spec = P.parse_spec("longrope:long_factor=1/2/3/4,factor=4")  # factor: the attention scale
     assert spec.options == {"long_factor": [1, 2, 3, 4], "factor": 4}
     assert spec.label == "longrope[long_factor=1/2/3/4,factor=4]"
     enc = P.build("longrope", num_heads=1, head_dim=8, **spec.options).double()
@@ -152,11 +152,11 @@ def test_longrope_spec_lists_and_gradients_through_the_rotation():
 
 
 @pytest.mark.parametrize("opts,match", [
-    ({}, "longrope needs factor .* or long_factor"),
+    ({}, "position encoding 'longrope' needs option.*factor"),
     ({"factor": 0.5}, "longrope factor must be >= 1, got 0.5"),
     ({"factor": float("nan")}, "factor must be a finite positive number"),
-    ({"long_factor": [1, 2, 3]}, r"long_factor must be a list of head_dim/2 = 4 numbers, got 3"),
-    ({"long_factor": [1, 2, 3, -4]}, "long_factor must hold finite positive numbers, got -4"),
+    ({"factor": 2, "long_factor": [1, 2, 3]}, r"long_factor must be a list of head_dim/2 = 4 numbers, got 3"),
+    ({"factor": 2, "long_factor": [1, 2, 3, -4]}, "long_factor must hold finite positive numbers, got -4"),
     ({"factor": 2, "short_factor": [1, 1, float("inf"), 1]}, "short_factor must hold finite positive numbers"),
     ({"factor": 2, "original_max_position_embeddings": 1}, "original_max_position_embeddings must be an integer >= 2"),
     ({"factor": 2, "factors": "medium"}, "factors must be one of auto, short, long, got 'medium'"),

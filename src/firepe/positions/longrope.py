@@ -3,7 +3,7 @@
 Each RoPE frequency is divided by its own rescale factor ``lambda_k``:
 ``theta_k = 1 / (lambda_k * base^(2k/d))``, ``k = 0 .. d/2 - 1``. Two factor lists exist:
 ``short_factor`` for sequences within ``original_max_position_embeddings`` (``L``) and
-``long_factor`` beyond it; as in Hugging Face, a call whose largest position ``p`` has ``p + 1 > L``
+``long_factor`` beyond it; ``factor`` (required, as for YaRN) is the target length over ``L``; as in Hugging Face, a call whose largest position ``p`` has ``p + 1 > L``
 uses the long factors (``factors="auto"``; ``"short"`` or ``"long"`` fixes one list, which keeps a
 KV cache consistent when a generation crosses ``L``). ``cos, sin`` are multiplied by
 ``attention_factor``, by default ``sqrt(1 + ln(factor) / ln(L))`` for ``factor > 1`` and 1 otherwise.
@@ -46,26 +46,22 @@ class LongRoPE(RoPE):
     """RoPE with per-frequency rescale factors (see the module docstring); ``original_max_position_embeddings``
     defaults to the training length in ``firepe train`` / ``compare``."""
 
-    def __init__(self, num_heads: int, head_dim: int, factor: float | None = None,
+    def __init__(self, num_heads: int, head_dim: int, factor: float,
                  long_factor: list[float] | None = None, short_factor: list[float] | None = None,
                  original_max_position_embeddings: int = 2048, attention_factor: float | None = None,
                  factors: str = "auto", base: float = 10000.0):
         half = _positive_int("head_dim", head_dim) // 2
         _positive_int("num_heads", num_heads)
-        if factor is not None:
-            _check_positive("factor", factor)
-            if factor < 1:
-                raise ValueError(f"longrope factor must be >= 1, got {factor}.")
-        if long_factor is None and factor is None:
-            raise ValueError("longrope needs factor (target length / original_max_position_embeddings) or "
-                             "long_factor (head_dim/2 rescale factors).")
+        _check_positive("factor", factor)
+        if factor < 1:
+            raise ValueError(f"longrope factor must be >= 1, got {factor}.")
         if isinstance(original_max_position_embeddings, bool) or not isinstance(
                 original_max_position_embeddings, int) or original_max_position_embeddings < 2:
             raise ValueError(f"longrope original_max_position_embeddings must be an integer >= 2, "
                              f"got {original_max_position_embeddings!r}.")
         if factors not in FACTOR_SETS:
             raise ValueError(f"longrope factors must be one of {', '.join(FACTOR_SETS)}, got {factors!r}.")
-        self.factor = float(factor) if factor is not None else None
+        self.factor = float(factor)
         self.original_max = int(original_max_position_embeddings)
         self.factors = factors
         if long_factor is None:
@@ -80,7 +76,7 @@ class LongRoPE(RoPE):
         self.register_buffer("long_inv_freq", self._scaled(long), persistent=False)
         self.register_buffer("short_inv_freq", self._scaled(short), persistent=False)
         if attention_factor is None:
-            f = self.factor if self.factor is not None else 1.0
+            f = self.factor
             attention_factor = math.sqrt(1 + math.log(f) / math.log(self.original_max)) if f > 1 else 1.0
         _check_positive("attention_factor", attention_factor)
         self.attention_factor = float(attention_factor)
