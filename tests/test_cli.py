@@ -166,3 +166,37 @@ def test_model_flags_come_from_gptconfig_fields(tmp_path, text_corpus, capsys):
     code, out, err = run_cli(["train", "--out", tmp_path / "x", "--norm-eps", "0", "--corpus", text_corpus, *TINY],
                              capsys)
     assert code == 2 and "norm_eps must be a finite number > 0" in err and not (tmp_path / "x").exists()
+
+
+def test_bench_speed_takes_encoding_specs_as_rows(tmp_path, capsys):
+    out_dir = tmp_path / "bench"
+    code, out, err = run_cli(["bench-speed", "--lengths", "32", "--encodings", "p_rope;longrope:factor=4",
+                              "--scope", "layer", "--heads", "2", "--head-dim", "8", "--repeats", "1",
+                              "--out", out_dir], capsys)
+    assert code == 0, err
+    rows = [r["row"] for r in json.loads((out_dir / "bench.json").read_text())["results"]]
+    assert rows == ["p_rope", "longrope:factor=4"]
+    code, _, err = run_cli(["bench-speed", "--encodings", "longrope", "--scope", "layer", "--lengths", "32",
+                            "--out", tmp_path / "b2"], capsys)
+    assert code == 2 and "needs option(s) factor" in err and "yarn:factor=4" in err and not (tmp_path / "b2" / "bench.json").exists()
+    code, _, err = run_cli(["bench-speed", "--encodings", "p_rope:fraction=2", "--out", tmp_path / "b3"], capsys)
+    assert code == 2 and "p_rope fraction must be a number in [0, 1], got 2" in err
+
+
+def test_p_rope_and_longrope_run_through_compare_synth_and_export(tmp_path, text_corpus, capsys):
+    out_dir = tmp_path / "cmp"
+    code, out, err = run_cli(["compare", "--out", out_dir, "--encodings", "p_rope:fraction=0.5;longrope:factor=4",
+                              "--steps", "2", "--max-factor", "4", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0, err
+    table = (out_dir / "results.md").read_text()
+    assert "| p_rope[fraction=0.5] |" in table and "| longrope[factor=4] |" in table
+    saved = json.loads((out_dir / "longrope[factor=4]" / "config.json").read_text())["model"]
+    assert saved["position_options"] == {"factor": 4, "original_max_position_embeddings": 16}  # the training length
+    code, out, err = run_cli(["synth", "--out", tmp_path / "syn", "--encodings", "p_rope;longrope:factor=2",
+                              "--steps", "2", "--batch-size", "4", "--no-progress", "--max-factor", "2",
+                              "--examples", "8", "--task", "copy"], capsys)
+    assert code == 0, err
+    assert "| longrope[factor=2] |" in out
+    code, _, err = run_cli(["compare", "--out", tmp_path / "bad", "--encodings", "longrope", "--steps", "2",
+                            "--corpus", text_corpus, *TINY], capsys)
+    assert code == 2 and "needs option(s) factor" in err and not (tmp_path / "bad").exists()

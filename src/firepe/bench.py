@@ -39,15 +39,22 @@ ROWS = ["nope", "rope", "alibi", "kerple_log", "t5", "fire_appendix_e", "fire_ex
 
 
 def check_rows(rows: list[str]) -> None:
-    """ValueError naming the first row that is neither an encoding nor one of the FIRE rows."""
+    """ValueError naming the first row that is neither one of the FIRE rows nor an encoding spec
+    (a name, or ``name:key=value,...`` such as ``longrope:factor=8``, checked by the registry)."""
     from . import positions
 
     valid = list(dict.fromkeys(ROWS + positions.available()))
     if not rows:
         raise ValueError("no benchmark rows; pass --encodings with names from: " + ", ".join(valid) + ".")
     for r in rows:
-        if r not in valid:
-            raise ValueError(f"unknown benchmark row {r!r}; valid: {', '.join(valid)}.")
+        if r not in valid and ":" not in r:
+            raise ValueError(f"unknown benchmark row {r!r}; valid: {', '.join(valid)} (or an encoding spec "
+                             "name:key=value).")
+        name, opts = row_spec(r, 0)
+        try:
+            positions.validate(name, opts)
+        except ValueError as e:
+            raise ValueError(f"benchmark row {r!r}: {e} Give options as a spec, e.g. yarn:factor=4.") from None
 
 
 #: the FIRE rows' bias modes (the encodings' training defaults at the paper's training length set the rest)
@@ -58,9 +65,15 @@ PAPER_TRAIN_LEN = 2048
 def row_spec(row: str, fire_layers: int) -> tuple[str, dict[str, Any]]:
     """``(encoding, options)`` of a benchmark row: FIRE rows with ``fire_layers`` hidden layers and FIRE's
     training defaults at the paper's training length (``init_L`` 512, table mode unless the row names a
-    mode); every other encoding with its constructor defaults."""
+    mode); a spec row (``longrope:factor=8``) with its options; every other encoding with its constructor
+    defaults."""
     from .positions import training_options
 
+    from .positions import parse_spec
+
+    if ":" in row:  # a spec: its own options, nothing added
+        spec = parse_spec(row)
+        return spec.position, spec.options
     name = "fire" if row in FIRE_MODES else row
     if name not in ("fire", "fire_s"):
         return name, {}  # other encodings run with their constructor defaults

@@ -704,8 +704,9 @@ def cmd_generate(args) -> None:
 def add_bench_speed(sub) -> None:
     s = sub.add_parser("bench-speed", help="time and peak memory per encoding across lengths (Fig. 5)")
     s.add_argument("--lengths", default="512,1024,2048,4096,8192")
-    s.add_argument("--encodings", help="comma-separated rows (default: every encoding, fire_appendix_e, "
-                                       "fire_exact, fire, fire_s)")
+    s.add_argument("--encodings", help="comma-separated rows, or ';'-separated specs once one carries options "
+                                       "(longrope:factor=8;p_rope) (default: nope, rope, alibi, kerple_log, t5, "
+                                       "fire_appendix_e, fire_exact, fire, fire_s)")
     s.add_argument("--scope", choices=["layer", "model", "both"], default="both")
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
@@ -729,7 +730,7 @@ def add_bench_speed(sub) -> None:
 
 
 def cmd_bench_speed(args) -> None:
-    rows = [r.strip() for r in args.encodings.split(",")] if args.encodings is not None else ROWS
+    rows = split_specs(args.encodings, "--encodings") if args.encodings is not None else ROWS
     check_rows(rows)
     for flag, value, minimum in (("--repeats", args.repeats, 1), ("--heads", args.heads, 1),
                                  ("--head-dim", args.head_dim, 1), ("--batch", args.batch, 1),
