@@ -33,7 +33,8 @@ from firepe.train import TrainConfig, Trainer, load_run
 
 ENCODINGS = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
              ("yarn", {"factor": 4.0, "original_max_position_embeddings": 128}), ("alibi", {}), ("kerple_log", {}),
-             ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {}), ("fire_s", {})]
+             ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {}), ("fire_s", {}),
+             ("p_rope", {}), ("longrope", {"factor": 4.0, "original_max_position_embeddings": 128})]
 
 
 def main() -> None:

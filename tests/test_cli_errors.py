@@ -51,6 +51,13 @@ TRAIN_CASES = [
     (["--position", "fire:threshold=maybe"], "threshold"),
     (["--position", "kerple_log:init_r1=abc"], "init_r1"),
     (["--position", "fire:mlp_layers=2.5"], "mlp_layers"),
+    (["--position", "longrope"], "needs option.*factor"),
+    (["--position", "longrope:factor=nan"], "factor must be a finite positive number, got nan"),
+    (["--position", "longrope:factor=4,long_factor=1/2"], r"long_factor must be a list of head_dim/2 = 8 numbers"),
+    (["--position", "longrope:factor=4,long_factor=1/x/3"], "must be a list written a/b/c"),
+    (["--position", "longrope:factor=4,factors=both"], "factors must be one of auto, short, long"),
+    (["--position", "p_rope:fraction=-1"], r"p_rope fraction must be a number in \[0, 1\], got -1"),
+    (["--position", "p_rope:fraction="], "fraction='' .* must be a number"),
     (["--dropout", "1.5"], "dropout"),
     (["--n-head", "0"], "n_head"),
 ]
