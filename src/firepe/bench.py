@@ -67,9 +67,7 @@ def row_spec(row: str, fire_layers: int) -> tuple[str, dict[str, Any]]:
     training defaults at the paper's training length (``init_L`` 512, table mode unless the row names a
     mode); a spec row (``longrope:factor=8``) with its options; every other encoding with its constructor
     defaults."""
-    from .positions import training_options
-
-    from .positions import parse_spec
+    from .positions import parse_spec, training_options
 
     if ":" in row:  # a spec: its own options, nothing added
         spec = parse_spec(row)

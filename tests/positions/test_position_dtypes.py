@@ -5,7 +5,13 @@ import torch
 
 from firepe import positions as P
 
-OPTIONS = {"rope_pi": {"factor": 2.0}, "yarn": {"factor": 2.0}, "longrope": {"factor": 2.0}, "fire": {"init_L": 3.0}, "fire_s": {"init_L": 3.0}}
+OPTIONS = {
+    "rope_pi": {"factor": 2.0},
+    "yarn": {"factor": 2.0},
+    "longrope": {"factor": 2.0},
+    "fire": {"init_L": 3.0},
+    "fire_s": {"init_L": 3.0},
+}
 
 
 @pytest.mark.parametrize("name", P.available())

@@ -3,7 +3,8 @@
 Each RoPE frequency is divided by its own rescale factor ``lambda_k``:
 ``theta_k = 1 / (lambda_k * base^(2k/d))``, ``k = 0 .. d/2 - 1``. Two factor lists exist:
 ``short_factor`` for sequences within ``original_max_position_embeddings`` (``L``) and
-``long_factor`` beyond it; ``factor`` (required, as for YaRN) is the target length over ``L``; as in Hugging Face, a call whose largest position ``p`` has ``p + 1 > L``
+``long_factor`` beyond it; ``factor`` (required, as for YaRN) is the target length over ``L``;
+as in Hugging Face, a call whose largest position ``p`` has ``p + 1 > L``
 uses the long factors (``factors="auto"``; ``"short"`` or ``"long"`` fixes one list, which keeps a
 KV cache consistent when a generation crosses ``L``). ``cos, sin`` are multiplied by
 ``attention_factor``, by default ``sqrt(1 + ln(factor) / ln(L))`` for ``factor > 1`` and 1 otherwise.
