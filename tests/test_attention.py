@@ -15,7 +15,7 @@ ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {"init_L": 8.0}),
        ("fire", {"init_L": 8.0, "bias_mode": "table"}), ("fire_s", {"init_L": 8.0, "threshold": False}),
        ("p_rope", {"fraction": 0.5}),
-       ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16, "factors": "long"})]
+       ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16, "factors": "long"}), ("fox", {})]
 
 
 def tiny(name, opts, **kw):
@@ -180,13 +180,14 @@ class _Fake(torch.nn.Module):
 
 
 def test_encoding_kind_decides_what_an_encoding_contributes():
-    build = {n: positions.build(n, num_heads=2, head_dim=8) for n in ("nope", "rope", "alibi", "fire", "t5")}
-    assert [encoding_kind(build[n]) for n in build] == ["none", "rotary", "bias", "bias", "bias"]
+    build = {n: positions.build(n, num_heads=2, head_dim=8) for n in ("nope", "rope", "alibi", "fire", "t5", "fox")}
+    assert [encoding_kind(build[n]) for n in build] == ["none", "rotary", "bias", "bias", "bias", "data"]
+    assert bias_encoding(build["fox"]) is None
     assert encoding_kind(None) == "none" and bias_encoding(None) is None
     assert bias_encoding(build["nope"]) is None and bias_encoding(build["rope"]) is None
     assert bias_encoding(build["fire"]) is build["fire"]
     assert encoding_kind(_Fake("none")) == "none" and bias_encoding(_Fake("bias")).kind == "bias"
-    with pytest.raises(ValueError, match="position encoding _Fake has kind 'additive'; valid: bias, rotary, none"):
+    with pytest.raises(ValueError, match="_Fake has kind 'additive'; valid: bias, rotary, data, none"):
         encoding_kind(_Fake("additive"))
 
 

@@ -201,3 +201,38 @@ def test_p_rope_and_longrope_run_through_compare_synth_and_export(tmp_path, text
     code, _, err = run_cli(["compare", "--out", tmp_path / "bad", "--encodings", "longrope", "--steps", "2",
                             "--corpus", text_corpus, *TINY], capsys)
     assert code == 2 and "needs option(s) factor" in err and not (tmp_path / "bad").exists()
+
+
+def test_fox_runs_through_train_compare_synth_bench_and_plot_bias(tmp_path, text_corpus, capsys):
+    run = tmp_path / "fox"
+    code, out, err = run_cli(["train", "--out", run, "--position", "fox", "--steps", "3", "--corpus", text_corpus,
+                              *TINY], capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["model"]["position"] == "fox"
+    code, out, err = run_cli(["plot-bias", run, "--text", "the quick brown fox"], capsys)
+    assert code == 0 and (run / "bias_q18.png").exists(), err  # 19 bytes: the last token is query 18
+    code, out, err = run_cli(["plot-bias", run, "--text", "abc", "--query", "1", "--out", tmp_path / "b.png"], capsys)
+    assert code == 0 and (tmp_path / "b.png").exists()
+    for args, message in ((["plot-bias", run], "depends on the input; pass --text"),
+                          (["plot-bias", run, "--text", "abc", "--query", "3"], "past the text's last token"),
+                          (["plot-bias", run, "--text", ""], "--text is empty")):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and err.startswith("firepe: error:") and message in err and err.count("\n") == 1, err
+    fire = tmp_path / "fire"
+    assert run_cli(["train", "--out", fire, "--steps", "1", "--corpus", text_corpus, *TINY], capsys)[0] == 0
+    code, _, err = run_cli(["plot-bias", fire, "--text", "abc"], capsys)
+    assert code == 2 and "--text applies to data-dependent biases" in err and not list(fire.glob("bias_q*.png"))
+    code, out, err = run_cli(["compare", "--out", tmp_path / "cmp", "--encodings", "fox;fire", "--steps", "2",
+                              "--max-factor", "4", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0, err
+    assert "| fox |" in (tmp_path / "cmp" / "results.md").read_text()
+    code, out, err = run_cli(["synth", "--out", tmp_path / "syn", "--encodings", "fox", "--steps", "2",
+                              "--batch-size", "4", "--no-progress", "--max-factor", "2", "--examples", "8",
+                              "--task", "copy"], capsys)
+    assert code == 0 and "| fox |" in out, err
+    code, out, err = run_cli(["bench-speed", "--lengths", "32", "--encodings", "nope,fox", "--scope", "layer",
+                              "--heads", "2", "--head-dim", "8", "--repeats", "1", "--out", tmp_path / "bench"],
+                             capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
+    assert [r["row"] for r in results] == ["nope", "fox"] and all(r.get("error") is None for r in results)

@@ -10,7 +10,8 @@ from firepe.model import GPT, MIN_TEMPERATURE, GPTConfig, preset
 ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),
        ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {}), ("fire_s", {}),
-       ("p_rope", {"fraction": 0.5}), ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16})]
+       ("p_rope", {"fraction": 0.5}), ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16}),
+       ("fox", {})]
 
 
 def tiny(position, opts=None, **kw):

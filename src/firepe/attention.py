@@ -41,8 +41,8 @@ from torch.utils.checkpoint import checkpoint
 from .positions.base import causal_row_blocks
 
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
-           "attend_chunked", "attend_flex", "attend_backend", "attend_rows", "encoding_kind", "bias_encoding",
-           "AttentionInputs", "RowPositions", "KVCache"]
+           "attend_chunked", "attend_flex", "attend_backend", "attend_rows", "attend_data", "data_bias",
+           "encoding_kind", "bias_encoding", "AttentionInputs", "RowPositions", "KVCache"]
 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
@@ -95,18 +95,23 @@ class _BlockedAttention(torch.autograd.Function):
     ``P = softmax(q k^T / sqrt(D) + bias, masked)``, ``out = P v``; ``P`` is kept for backward.
     Backward: ``dV += P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``, ``dq = dS k / sqrt(D)``,
     ``dk += dS^T q / sqrt(D)``, ``d bias = sum_batch dS``. Keys past ``kk`` are never touched.
+    A data bias (``bias`` None, per-token ``cq`` ``[B, H, Q]`` and ``ck`` ``[B, H, K]``) adds
+    ``cq[..., :, None] - ck[..., None, :]`` per block instead: ``d cq = rowsum dS``, ``d ck = -colsum dS``.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, q_pos, k_pos, block):
+    def forward(ctx, q, k, v, bias, cq, ck, q_pos, k_pos, block):
         scale = q.shape[-1] ** -0.5
         blocks = causal_row_blocks(q_pos, k_pos, block)
         out = v.new_empty(q.shape[:-1] + (v.shape[-1],))
-        keep = any(ctx.needs_input_grad[:4])
+        keep = any(ctx.needs_input_grad[:6])
         probs = []
         for s, e, kk in blocks:
             scores = torch.matmul(q[:, :, s:e], k[:, :, :kk].transpose(-1, -2)).mul_(scale)
-            scores.add_(bias[:, s:e, :kk].to(scores.dtype))
+            if bias is not None:
+                scores.add_(bias[:, s:e, :kk].to(scores.dtype))
+            else:  # a data bias: c_q - c_k of this block, [B, H, e - s, kk]
+                scores.add_((cq[:, :, s:e, None] - ck[:, :, None, :kk]).to(scores.dtype))
             hidden = ~causal_mask(q_pos[s:e], k_pos[:kk])
             if bool(hidden.any()):
                 scores.masked_fill_(hidden, float("-inf"))
@@ -117,7 +122,9 @@ class _BlockedAttention(torch.autograd.Function):
                 probs.append(p)
         if keep:
             ctx.save_for_backward(q, k, v, out, *probs)
-            ctx.blocks, ctx.bias_shape, ctx.bias_dtype = blocks, bias.shape, bias.dtype
+            ctx.blocks = blocks
+            ctx.bias_meta = (bias.shape, bias.dtype) if bias is not None else None
+            ctx.c_meta = (cq.shape, ck.shape, cq.dtype) if bias is None else None
         return out
 
     @staticmethod
@@ -127,16 +134,23 @@ class _BlockedAttention(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(-1, keepdim=True)
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        dbias = q.new_zeros(ctx.bias_shape, dtype=ctx.bias_dtype) if ctx.needs_input_grad[3] else None
+        dbias = dcq = dck = None
+        if ctx.bias_meta is not None and ctx.needs_input_grad[3]:
+            dbias = q.new_zeros(ctx.bias_meta[0], dtype=ctx.bias_meta[1])
+        if ctx.c_meta is not None and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
+            dcq, dck = q.new_zeros(ctx.c_meta[0], dtype=ctx.c_meta[2]), q.new_zeros(ctx.c_meta[1], dtype=ctx.c_meta[2])
         for (s, e, kk), p in zip(ctx.blocks, probs):
             go = grad_out[:, :, s:e]
             dv[:, :, :kk] += torch.matmul(p.transpose(-1, -2), go)
             ds = torch.matmul(go, v[:, :, :kk].transpose(-1, -2)).sub_(delta[:, :, s:e]).mul_(p)
             if dbias is not None:
                 dbias[:, s:e, :kk] = ds.sum(0).to(dbias.dtype)
+            if dcq is not None:  # d(c_q - c_k): rows sum into c_q, columns (negated) into c_k
+                dcq[:, :, s:e] = ds.sum(-1).to(dcq.dtype)
+                dck[:, :, :kk] -= ds.sum(-2).to(dck.dtype)
             torch.matmul(ds, k[:, :, :kk], out=dq[:, :, s:e])
             dk[:, :, :kk] += torch.matmul(ds.transpose(-1, -2), q[:, :, s:e])
-        return dq.mul_(scale), dk.mul_(scale), dv, dbias, None, None, None
+        return dq.mul_(scale), dk.mul_(scale), dv, dbias, dcq, dck, None, None, None
 
 
 def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -148,7 +162,7 @@ def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
         raise ValueError(f"attention block must be >= 1, got {block}.")
     if bias is None:
         return attend(q, k, v, None, q_pos, k_pos, same_positions)
-    return _BlockedAttention.apply(q, k, v, bias, q_pos, k_pos, block)
+    return _BlockedAttention.apply(q, k, v, bias, None, None, q_pos, k_pos, block)
 
 
 BiasFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
@@ -263,6 +277,59 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return attend_flex(q, k, v, mod, q_pos, k_pos, bias_fn, block)
 
 
+def data_bias(cq: torch.Tensor, ck: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+              dtype: torch.dtype) -> torch.Tensor:
+    """``[B, H, Q, K]`` float mask of a data bias: ``cq[..., :, None] - ck[..., None, :]`` where causal,
+    ``-inf`` elsewhere."""
+    bias = (cq[..., :, None] - ck[..., None, :]).to(dtype)
+    return bias.masked_fill(~causal_mask(q_pos, k_pos), float("-inf"))
+
+
+def _data_block(q, k, v, cq, ck, q_pos, k_pos):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=data_bias(cq, ck, q_pos, k_pos, q.dtype))
+
+
+def attend_data(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cq: torch.Tensor,
+                ck: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """Causal attention with a data bias ``cq[b, h, i] - ck[b, h, j]`` (FoX: ``c = cumsum(log f)``).
+
+    ``cq`` ``[B, H, Q]`` and ``ck`` ``[B, H, K]`` are the cumulative sums of the queries and keys (float32).
+    No ``n x n`` tensor outlives one block: ``blocked`` forms each block's bias inside its hand-written
+    backward (``d cq`` = row sums of ``dS``, ``d ck`` = minus the column sums), ``chunked`` checkpoints
+    each query block, ``flex`` gives FlexAttention a ``score_mod`` reading ``cq[b, h, q_idx]`` and
+    ``ck[b, h, kv_idx]`` (on CPU with gradients it falls back to ``chunked``, as for other biases);
+    ``dense`` materializes ``[B, H, Q, K]``. ``auto`` is ``blocked`` on CPU, ``dense`` elsewhere, and
+    ``chunked`` when the ``[B, H, Q, K]`` bias would exceed ``AUTO_CHUNK_ELEMENTS``.
+    """
+    if block < 1:
+        raise ValueError(f"attention block must be >= 1, got {block}.")
+    elements = q.shape[0] * q.shape[1] * len(q_pos) * len(k_pos)
+    backend = resolve_backend(backend, q.device, True, elements)
+    if backend == "dense":
+        return _data_block(q, k, v, cq, ck, q_pos, k_pos)
+    if backend == "blocked":
+        return _BlockedAttention.apply(q, k, v, None, cq, ck, q_pos, k_pos, 256)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, cq, ck))
+    if backend == "flex" and q.shape[2] < FLEX_MIN_QUERIES:
+        return _data_block(q, k, v, cq, ck, q_pos, k_pos)
+    if backend == "flex" and not (q.device.type == "cpu" and needs_grad):
+        flex, _ = _flex_fns()
+
+        def mod(score, b, h, q_idx, kv_idx):
+            return score + (cq[b, h, q_idx] - ck[b, h, kv_idx]).to(score.dtype)
+
+        return flex(q, k, v, score_mod=mod, block_mask=_causal_block_mask(q.shape[2], k.shape[2], q.device))
+    if backend == "flex" and "cpu-backward" not in _WARNED:
+        _WARNED.add("cpu-backward")
+        warnings.warn("FlexAttention has no backward on CPU in PyTorch; using the chunked backend "
+                      "for this training step.", stacklevel=2)
+    outs = []
+    for s, e, kk in causal_row_blocks(q_pos, k_pos, block):
+        args = (q[:, :, s:e], k[:, :, :kk], v[:, :, :kk], cq[:, :, s:e], ck[:, :, :kk], q_pos[s:e], k_pos[:kk])
+        outs.append(checkpoint(_data_block, *args, use_reentrant=False) if needs_grad else _data_block(*args))
+    return torch.cat(outs, dim=2)
+
+
 @dataclass
 class RowPositions:
     """Per-row positions of a padded batch: ``q`` ``[B, Q]`` and ``k`` ``[B, K]`` positions (``q = k[:, -Q:]``),
@@ -286,7 +353,8 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
     """Dense causal attention of a padded batch (HF's ``attention_mask``): row ``b`` uses its own positions
     ``rows.q[b], rows.k[b]`` for the bias and never attends to padding keys. The newest ``Q`` of the ``K``
     keys are the queries; a padding query attends to itself only (its output is never used), so no softmax
-    row is empty. Materializes ``[B, H, Q, K]``; unpadded batches take :func:`attend_backend` instead."""
+    row is empty. ``enc`` may also be a data bias's ``(cq, ck)`` (``[B, H, Q]``, ``[B, H, K]``).
+    Materializes ``[B, H, Q, K]``; unpadded batches take :func:`attend_backend` instead."""
     n_q, n_k = q.shape[2], k.shape[2]
     idx_k = torch.arange(n_k, device=q.device)
     idx_q = idx_k[n_k - n_q:]
@@ -294,6 +362,10 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
     allowed = (allowed | (idx_k[None, :] == idx_q[:, None])[None]).unsqueeze(1)  # [B, 1, Q, K]
     if enc is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    if isinstance(enc, tuple):  # a data bias (cq [B, H, Q], ck [B, H, K]); padding keys carry log f = 0
+        cq, ck = enc
+        bias = (cq[..., :, None] - ck[..., None, :]).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~allowed, float("-inf")))
     bias = bias_cache.get(id(enc)) if bias_cache is not None else None
     if bias is None:
         bias = enc.compute_bias_rows(rows.q, rows.k)
@@ -303,12 +375,13 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-ENCODING_KINDS = ("bias", "rotary", "none")
+ENCODING_KINDS = ("bias", "rotary", "data", "none")
 
 
 def encoding_kind(enc) -> str:
     """What ``enc`` contributes to attention: ``"bias"`` (an additive ``[H, Q, K]`` bias, Eq. 1),
-    ``"rotary"`` (``cos, sin`` rotating ``q, k``) or ``"none"`` (NoPE, or ``enc is None``).
+    ``"rotary"`` (``cos, sin`` rotating ``q, k``), ``"data"`` (a bias from the hidden states, FoX:
+    :func:`attend_data`) or ``"none"`` (NoPE, or ``enc is None``).
 
     The one place the model and the benchmarks read ``PositionEncoding.kind``.
     """

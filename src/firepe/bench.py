@@ -92,14 +92,23 @@ def _peak_bytes(device: torch.device) -> int:
 
 def _layer_fn(name, opts, n, args, device, dtype):
     from . import positions
-    from .attention import attend_backend, bias_encoding, encoding_kind
+    from .attention import attend_backend, attend_data, bias_encoding, encoding_kind
     from .positions.rope import apply_rotary_one
 
     enc = positions.build(name, num_heads=args["heads"], head_dim=args["head_dim"], **opts).to(device)
     shape = (args["batch"], args["heads"], n, args["head_dim"])
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     pos = torch.arange(n, device=device)
-    bias_enc, rotary = bias_encoding(enc), encoding_kind(enc) == "rotary"
+    bias_enc, kind = bias_encoding(enc), encoding_kind(enc)
+    rotary = kind == "rotary"
+    if kind == "data":  # FoX reads the layer's input: a random one, its gates and cumulative sum timed too
+        x = torch.randn(args["batch"], n, args["heads"] * args["head_dim"], device=device, dtype=dtype)
+
+        def run_data():
+            c = enc.log_forget(x).cumsum(-1)
+            return attend_data(args["attention"], q, k, v, c, c, pos, pos, args["block"])
+
+        return run_data, [q, k, v, *enc.parameters()]
 
     def run():  # no bias cache: every call computes the bias, as one layer of a model does
         qq, kk = q, k

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .attention import BACKENDS, bias_encoding
+from .attention import BACKENDS, bias_encoding, encoding_kind
 from .bench import ROWS, check_rows, run_bench
 from .compare import ABLATION_SPECS, DEFAULT_SPECS, PASSKEY_DEFAULTS, compare, compare_passkey, split_specs
 from .config import PRESETS, RESUMABLE, DataConfig, GPTConfig, TrainConfig, dataclass_from_dict, preset, resume_changes
@@ -645,7 +645,10 @@ MAX_PLOT_QUERY = 1 << 20
 def add_plot_bias(sub) -> None:
     b = sub.add_parser("plot-bias", help="plot a trained model's bias for one query (Fig. 4)")
     b.add_argument("run", help="run folder or exported folder (firepe export)")
-    b.add_argument("--query", type=_int, default=128)
+    b.add_argument("--query", type=_int, default=None,
+                   help="query position (default 128; with --text, the text's last token)")
+    b.add_argument("--text", help="the input whose bias is drawn, for data-dependent biases (fox): required there, "
+                                  "refused elsewhere")
     b.add_argument("--out", help="PNG path (default RUN/bias_q<query>.png)")
     b.set_defaults(func=cmd_plot_bias)
 
@@ -653,18 +656,47 @@ def add_plot_bias(sub) -> None:
 def cmd_plot_bias(args) -> None:
     from .plots import bias_curves
 
-    if not 0 <= args.query <= MAX_PLOT_QUERY:
+    if args.query is not None and not 0 <= args.query <= MAX_PLOT_QUERY:
         raise ValueError(f"--query must be a position in 0..{MAX_PLOT_QUERY}, got {args.query}.")
     if args.out is not None and (Path(args.out).suffix.lower() != ".png" or Path(args.out).is_dir()):
         raise ValueError(f"--out {args.out!r} must be a PNG file path ending in .png.")
     model, cfg = load_run(args.run)
     mods = model.position_modules()
-    if bias_encoding(mods[0]) is None:
-        raise ValueError(f"run {args.run} uses {cfg['model']['position']!r}, which has no additive bias to plot.")
-    panels = {"all layers (shared)": mods[0]} if model.position_shared is not None else {
-        f"layer {i}": m for i, m in enumerate(mods)}
-    out = bias_curves(panels, query_pos=args.query, path=args.out or Path(args.run) / f"bias_q{args.query}.png")
+    name = cfg["model"]["position"]
+    if encoding_kind(mods[0]) == "data":
+        panels, query = _data_bias_panels(args, model, cfg, mods)
+    else:
+        if args.text is not None:
+            raise ValueError(f"--text applies to data-dependent biases (fox); run {args.run} uses {name!r}, "
+                             "whose bias depends on positions only: leave --text out.")
+        if bias_encoding(mods[0]) is None:
+            raise ValueError(f"run {args.run} uses {name!r}, which has no additive bias to plot.")
+        query = 128 if args.query is None else args.query
+        panels = {"all layers (shared)": mods[0]} if model.position_shared is not None else {
+            f"layer {i}": m for i, m in enumerate(mods)}
+    out = bias_curves(panels, query_pos=query, path=args.out or Path(args.run) / f"bias_q{query}.png")
     print(f"wrote {out}")
+
+
+def _data_bias_panels(args, model, cfg, mods) -> tuple[dict, int]:
+    """Per layer, the bias of a data-dependent encoding for ``--text``, row ``--query`` (``[H, query + 1]``)."""
+    if args.text is None:
+        raise ValueError(f"run {args.run} uses {cfg['model']['position']!r}, whose bias depends on the input; "
+                         "pass --text TEXT to draw it for that text.")
+    tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]), model.cfg.vocab_size)
+    ids = tok.encode(args.text)
+    if not ids:
+        raise ValueError("--text is empty; give at least one character.")
+    last = len(ids) - 1
+    query = last if args.query is None else args.query
+    if query > last:
+        raise ValueError(f"--query {query} is past the text's last token (position {last}); pass --query 0..{last} "
+                         "or a longer --text.")
+    device = next(model.parameters()).device
+    inputs = model.attention_inputs(torch.tensor([ids[: query + 1]], device=device))
+    with torch.no_grad():
+        rows = [m.bias_for(x)[0, :, query, :] for m, x in zip(mods, inputs)]
+    return {f"layer {i}": r for i, r in enumerate(rows)}, query
 
 
 def add_generate(sub) -> None:

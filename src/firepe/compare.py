@@ -59,8 +59,8 @@ ABLATION_SPECS = [
 
 def split_specs(text: str, flag: str = "--encodings", sep: str | None = None) -> list[str]:
     """``--encodings`` text -> spec strings: ``,`` between plain names, ``;`` once a spec carries
-    options. Empty items are an error (``--encodings ''`` or ``nope,,fire``)."""
-    sep = sep or (";" if ":" in text else ",")
+    options (``;`` between plain names works too). Empty items are an error (``--encodings ''`` or ``nope,,fire``)."""
+    sep = sep or (";" if ":" in text or ";" in text else ",")
     items = [s.strip() for s in text.split(sep)]
     if not text.strip() or any(not s for s in items):
         raise ValueError(f"{flag} {text!r} has an empty entry; pass names separated by '{sep}', e.g. nope,rope,fire.")

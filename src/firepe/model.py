@@ -20,6 +20,7 @@ from .attention import (
     KVCache,
     RowPositions,
     attend_backend,
+    attend_data,
     attend_rows,
     bias_encoding,
     encoding_kind,
@@ -50,11 +51,14 @@ class Attention(nn.Module):
         with ``B`` from a bias encoding (Eq. 1) or ``q, k`` rotated by ``inputs.angles`` (rotary)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if encoding_kind(enc) == "rotary":
+        kind = encoding_kind(enc)
+        if kind == "rotary":
             if inputs.angles is None:
                 raise ValueError(f"{type(enc).__name__} is a rotary encoding but AttentionInputs.angles is None.")
             cos, sin = inputs.angles[0][..., -T:, :], inputs.angles[1][..., -T:, :]
             q, k = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
+        if kind == "data":
+            return self._data_attention(x, q, k, v, enc, inputs, layer, cache)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         if inputs.rows is not None:
@@ -62,6 +66,32 @@ class Attention(nn.Module):
             return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
         y = attend_backend(inputs.backend, q, k, v, bias_encoding(enc), inputs.q_pos, inputs.k_pos,
                            inputs.same_positions, inputs.block, bias_cache=inputs.biases)
+        return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
+
+
+    def _data_attention(self, x, q, k, v, enc, inputs: AttentionInputs, layer: int, cache) -> torch.Tensor:
+        """A data bias (FoX): ``log f = enc.log_forget(x)`` ``[B, H, T]``, ``c = cumsum(log f)`` over every
+        key, logits ``+ c_q - c_k``. Padding tokens get ``log f = 0``, so a padded row sees the bias it would
+        have alone. A cache keeps each key's ``log f`` as two extra channels of the cached key (its value
+        in the key's dtype and the remainder: exact in float32, about 16 bits in bfloat16), so any cache
+        with ``update(layer, k, v)`` -- transformers' included -- carries it; ``c`` is summed again over all
+        keys each call, as the full forward does."""
+        B, T = x.shape[:2]
+        log_f = enc.log_forget(x)
+        if inputs.rows is not None:
+            log_f = log_f.masked_fill(~inputs.rows.valid[:, None, -T:], 0.0)
+        if cache is not None:
+            hi = log_f.to(k.dtype)
+            lo = (log_f - hi.float()).to(k.dtype)
+            k, v = cache.update(layer, torch.cat([k, hi[..., None], lo[..., None]], dim=-1), v)
+            log_f = k[..., -2].float() + k[..., -1].float()
+            k = k[..., :-2]
+        c = log_f.cumsum(-1)
+        cq = c[..., c.shape[-1] - T:]
+        if inputs.rows is not None:
+            y = attend_rows(q, k, v, (cq, c), inputs.rows)
+        else:
+            y = attend_data(inputs.backend, q, k, v, cq, c, inputs.q_pos, inputs.k_pos, inputs.block)
         return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
 
 
@@ -125,6 +155,20 @@ class GPT(nn.Module):
 
     def position_modules(self) -> list[PositionEncoding]:
         return [self.position_for(i) for i in range(self.cfg.n_layer)]
+
+    @torch.no_grad()
+    def attention_inputs(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """The input of every attention layer (after its LayerNorm), ``[B, T, d_model]`` each, for ``idx``
+        ``[B, T]``: what a data-dependent bias (FoX) reads, e.g. to plot its bias for a given text."""
+        self._check_inputs(idx)
+        seen: list[torch.Tensor] = []
+        hooks = [b.ln1.register_forward_hook(lambda mod, args, out: seen.append(out)) for b in self.blocks]
+        try:
+            self.hidden(idx, check=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        return seen
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

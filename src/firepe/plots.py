@@ -64,18 +64,20 @@ def bias_curves(module: BiasEncoding | Mapping[str, BiasEncoding], query_pos: in
                 path: str | Path = "fire_bias.png", title: str | None = None) -> Path:
     """Plot the bias of every head for query ``query_pos`` over keys ``0..query_pos`` and save a PNG.
 
-    ``module`` is one bias encoding or a mapping ``{panel title: encoding}`` (e.g. one per layer).
+    ``module`` is one bias encoding or a mapping ``{panel title: encoding}`` (e.g. one per layer); a
+    mapping's value may be the bias itself, ``[H, query_pos + 1]`` (FoX's bias for a given input).
     Returns the path written. The x axis is the key position, as in the paper's Fig. 4.
     """
     panels = dict(module) if isinstance(module, Mapping) else {title or type(module).__name__: module}
     if not panels:
         raise ValueError("bias_curves needs at least one module.")
+    # a panel may also be given as its values, [H, query_pos + 1] (a data-dependent bias for one input)
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     keys = torch.arange(query_pos + 1)
     for ax, (name, mod) in zip(axes.flat, panels.items()):
-        values = bias_values(mod, query_pos)
+        values = mod.float().cpu() if isinstance(mod, torch.Tensor) else bias_values(mod, query_pos)
         for h, row in enumerate(values):
             ax.plot(keys.numpy(), row.numpy(), lw=1.0, label=f"head {h}")
         ax.set_title(name, fontsize=9)

@@ -13,8 +13,9 @@ copied into another project as is (the fused FIRE kernel looks for ``fire_table.
 
 from . import convert, fire_kernel
 from .alibi import ALiBi, alibi_slopes
-from .base import BiasEncoding, PositionEncoding, RotaryEncoding, causal_row_blocks, check_positions
+from .base import BiasEncoding, DataBiasEncoding, PositionEncoding, RotaryEncoding, causal_row_blocks, check_positions
 from .fire import FIRE, FIREHeads, FIREShared, load_appendix_e
+from .fox import FoX
 from .kerple import KerpleLog, KerplePower
 from .longrope import LongRoPE
 from .nope import NoPE
@@ -25,9 +26,9 @@ from .sandwich import Sandwich
 from .t5 import T5Bias, t5_bucket
 
 __all__ = [
-    "ALiBi", "BiasEncoding", "FIRE", "FIREHeads", "FIREShared", "KerpleLog", "KerplePower", "LongRoPE", "NoPE", "PRoPE",
-    "PositionEncoding", "RoPE", "RoPEPositionInterpolation", "RotaryEncoding", "Sandwich", "Spec", "T5Bias",
-    "YaRN", "alibi_slopes", "apply_rotary", "apply_rotary_one", "available", "build", "causal_row_blocks",
-    "check_positions", "convert", "fire_kernel", "get", "load_appendix_e", "options", "parse_spec", "register",
-    "rotate_half", "t5_bucket", "training_options", "validate",
+    "ALiBi", "BiasEncoding", "DataBiasEncoding", "FIRE", "FoX", "FIREHeads", "FIREShared", "KerpleLog",
+    "KerplePower", "LongRoPE", "NoPE", "PRoPE", "PositionEncoding", "RoPE", "RoPEPositionInterpolation",
+    "RotaryEncoding", "Sandwich", "Spec", "T5Bias", "YaRN", "alibi_slopes", "apply_rotary", "apply_rotary_one",
+    "available", "build", "causal_row_blocks", "check_positions", "convert", "fire_kernel", "get", "load_appendix_e",
+    "options", "parse_spec", "register", "rotate_half", "t5_bucket", "training_options", "validate",
 ]

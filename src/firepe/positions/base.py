@@ -4,6 +4,9 @@
   ``bias(q_pos, k_pos) -> Tensor[H, Q, K]`` added to the pre-softmax logits.
 * :class:`RotaryEncoding` -- rotary encodings: ``angles(pos) -> (cos, sin)`` of shape
   ``[T, head_dim]``, applied to queries and keys by :func:`firepe.positions.apply_rotary`.
+* :class:`DataBiasEncoding` -- data-dependent biases of the cumulative form
+  ``B[b, h, i, j] = c[b, h, i] - c[b, h, j]`` with ``c = cumsum(log_forget(x))`` over tokens, where
+  ``log_forget(x [B, T, d_model]) -> [B, H, T]`` reads the attention layer's input (FoX).
 
 Positions are always explicit 0-based integer vectors (any integer dtype; they are converted to
 ``torch.long`` after the checks), never "the length": a KV cache passes ``q_pos = tensor([t])``
@@ -11,7 +14,8 @@ and long evaluation passes query blocks. Entries with ``k_pos > q_pos`` are neve
 model and are not specified.
 
 ``PositionEncoding.kind`` is the one attribute telling what an encoding contributes to attention:
-``"bias"`` (an additive bias), ``"rotary"`` (rotated queries and keys) or ``"none"`` (NoPE).
+``"bias"`` (an additive bias), ``"rotary"`` (rotated queries and keys), ``"data"`` (a bias computed
+from the hidden states) or ``"none"`` (NoPE).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "check_positions", "causal_row_blocks"]
+__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "DataBiasEncoding", "check_positions",
+           "causal_row_blocks"]
 
 
 def check_positions(*positions: torch.Tensor, names: tuple[str, ...] | None = None) -> None:
@@ -105,7 +110,7 @@ def outside_autocast(fn):
 
 #: the methods every encoding runs outside autocast (wrapped in each class that defines them)
 AUTOCAST_FREE = ("compute_bias", "compute_bias_rows", "score_mod", "distance_bias", "compute_angles", "f",
-                 "distance_table", "interpolation_table", "lookup_table")
+                 "distance_table", "interpolation_table", "lookup_table", "log_forget")
 
 
 class PositionEncoding(nn.Module):
@@ -244,3 +249,31 @@ class RotaryEncoding(PositionEncoding):
 
     def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.angles(pos)
+
+
+class DataBiasEncoding(PositionEncoding):
+    """A bias read from the data: :meth:`log_forget` maps the attention layer's input ``x``
+    ``[B, T, H * head_dim]`` to per-token increments ``[B, H, T]`` (float32, ``<= 0`` for a forget
+    gate); with ``c = cumsum(log_forget(x), -1)`` the logit of query ``i`` and key ``j <= i`` gets
+    ``c_i - c_j``. Positions play no part: randomized positions change nothing for these encodings.
+    """
+
+    kind = "data"
+
+    def log_forget(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bias_for(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, T, T]``: ``c_i - c_j`` where ``j <= i`` and 0 above the diagonal, for ``x`` ``[B, T, d]``
+        (the input of one attention layer; ``plot-bias`` shows it for a given text)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.num_heads * self.head_dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{self.name or type(self).__name__} reads hidden states [batch, tokens, "
+                             f"{self.num_heads * self.head_dim}], got {shape}.")
+        c = self.log_forget(x).cumsum(-1)
+        t = x.shape[1]
+        below = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        return torch.where(below, c[..., :, None] - c[..., None, :], c.new_zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias_for(x)
