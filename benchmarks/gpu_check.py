@@ -47,7 +47,7 @@ BIAS_ENCODINGS = [("alibi", {}), ("kerple_log", {}), ("kerple_power", {}), ("t5"
                   ("fire", {"init_L": 96.0, "bias_mode": "exact"})]
 ALL_ENCODINGS = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}), ("yarn", {"factor": 2.0}),
                  ("p_rope", {}), ("longrope", {"factor": 4.0, "original_max_position_embeddings": 128}),
-                 *BIAS_ENCODINGS[:6]]
+                 ("fox", {}), ("cope", {"npos_max": 128}), *BIAS_ENCODINGS[:6]]
 SPEED_TARGET = 1.3
 FLEX_BOUND = 2e-3    # relative to the largest magnitude of each compared tensor
 BF16_LOSS_BOUND = 0.05

@@ -34,7 +34,8 @@ from firepe.train import TrainConfig, Trainer, load_run
 ENCODINGS = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
              ("yarn", {"factor": 4.0, "original_max_position_embeddings": 128}), ("alibi", {}), ("kerple_log", {}),
              ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {}), ("fire_s", {}),
-             ("p_rope", {}), ("longrope", {"factor": 4.0, "original_max_position_embeddings": 128})]
+             ("p_rope", {}), ("longrope", {"factor": 4.0, "original_max_position_embeddings": 128}),
+             ("fox", {}), ("cope", {"npos_max": 128})]
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {"init_L": 8.0}),
        ("fire", {"init_L": 8.0, "bias_mode": "table"}), ("fire_s", {"init_L": 8.0, "threshold": False}),
        ("p_rope", {"fraction": 0.5}),
-       ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16, "factors": "long"}), ("fox", {})]
+       ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16, "factors": "long"}), ("fox", {}),
+       ("cope", {"npos_max": 16})]
 
 
 def tiny(name, opts, **kw):
@@ -33,6 +34,11 @@ def test_backends_equal_dense_forward_and_backward(name, opts, backend):
     loss_dense.backward()
     dense_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
+    if name == "cope" and backend == "chunked":  # CoPE reads every logit: refused, the model left as it was
+        with pytest.raises(ValueError, match="cope runs on a dense path of its own"):
+            model.set_attention(backend, block=7)
+        assert model.cfg.attention == "dense"
+        return
     model.set_attention(backend, block=7)
     _, loss_other = model(x, y)
     loss_other.backward()
@@ -182,12 +188,13 @@ class _Fake(torch.nn.Module):
 def test_encoding_kind_decides_what_an_encoding_contributes():
     build = {n: positions.build(n, num_heads=2, head_dim=8) for n in ("nope", "rope", "alibi", "fire", "t5", "fox")}
     assert [encoding_kind(build[n]) for n in build] == ["none", "rotary", "bias", "bias", "bias", "data"]
+    assert encoding_kind(positions.build("cope", num_heads=2, head_dim=8)) == "context"
     assert bias_encoding(build["fox"]) is None
     assert encoding_kind(None) == "none" and bias_encoding(None) is None
     assert bias_encoding(build["nope"]) is None and bias_encoding(build["rope"]) is None
     assert bias_encoding(build["fire"]) is build["fire"]
     assert encoding_kind(_Fake("none")) == "none" and bias_encoding(_Fake("bias")).kind == "bias"
-    with pytest.raises(ValueError, match="_Fake has kind 'additive'; valid: bias, rotary, data, none"):
+    with pytest.raises(ValueError, match="_Fake has kind 'additive'; valid: bias, rotary, data, context, none"):
         encoding_kind(_Fake("additive"))
 
 

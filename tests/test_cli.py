@@ -236,3 +236,31 @@ def test_fox_runs_through_train_compare_synth_bench_and_plot_bias(tmp_path, text
     assert code == 0, err
     results = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
     assert [r["row"] for r in results] == ["nope", "fox"] and all(r.get("error") is None for r in results)
+
+
+def test_cope_runs_through_train_compare_synth_and_bench_and_refuses_what_it_cannot_do(tmp_path, text_corpus, capsys):
+    run = tmp_path / "cope"
+    code, out, err = run_cli(["train", "--out", run, "--position", "cope", "--steps", "2", "--corpus", text_corpus,
+                              *TINY], capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["model"]["position_options"] == {"npos_max": 16}
+    code, _, err = run_cli(["plot-bias", run], capsys)
+    assert code == 2 and "no additive bias to plot" in err
+    code, _, err = run_cli(["eval", run, "--lengths", "16", "--attention", "chunked", "--no-progress"], capsys)
+    assert code == 2 and "cope runs on a dense path of its own" in err and err.count("\n") == 1
+    code, _, err = run_cli(["train", "--out", tmp_path / "bad", "--position", "cope", "--attention", "flex",
+                            "--steps", "1", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 2 and "is refused for it" in err and not (tmp_path / "bad").exists()
+    code, out, err = run_cli(["compare", "--out", tmp_path / "cmp", "--encodings", "cope,nope", "--steps", "2",
+                              "--max-factor", "4", "--corpus", text_corpus, *TINY], capsys)
+    assert code == 0 and "| cope |" in (tmp_path / "cmp" / "results.md").read_text(), err
+    code, out, err = run_cli(["synth", "--out", tmp_path / "syn", "--encodings", "cope", "--steps", "2",
+                              "--batch-size", "4", "--no-progress", "--max-factor", "2", "--examples", "8",
+                              "--task", "copy"], capsys)
+    assert code == 0 and "| cope |" in out, err
+    code, out, err = run_cli(["bench-speed", "--lengths", "32", "--encodings", "cope", "--scope", "both",
+                              "--heads", "2", "--head-dim", "8", "--repeats", "1", "--out", tmp_path / "bench"],
+                             capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
+    assert len(results) == 2 and all("error" not in r and r["train_s"] > 0 for r in results), results

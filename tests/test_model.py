@@ -11,7 +11,7 @@ ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),
        ("kerple_power", {}), ("t5", {}), ("sandwich", {}), ("fire", {}), ("fire_s", {}),
        ("p_rope", {"fraction": 0.5}), ("longrope", {"factor": 4.0, "original_max_position_embeddings": 16}),
-       ("fox", {})]
+       ("fox", {}), ("cope", {"npos_max": 16})]
 
 
 def tiny(position, opts=None, **kw):

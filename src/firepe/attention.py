@@ -42,7 +42,8 @@ from .positions.base import causal_row_blocks
 
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
            "attend_chunked", "attend_flex", "attend_backend", "attend_rows", "attend_data", "data_bias",
-           "encoding_kind", "bias_encoding", "AttentionInputs", "RowPositions", "KVCache"]
+           "attend_context", "rows_allowed", "encoding_kind", "bias_encoding", "AttentionInputs", "RowPositions",
+           "KVCache"]
 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
@@ -348,6 +349,26 @@ class RowPositions:
         return cls(q=k[:, k.shape[1] - queries:], k=k, valid=valid)
 
 
+def rows_allowed(rows: RowPositions, queries: int) -> torch.Tensor:
+    """``[B, 1, Q, K]`` bool: causal, never a padding key, and every query sees itself (so no softmax row of
+    a padding query is empty; its output is never used)."""
+    n_k = rows.valid.shape[1]
+    idx_k = torch.arange(n_k, device=rows.valid.device)
+    idx_q = idx_k[n_k - queries:]
+    allowed = (idx_k[None, :] <= idx_q[:, None])[None] & rows.valid[:, None, :]
+    return (allowed | (idx_k[None, :] == idx_q[:, None])[None]).unsqueeze(1)
+
+
+def attend_context(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, allowed: torch.Tensor) -> torch.Tensor:
+    """Attention with an encoding that reads the logits (CoPE): ``s = q k^T / sqrt(D)``, ``-inf`` where
+    ``allowed`` (bool, broadcast to ``[B, H, Q, K]``) is false, ``s + enc.logit_bias(q, s)``, softmax, ``@ v``.
+    Dense: the ``[B, H, Q, K]`` logits exist (the encoding refuses sizes past its limit)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = scores + enc.logit_bias(q, scores).to(scores.dtype)
+    return torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+
+
 def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: RowPositions,
                 bias_cache: dict | None = None) -> torch.Tensor:
     """Dense causal attention of a padded batch (HF's ``attention_mask``): row ``b`` uses its own positions
@@ -355,11 +376,7 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
     keys are the queries; a padding query attends to itself only (its output is never used), so no softmax
     row is empty. ``enc`` may also be a data bias's ``(cq, ck)`` (``[B, H, Q]``, ``[B, H, K]``).
     Materializes ``[B, H, Q, K]``; unpadded batches take :func:`attend_backend` instead."""
-    n_q, n_k = q.shape[2], k.shape[2]
-    idx_k = torch.arange(n_k, device=q.device)
-    idx_q = idx_k[n_k - n_q:]
-    allowed = (idx_k[None, :] <= idx_q[:, None])[None] & rows.valid[:, None, :]
-    allowed = (allowed | (idx_k[None, :] == idx_q[:, None])[None]).unsqueeze(1)  # [B, 1, Q, K]
+    allowed = rows_allowed(rows, q.shape[2])
     if enc is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     if isinstance(enc, tuple):  # a data bias (cq [B, H, Q], ck [B, H, K]); padding keys carry log f = 0
@@ -375,13 +392,14 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-ENCODING_KINDS = ("bias", "rotary", "data", "none")
+ENCODING_KINDS = ("bias", "rotary", "data", "context", "none")
 
 
 def encoding_kind(enc) -> str:
     """What ``enc`` contributes to attention: ``"bias"`` (an additive ``[H, Q, K]`` bias, Eq. 1),
     ``"rotary"`` (``cos, sin`` rotating ``q, k``), ``"data"`` (a bias from the hidden states, FoX:
-    :func:`attend_data`) or ``"none"`` (NoPE, or ``enc is None``).
+    :func:`attend_data`), ``"context"`` (a bias from the queries and logits, CoPE: :func:`attend_context`)
+    or ``"none"`` (NoPE, or ``enc is None``).
 
     The one place the model and the benchmarks read ``PositionEncoding.kind``.
     """

@@ -92,7 +92,7 @@ def _peak_bytes(device: torch.device) -> int:
 
 def _layer_fn(name, opts, n, args, device, dtype):
     from . import positions
-    from .attention import attend_backend, attend_data, bias_encoding, encoding_kind
+    from .attention import attend_backend, attend_context, attend_data, bias_encoding, causal_mask, encoding_kind
     from .positions.rope import apply_rotary_one
 
     enc = positions.build(name, num_heads=args["heads"], head_dim=args["head_dim"], **opts).to(device)
@@ -109,6 +109,9 @@ def _layer_fn(name, opts, n, args, device, dtype):
             return attend_data(args["attention"], q, k, v, c, c, pos, pos, args["block"])
 
         return run_data, [q, k, v, *enc.parameters()]
+    if kind == "context":  # CoPE: its own dense path, the gates and counted positions timed too
+        allowed = causal_mask(pos, pos)
+        return (lambda: attend_context(q, k, v, enc, allowed)), [q, k, v, *enc.parameters()]
 
     def run():  # no bias cache: every call computes the bias, as one layer of a model does
         qq, kk = q, k

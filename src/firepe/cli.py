@@ -737,7 +737,7 @@ def add_bench_speed(sub) -> None:
     s = sub.add_parser("bench-speed", help="time and peak memory per encoding across lengths (Fig. 5)")
     s.add_argument("--lengths", default="512,1024,2048,4096,8192")
     s.add_argument("--encodings", help="comma-separated rows, or ';'-separated specs once one carries options "
-                                       "(longrope:factor=8;p_rope) (default: nope, rope, alibi, kerple_log, t5, "
+                                       "(longrope:factor=8;fox;cope) (default: nope, rope, alibi, kerple_log, t5, "
                                        "fire_appendix_e, fire_exact, fire, fire_s)")
     s.add_argument("--scope", choices=["layer", "model", "both"], default="both")
     s.add_argument("--device", default="cpu")

@@ -55,6 +55,15 @@ _help = field_help
 # -- config.json sections ---------------------------------------------------------------------
 
 
+def check_backend(position: str, attention: str) -> None:
+    """Refuse a backend an encoding cannot run on: CoPE (``kind == "context"``) needs every (query, key)
+    logit, so it has a dense path of its own and the ``chunked`` and ``flex`` backends (which promise no
+    ``n x n`` tensor) are refused for it."""
+    if attention in ("chunked", "flex") and positions.get(position).kind == "context":
+        raise ValueError(f"{position} runs on a dense path of its own (it reads every query-key logit); "
+                         f"attention {attention!r} is refused for it: use auto, dense or blocked.")
+
+
 @dataclass
 class GPTConfig:
     """Model configuration; serialized as JSON next to every checkpoint."""
@@ -96,6 +105,7 @@ class GPTConfig:
         positions.validate(self.position, self.position_options)
         if self.attention not in BACKENDS:
             raise ValueError(f"unknown attention backend {self.attention!r}; valid: {', '.join(BACKENDS)}.")
+        check_backend(self.position, self.attention)
 
     @property
     def head_dim(self) -> int:

@@ -20,12 +20,15 @@ from .attention import (
     KVCache,
     RowPositions,
     attend_backend,
+    attend_context,
     attend_data,
     attend_rows,
     bias_encoding,
+    causal_mask,
     encoding_kind,
+    rows_allowed,
 )
-from .config import PRESETS, GPTConfig, is_int, is_real, preset
+from .config import PRESETS, GPTConfig, check_backend, is_int, is_real, preset
 from .generate import decode
 from .limits import MAX_LENGTH
 from .positions.base import PositionEncoding
@@ -61,6 +64,11 @@ class Attention(nn.Module):
             return self._data_attention(x, q, k, v, enc, inputs, layer, cache)
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        if kind == "context":  # CoPE: its own dense path, whatever the backend
+            allowed = rows_allowed(inputs.rows, T) if inputs.rows is not None else causal_mask(inputs.q_pos,
+                                                                                              inputs.k_pos)
+            y = attend_context(q, k, v, enc, allowed)
+            return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
         if inputs.rows is not None:
             y = attend_rows(q, k, v, bias_encoding(enc), inputs.rows, inputs.biases)
             return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
@@ -330,6 +338,7 @@ class GPT(nn.Module):
             raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}.")
         if block is not None and (not is_int(block) or block <= 0):
             raise ValueError(f"attention block must be a positive integer, got {block!r}.")
+        check_backend(self.cfg.position, backend)
         self.cfg.attention = backend
         if block is not None:
             self.cfg.attention_block = block

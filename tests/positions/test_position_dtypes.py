@@ -14,7 +14,10 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", [n for n in P.available() if P.get(n).kind != "data"])  # data biases take no positions
+POSITIONAL = [n for n in P.available() if P.get(n).kind not in ("data", "context")]  # FoX, CoPE take no positions
+
+
+@pytest.mark.parametrize("name", POSITIONAL)
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
 def test_integer_dtypes_give_the_int64_result(name, dtype):
     torch.manual_seed(0)

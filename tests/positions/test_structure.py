@@ -49,7 +49,7 @@ def test_causal_row_blocks():
 def test_kind_tells_what_an_encoding_contributes(name):
     enc = P.build(name, num_heads=2, head_dim=8, **({"factor": 2.0} if name in ("rope_pi", "yarn", "longrope") else {}))
     rotary = ("rope", "rope_pi", "yarn", "p_rope", "longrope")
-    want = "none" if name == "nope" else "rotary" if name in rotary else "data" if name == "fox" else "bias"
+    want = {"nope": "none", "fox": "data", "cope": "context"}.get(name, "rotary" if name in rotary else "bias")
     assert enc.kind == want
     assert enc.adds_bias == (want == "bias")
     with pytest.raises(AttributeError):

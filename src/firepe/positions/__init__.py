@@ -14,6 +14,7 @@ copied into another project as is (the fused FIRE kernel looks for ``fire_table.
 from . import convert, fire_kernel
 from .alibi import ALiBi, alibi_slopes
 from .base import BiasEncoding, DataBiasEncoding, PositionEncoding, RotaryEncoding, causal_row_blocks, check_positions
+from .cope import CoPE
 from .fire import FIRE, FIREHeads, FIREShared, load_appendix_e
 from .fox import FoX
 from .kerple import KerpleLog, KerplePower
@@ -26,7 +27,7 @@ from .sandwich import Sandwich
 from .t5 import T5Bias, t5_bucket
 
 __all__ = [
-    "ALiBi", "BiasEncoding", "DataBiasEncoding", "FIRE", "FoX", "FIREHeads", "FIREShared", "KerpleLog",
+    "ALiBi", "CoPE", "BiasEncoding", "DataBiasEncoding", "FIRE", "FoX", "FIREHeads", "FIREShared", "KerpleLog",
     "KerplePower", "LongRoPE", "NoPE", "PRoPE", "PositionEncoding", "RoPE", "RoPEPositionInterpolation",
     "RotaryEncoding", "Sandwich", "Spec", "T5Bias", "YaRN", "alibi_slopes", "apply_rotary", "apply_rotary_one",
     "available", "build", "causal_row_blocks", "check_positions", "convert", "fire_kernel", "get", "load_appendix_e",

@@ -110,7 +110,7 @@ def outside_autocast(fn):
 
 #: the methods every encoding runs outside autocast (wrapped in each class that defines them)
 AUTOCAST_FREE = ("compute_bias", "compute_bias_rows", "score_mod", "distance_bias", "compute_angles", "f",
-                 "distance_table", "interpolation_table", "lookup_table", "log_forget")
+                 "distance_table", "interpolation_table", "lookup_table", "log_forget", "logit_bias")
 
 
 class PositionEncoding(nn.Module):
