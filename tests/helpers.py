@@ -41,3 +41,16 @@ def task_base(root: Path) -> tuple[Path, Path]:
     good.write_text("".join(json.dumps({"id": str(i), "input": f"say {i}", "output": f"{i}"}) + "\n"
                             for i in range(6)))
     return run, good
+
+
+def cached_logits(model, idx, prefix: int):
+    """Logits of ``idx`` fed through a fresh KV cache: ``prefix`` tokens at once, then one token a step."""
+    import torch
+
+    from firepe.attention import KVCache
+
+    cache = KVCache.empty(model.cfg.n_layer)
+    with torch.no_grad():
+        parts = [model(idx[:, :prefix], cache=cache)[0]]
+        parts += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(prefix, idx.shape[1])]
+    return torch.cat(parts, 1), cache

@@ -222,20 +222,7 @@ def test_fox_runs_through_train_compare_synth_bench_and_plot_bias(tmp_path, text
     assert run_cli(["train", "--out", fire, "--steps", "1", "--corpus", text_corpus, *TINY], capsys)[0] == 0
     code, _, err = run_cli(["plot-bias", fire, "--text", "abc"], capsys)
     assert code == 2 and "--text applies to data-dependent biases" in err and not list(fire.glob("bias_q*.png"))
-    code, out, err = run_cli(["compare", "--out", tmp_path / "cmp", "--encodings", "fox;fire", "--steps", "2",
-                              "--max-factor", "4", "--corpus", text_corpus, *TINY], capsys)
-    assert code == 0, err
-    assert "| fox |" in (tmp_path / "cmp" / "results.md").read_text()
-    code, out, err = run_cli(["synth", "--out", tmp_path / "syn", "--encodings", "fox", "--steps", "2",
-                              "--batch-size", "4", "--no-progress", "--max-factor", "2", "--examples", "8",
-                              "--task", "copy"], capsys)
-    assert code == 0 and "| fox |" in out, err
-    code, out, err = run_cli(["bench-speed", "--lengths", "32", "--encodings", "nope,fox", "--scope", "layer",
-                              "--heads", "2", "--head-dim", "8", "--repeats", "1", "--out", tmp_path / "bench"],
-                             capsys)
-    assert code == 0, err
-    results = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
-    assert [r["row"] for r in results] == ["nope", "fox"] and all(r.get("error") is None for r in results)
+    compare_synth_and_bench(tmp_path, text_corpus, capsys, "fox")
 
 
 def test_cope_runs_through_train_compare_synth_and_bench_and_refuses_what_it_cannot_do(tmp_path, text_corpus, capsys):
@@ -251,16 +238,22 @@ def test_cope_runs_through_train_compare_synth_and_bench_and_refuses_what_it_can
     code, _, err = run_cli(["train", "--out", tmp_path / "bad", "--position", "cope", "--attention", "flex",
                             "--steps", "1", "--corpus", text_corpus, *TINY], capsys)
     assert code == 2 and "is refused for it" in err and not (tmp_path / "bad").exists()
-    code, out, err = run_cli(["compare", "--out", tmp_path / "cmp", "--encodings", "cope,nope", "--steps", "2",
+    compare_synth_and_bench(tmp_path, text_corpus, capsys, "cope")
+
+
+def compare_synth_and_bench(tmp_path, text_corpus, capsys, name):
+    """``name`` beside NoPE in compare, alone in synth, and timed by bench-speed at both scopes."""
+    code, out, err = run_cli(["compare", "--out", tmp_path / "cmp", "--encodings", f"{name};nope", "--steps", "2",
                               "--max-factor", "4", "--corpus", text_corpus, *TINY], capsys)
-    assert code == 0 and "| cope |" in (tmp_path / "cmp" / "results.md").read_text(), err
-    code, out, err = run_cli(["synth", "--out", tmp_path / "syn", "--encodings", "cope", "--steps", "2",
+    assert code == 0 and f"| {name} |" in (tmp_path / "cmp" / "results.md").read_text(), err
+    code, out, err = run_cli(["synth", "--out", tmp_path / "syn", "--encodings", name, "--steps", "2",
                               "--batch-size", "4", "--no-progress", "--max-factor", "2", "--examples", "8",
                               "--task", "copy"], capsys)
-    assert code == 0 and "| cope |" in out, err
-    code, out, err = run_cli(["bench-speed", "--lengths", "32", "--encodings", "cope", "--scope", "both",
-                              "--heads", "2", "--head-dim", "8", "--repeats", "1", "--out", tmp_path / "bench"],
-                             capsys)
+    assert code == 0 and f"| {name} |" in out, err
+    code, out, err = run_cli(["bench-speed", "--lengths", "32", "--encodings", f"nope,{name}", "--scope", "both",
+                              "--heads", "2", "--head-dim", "8", "--repeats", "1", "--n-layer", "1",
+                              "--out", tmp_path / "bench"], capsys)
     assert code == 0, err
     results = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
-    assert len(results) == 2 and all("error" not in r and r["train_s"] > 0 for r in results), results
+    assert sorted(r["row"] for r in results) == sorted(["nope", name] * 2)
+    assert all("error" not in r and r["train_s"] > 0 for r in results), results

@@ -210,7 +210,10 @@ def _spy_positions(monkeypatch, enc_cls, name):
     return seen
 
 
-@pytest.mark.parametrize("name", [n for n in positions.available() if positions.get(n).kind not in ("none", "data")])
+POSITIONAL = [n for n in positions.available() if positions.get(n).kind in ("bias", "rotary")]
+
+
+@pytest.mark.parametrize("name", POSITIONAL)
 def test_given_positions_reach_every_encoding(monkeypatch, name):
     required = {k: 2.0 for k, v in positions.options(name).items() if v is inspect.Parameter.empty}
     cfg = GPTConfig(vocab_size=11, n_layer=1, n_head=2, d_model=16, position=name,
@@ -229,9 +232,10 @@ def test_given_positions_reach_every_encoding(monkeypatch, name):
     assert torch.allclose(model(idx, positions=torch.arange(6).expand(2, 6))[0], out_plain, atol=1e-5)  # ... 0..T-1 not
 
 
-def test_given_positions_change_nothing_for_a_data_bias():
-    # FoX's bias reads the hidden states only: randomized positions leave its output as it is
-    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, d_model=16, position="fox"))
+@pytest.mark.parametrize("name", ["fox", "cope"])
+def test_given_positions_change_nothing_for_data_and_context_biases(name):
+    # FoX reads the hidden states, CoPE the logits: randomized positions leave their output as it is
+    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, d_model=16, position=name))
     idx = torch.randint(0, 11, (2, 6))
     pos = torch.tensor([[0, 3, 4, 9, 20, 31], [1, 2, 5, 6, 7, 40]])
     assert torch.allclose(model(idx, positions=pos)[0], model(idx)[0], atol=1e-6)
