@@ -186,3 +186,18 @@ def test_finetune_bad_position_values(tmp_path, base, capsys, value, match):
     run, good = base
     err_of(capsys, ["finetune", run, "--task", f"jsonl:{good}", "--out", tmp_path / "o", "--position", value], match)
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_passkey_with_the_later_encodings(tmp_path, base, capsys):
+    # fox (data bias), cope (context), p_rope and longrope (rotary) through pretraining, fine-tuning and scoring
+    corpus = base[0].parent / "corpus"
+    out = tmp_path / "cmp"
+    argv = ["compare", "--out", out, "--encodings", "fox;cope;p_rope;longrope:factor=2", "--preset", "tiny",
+            "--seq-len", "96", "--steps", "2", "--batch-size", "2", "--max-factor", "2", "--corpus", corpus,
+            "--val-tokens", "512", "--no-progress", "--task", "passkey", "--task-steps", "2", "--task-examples", "1",
+            "--depths", "0,1"]
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    res = json.loads((out / "passkey" / "score.json").read_text())
+    labels = {"fox", "cope", "p_rope", "longrope[factor=2]"}
+    assert {(r["label"], r["length"], r["depth"]) for r in res["results"]} == {
+        (lab, n, d) for lab in labels for n in (96, 192) for d in (0.0, 1.0)}
