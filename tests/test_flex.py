@@ -89,3 +89,27 @@ def test_block_masks_are_built_once_per_shape_and_decoding_skips_flex(monkeypatc
     assert flexed == [32] * 3  # a one-token decoding step took the dense path
     torch.testing.assert_close(out, attention.attend(one, k, v, enc.compute_bias(pos[-1:], pos), pos[-1:], pos,
                                                      False))
+
+
+def test_fox_score_mod_reads_the_cumulative_sums_of_its_batch_row():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(2, 3, 9, generator=g).cumsum(-1)
+    cq, ck = c[..., 4:], c
+    mod = attention.data_score_mod(cq, ck)
+    b = torch.arange(2)[:, None, None, None]
+    h = torch.arange(3)[None, :, None, None]
+    q = torch.arange(5)[None, None, :, None]
+    k = torch.arange(9)[None, None, None, :]
+    got = mod(torch.zeros(2, 3, 5, 9), b, h, q, k)
+    torch.testing.assert_close(got, cq[..., :, None] - ck[..., None, :])
+
+
+def test_fox_on_the_flex_backend_matches_dense_forward():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 32, 16, generator=g) for _ in range(3))
+    c = torch.nn.functional.logsigmoid(torch.randn(1, 2, 32, generator=g)).cumsum(-1)
+    pos = torch.arange(32)
+    with torch.no_grad():
+        flex = attention.attend_data("flex", q, k, v, c, c, pos, pos)
+        dense = attention.attend_data("dense", q, k, v, c, c, pos, pos)
+    torch.testing.assert_close(flex, dense, rtol=1e-4, atol=1e-4)

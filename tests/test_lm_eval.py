@@ -27,8 +27,9 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_lm_eval_runs_on_an_exported_run(tmp_path):
-    run = make_run(tmp_path / "run", "fire")
+@pytest.mark.parametrize("name", ["fire", "fox", "cope"])  # a bias, a data bias (log f in the cache), context
+def test_lm_eval_runs_on_an_exported_run(tmp_path, name):
+    run = make_run(tmp_path / "run", name)
     out = tmp_path / "exported"
     assert run_cli(["export", run, "--out", out]) == 0
     lm_eval = shutil.which("lm_eval") or pytest.skip("no lm_eval command")

@@ -42,8 +42,8 @@ from .positions.base import causal_row_blocks
 
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
            "attend_chunked", "attend_flex", "attend_backend", "attend_rows", "attend_data", "data_bias",
-           "attend_context", "rows_allowed", "encoding_kind", "bias_encoding", "AttentionInputs", "RowPositions",
-           "KVCache"]
+           "data_score_mod", "attend_context", "rows_allowed", "encoding_kind", "bias_encoding", "AttentionInputs",
+           "RowPositions", "KVCache"]
 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
@@ -286,6 +286,15 @@ def data_bias(cq: torch.Tensor, ck: torch.Tensor, q_pos: torch.Tensor, k_pos: to
     return bias.masked_fill(~causal_mask(q_pos, k_pos), float("-inf"))
 
 
+def data_score_mod(cq: torch.Tensor, ck: torch.Tensor):
+    """FlexAttention ``score_mod`` adding ``cq[b, h, q_idx] - ck[b, h, kv_idx]`` (per batch row and head)."""
+
+    def mod(score, b, h, q_idx, kv_idx):
+        return score + (cq[b, h, q_idx] - ck[b, h, kv_idx]).to(score.dtype)
+
+    return mod
+
+
 def _data_block(q, k, v, cq, ck, q_pos, k_pos):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=data_bias(cq, ck, q_pos, k_pos, q.dtype))
 
@@ -315,11 +324,8 @@ def attend_data(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return _data_block(q, k, v, cq, ck, q_pos, k_pos)
     if backend == "flex" and not (q.device.type == "cpu" and needs_grad):
         flex, _ = _flex_fns()
-
-        def mod(score, b, h, q_idx, kv_idx):
-            return score + (cq[b, h, q_idx] - ck[b, h, kv_idx]).to(score.dtype)
-
-        return flex(q, k, v, score_mod=mod, block_mask=_causal_block_mask(q.shape[2], k.shape[2], q.device))
+        mask = _causal_block_mask(q.shape[2], k.shape[2], q.device)
+        return flex(q, k, v, score_mod=data_score_mod(cq, ck), block_mask=mask)
     if backend == "flex" and "cpu-backward" not in _WARNED:
         _WARNED.add("cpu-backward")
         warnings.warn("FlexAttention has no backward on CPU in PyTorch; using the chunked backend "
