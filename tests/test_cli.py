@@ -232,7 +232,9 @@ def test_cope_runs_through_train_compare_synth_and_bench_and_refuses_what_it_can
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["model"]["position_options"] == {"npos_max": 16}
     code, _, err = run_cli(["plot-bias", run], capsys)
-    assert code == 2 and "no additive bias to plot" in err
+    assert code == 2 and "depends on the input; pass --text" in err
+    code, _, err = run_cli(["plot-bias", run, "--text", "count the words", "--query", "9"], capsys)
+    assert code == 0 and (run / "bias_q9.png").exists(), err
     code, _, err = run_cli(["eval", run, "--lengths", "16", "--attention", "chunked", "--no-progress"], capsys)
     assert code == 2 and "cope runs on a dense path of its own" in err and err.count("\n") == 1
     code, _, err = run_cli(["train", "--out", tmp_path / "bad", "--position", "cope", "--attention", "flex",

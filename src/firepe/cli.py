@@ -647,8 +647,8 @@ def add_plot_bias(sub) -> None:
     b.add_argument("run", help="run folder or exported folder (firepe export)")
     b.add_argument("--query", type=_int, default=None,
                    help="query position (default 128; with --text, the text's last token)")
-    b.add_argument("--text", help="the input whose bias is drawn, for data-dependent biases (fox): required there, "
-                                  "refused elsewhere")
+    b.add_argument("--text", help="the input whose bias is drawn, for data-dependent biases (fox, cope): required "
+                                  "there, refused elsewhere")
     b.add_argument("--out", help="PNG path (default RUN/bias_q<query>.png)")
     b.set_defaults(func=cmd_plot_bias)
 
@@ -663,11 +663,11 @@ def cmd_plot_bias(args) -> None:
     model, cfg = load_run(args.run)
     mods = model.position_modules()
     name = cfg["model"]["position"]
-    if encoding_kind(mods[0]) == "data":
+    if encoding_kind(mods[0]) in ("data", "context"):
         panels, query = _data_bias_panels(args, model, cfg, mods)
     else:
         if args.text is not None:
-            raise ValueError(f"--text applies to data-dependent biases (fox); run {args.run} uses {name!r}, "
+            raise ValueError(f"--text applies to data-dependent biases (fox, cope); run {args.run} uses {name!r}, "
                              "whose bias depends on positions only: leave --text out.")
         if bias_encoding(mods[0]) is None:
             raise ValueError(f"run {args.run} uses {name!r}, which has no additive bias to plot.")
@@ -695,8 +695,23 @@ def _data_bias_panels(args, model, cfg, mods) -> tuple[dict, int]:
     device = next(model.parameters()).device
     inputs = model.attention_inputs(torch.tensor([ids[: query + 1]], device=device))
     with torch.no_grad():
-        rows = [m.bias_for(x)[0, :, query, :] for m, x in zip(mods, inputs)]
+        rows = [_input_bias(model, i, m, x)[0, :, query, :] for i, (m, x) in enumerate(zip(mods, inputs))]
     return {f"layer {i}": r for i, r in enumerate(rows)}, query
+
+
+def _input_bias(model, layer: int, enc, x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, T, T]``: what ``enc`` adds to layer ``layer``'s logits for its input ``x`` -- FoX's
+    ``c_i - c_j``, or CoPE's ``q_i . e(p_ij)`` from that layer's own queries and keys (0 above the diagonal)."""
+    if encoding_kind(enc) == "data":
+        return enc.bias_for(x)
+    from .attention import causal_mask
+
+    attn = model.blocks[layer].attn
+    B, T, _ = x.shape
+    q, k, _ = attn.qkv(x).view(B, T, 3, attn.n_head, attn.head_dim).permute(2, 0, 3, 1, 4)
+    allowed = causal_mask(torch.arange(T, device=x.device), torch.arange(T, device=x.device))
+    scores = (q @ k.transpose(-1, -2) * attn.head_dim ** -0.5).masked_fill(~allowed, float("-inf"))
+    return enc.logit_bias(q, scores).masked_fill(~allowed, 0.0)
 
 
 def add_generate(sub) -> None:

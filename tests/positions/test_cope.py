@@ -136,3 +136,23 @@ def test_logits_past_the_limit_are_refused_in_one_line(monkeypatch):
     m = model()
     with pytest.raises(ValueError, match=r"cope needs the \(1, 2, 30, 30\) attention logits \(1,800 entries"):
         m(torch.zeros(1, 30, dtype=torch.long))
+
+
+def test_plot_bias_draws_what_the_layer_adds_to_its_logits():
+    from firepe.attention import AttentionInputs
+    from firepe.cli import _input_bias
+
+    m = model()
+    idx = torch.randint(0, 40, (1, 10))
+    x = m.attention_inputs(idx)[1]
+    attn, enc = m.blocks[1].attn, m.position_for(1)
+    bias = _input_bias(m, 1, enc, x)
+    q, k, v = attn.qkv(x).view(1, 10, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()
+    s = (q @ k.transpose(-1, -2) / math.sqrt(8) + bias).masked_fill(~causal, float("-inf"))
+    want = attn.proj((torch.softmax(s, -1) @ v).transpose(1, 2).reshape(1, 10, 16))
+    pos = torch.arange(10)
+    with torch.no_grad():
+        got = attn(x, enc, AttentionInputs(q_pos=pos, k_pos=pos, same_positions=True), 1, None)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert bias.abs().sum() > 0
