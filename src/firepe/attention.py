@@ -42,8 +42,8 @@ from .positions.base import causal_row_blocks
 
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
            "attend_chunked", "attend_flex", "attend_backend", "attend_rows", "attend_data", "data_bias",
-           "data_score_mod", "attend_context", "rows_allowed", "encoding_kind", "bias_encoding", "AttentionInputs",
-           "RowPositions", "KVCache"]
+           "data_score_mod", "masked_logits", "attend_context", "rows_allowed", "encoding_kind", "bias_encoding",
+           "AttentionInputs", "RowPositions", "KVCache"]
 
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
 
@@ -87,6 +87,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         mask = causal_mask(q_pos, k_pos)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask(bias, q_pos, k_pos, q.dtype))
+
+
+#: query rows per block of the ``blocked`` backend
+BLOCKED_ROWS = 256
 
 
 class _BlockedAttention(torch.autograd.Function):
@@ -155,7 +159,8 @@ class _BlockedAttention(torch.autograd.Function):
 
 
 def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                   q_pos: torch.Tensor, k_pos: torch.Tensor, same_positions: bool, block: int = 256) -> torch.Tensor:
+                   q_pos: torch.Tensor, k_pos: torch.Tensor, same_positions: bool,
+                   block: int = BLOCKED_ROWS) -> torch.Tensor:
     """Causal attention with an additive ``bias`` ``[H, Q, K]`` in blocks of ``block`` query rows
     (entries with ``k_pos > q_pos`` are masked whatever the bias holds there). Without a bias this
     is :func:`attend` (SDPA's fused causal kernel)."""
@@ -192,6 +197,14 @@ def attend_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_fn: B
 
 _FLEX = {}
 _WARNED = set()
+
+
+def _warn_cpu_backward() -> None:
+    """Once per process: a CPU training step on ``flex`` runs ``chunked`` instead."""
+    if "cpu-backward" not in _WARNED:
+        _WARNED.add("cpu-backward")
+        warnings.warn("FlexAttention has no backward on CPU in PyTorch; using the chunked backend "
+                      "for this training step.", stacklevel=3)
 
 
 def _flex_fns():
@@ -238,10 +251,7 @@ def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod, q_
     """
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if q.device.type == "cpu" and needs_grad:
-        if "cpu-backward" not in _WARNED:
-            _WARNED.add("cpu-backward")
-            warnings.warn("FlexAttention has no backward on CPU in PyTorch; using the chunked backend "
-                          "for this training step.", stacklevel=2)
+        _warn_cpu_backward()
         return attend_chunked(q, k, v, bias_fn, q_pos, k_pos, block)
     if q.shape[2] < FLEX_MIN_QUERIES:
         bias = bias_fn(q_pos, k_pos) if bias_fn is not None else None
@@ -278,12 +288,11 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return attend_flex(q, k, v, mod, q_pos, k_pos, bias_fn, block)
 
 
-def data_bias(cq: torch.Tensor, ck: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-              dtype: torch.dtype) -> torch.Tensor:
-    """``[B, H, Q, K]`` float mask of a data bias: ``cq[..., :, None] - ck[..., None, :]`` where causal,
-    ``-inf`` elsewhere."""
+def data_bias(cq: torch.Tensor, ck: torch.Tensor, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, H, Q, K]`` float mask of a data bias: ``cq[..., :, None] - ck[..., None, :]`` where ``allowed``
+    (bool, broadcast), ``-inf`` elsewhere."""
     bias = (cq[..., :, None] - ck[..., None, :]).to(dtype)
-    return bias.masked_fill(~causal_mask(q_pos, k_pos), float("-inf"))
+    return bias.masked_fill(~allowed, float("-inf"))
 
 
 def data_score_mod(cq: torch.Tensor, ck: torch.Tensor):
@@ -296,7 +305,7 @@ def data_score_mod(cq: torch.Tensor, ck: torch.Tensor):
 
 
 def _data_block(q, k, v, cq, ck, q_pos, k_pos):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=data_bias(cq, ck, q_pos, k_pos, q.dtype))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=data_bias(cq, ck, causal_mask(q_pos, k_pos), q.dtype))
 
 
 def attend_data(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cq: torch.Tensor,
@@ -318,7 +327,7 @@ def attend_data(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if backend == "dense":
         return _data_block(q, k, v, cq, ck, q_pos, k_pos)
     if backend == "blocked":
-        return _BlockedAttention.apply(q, k, v, None, cq, ck, q_pos, k_pos, 256)
+        return _BlockedAttention.apply(q, k, v, None, cq, ck, q_pos, k_pos, BLOCKED_ROWS)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, cq, ck))
     if backend == "flex" and q.shape[2] < FLEX_MIN_QUERIES:
         return _data_block(q, k, v, cq, ck, q_pos, k_pos)
@@ -326,10 +335,8 @@ def attend_data(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         flex, _ = _flex_fns()
         mask = _causal_block_mask(q.shape[2], k.shape[2], q.device)
         return flex(q, k, v, score_mod=data_score_mod(cq, ck), block_mask=mask)
-    if backend == "flex" and "cpu-backward" not in _WARNED:
-        _WARNED.add("cpu-backward")
-        warnings.warn("FlexAttention has no backward on CPU in PyTorch; using the chunked backend "
-                      "for this training step.", stacklevel=2)
+    if backend == "flex":
+        _warn_cpu_backward()
     outs = []
     for s, e, kk in causal_row_blocks(q_pos, k_pos, block):
         args = (q[:, :, s:e], k[:, :, :kk], v[:, :, :kk], cq[:, :, s:e], ck[:, :, :kk], q_pos[s:e], k_pos[:kk])
@@ -365,12 +372,16 @@ def rows_allowed(rows: RowPositions, queries: int) -> torch.Tensor:
     return (allowed | (idx_k[None, :] == idx_q[:, None])[None]).unsqueeze(1)
 
 
+def masked_logits(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``q k^T / sqrt(D)`` ``[B, H, Q, K]``, ``-inf`` where ``allowed`` (bool, broadcast) is false."""
+    return (torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5).masked_fill(~allowed, float("-inf"))
+
+
 def attend_context(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, allowed: torch.Tensor) -> torch.Tensor:
     """Attention with an encoding that reads the logits (CoPE): ``s = q k^T / sqrt(D)``, ``-inf`` where
     ``allowed`` (bool, broadcast to ``[B, H, Q, K]``) is false, ``s + enc.logit_bias(q, s)``, softmax, ``@ v``.
     Dense: the ``[B, H, Q, K]`` logits exist (the encoding refuses sizes past its limit)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = masked_logits(q, k, allowed)
     scores = scores + enc.logit_bias(q, scores).to(scores.dtype)
     return torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
 
@@ -386,9 +397,7 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
     if enc is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     if isinstance(enc, tuple):  # a data bias (cq [B, H, Q], ck [B, H, K]); padding keys carry log f = 0
-        cq, ck = enc
-        bias = (cq[..., :, None] - ck[..., None, :]).to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~allowed, float("-inf")))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=data_bias(*enc, allowed, q.dtype))
     bias = bias_cache.get(id(enc)) if bias_cache is not None else None
     if bias is None:
         bias = enc.compute_bias_rows(rows.q, rows.k)

@@ -664,7 +664,7 @@ def cmd_plot_bias(args) -> None:
     mods = model.position_modules()
     name = cfg["model"]["position"]
     if encoding_kind(mods[0]) in ("data", "context"):
-        panels, query = _data_bias_panels(args, model, cfg, mods)
+        panels, query = _data_bias_panels(args, model, cfg)
     else:
         if args.text is not None:
             raise ValueError(f"--text applies to data-dependent biases (fox, cope); run {args.run} uses {name!r}, "
@@ -678,7 +678,7 @@ def cmd_plot_bias(args) -> None:
     print(f"wrote {out}")
 
 
-def _data_bias_panels(args, model, cfg, mods) -> tuple[dict, int]:
+def _data_bias_panels(args, model, cfg) -> tuple[dict, int]:
     """Per layer, the bias of a data-dependent encoding for ``--text``, row ``--query`` (``[H, query + 1]``)."""
     if args.text is None:
         raise ValueError(f"run {args.run} uses {cfg['model']['position']!r}, whose bias depends on the input; "
@@ -693,25 +693,8 @@ def _data_bias_panels(args, model, cfg, mods) -> tuple[dict, int]:
         raise ValueError(f"--query {query} is past the text's last token (position {last}); pass --query 0..{last} "
                          "or a longer --text.")
     device = next(model.parameters()).device
-    inputs = model.attention_inputs(torch.tensor([ids[: query + 1]], device=device))
-    with torch.no_grad():
-        rows = [_input_bias(model, i, m, x)[0, :, query, :] for i, (m, x) in enumerate(zip(mods, inputs))]
-    return {f"layer {i}": r for i, r in enumerate(rows)}, query
-
-
-def _input_bias(model, layer: int, enc, x: torch.Tensor) -> torch.Tensor:
-    """``[B, H, T, T]``: what ``enc`` adds to layer ``layer``'s logits for its input ``x`` -- FoX's
-    ``c_i - c_j``, or CoPE's ``q_i . e(p_ij)`` from that layer's own queries and keys (0 above the diagonal)."""
-    if encoding_kind(enc) == "data":
-        return enc.bias_for(x)
-    from .attention import causal_mask
-
-    attn = model.blocks[layer].attn
-    B, T, _ = x.shape
-    q, k, _ = attn.qkv(x).view(B, T, 3, attn.n_head, attn.head_dim).permute(2, 0, 3, 1, 4)
-    allowed = causal_mask(torch.arange(T, device=x.device), torch.arange(T, device=x.device))
-    scores = (q @ k.transpose(-1, -2) * attn.head_dim ** -0.5).masked_fill(~allowed, float("-inf"))
-    return enc.logit_bias(q, scores).masked_fill(~allowed, 0.0)
+    biases = model.input_biases(torch.tensor([ids[: query + 1]], device=device))
+    return {f"layer {i}": b[0, :, query, :] for i, b in enumerate(biases)}, query
 
 
 def add_generate(sub) -> None:

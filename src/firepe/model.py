@@ -26,6 +26,7 @@ from .attention import (
     bias_encoding,
     causal_mask,
     encoding_kind,
+    masked_logits,
     rows_allowed,
 )
 from .config import PRESETS, GPTConfig, check_backend, is_int, is_real, preset
@@ -52,8 +53,8 @@ class Attention(nn.Module):
                 cache: KVCache | None) -> torch.Tensor:
         """``x`` ``[B, T, d_model]`` -> ``[B, T, d_model]``: ``softmax(q k^T / sqrt(D) + B) v`` per head,
         with ``B`` from a bias encoding (Eq. 1) or ``q, k`` rotated by ``inputs.angles`` (rotary)."""
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        T = x.shape[1]
+        q, k, v = self.heads(x)
         kind = encoding_kind(enc)
         if kind == "rotary":
             if inputs.angles is None:
@@ -67,15 +68,21 @@ class Attention(nn.Module):
         if kind == "context":  # CoPE: its own dense path, whatever the backend
             allowed = rows_allowed(inputs.rows, T) if inputs.rows is not None else causal_mask(inputs.q_pos,
                                                                                               inputs.k_pos)
-            y = attend_context(q, k, v, enc, allowed)
-            return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
+            return self.merge(attend_context(q, k, v, enc, allowed))
         if inputs.rows is not None:
-            y = attend_rows(q, k, v, bias_encoding(enc), inputs.rows, inputs.biases)
-            return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
-        y = attend_backend(inputs.backend, q, k, v, bias_encoding(enc), inputs.q_pos, inputs.k_pos,
-                           inputs.same_positions, inputs.block, bias_cache=inputs.biases)
-        return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
+            return self.merge(attend_rows(q, k, v, bias_encoding(enc), inputs.rows, inputs.biases))
+        return self.merge(attend_backend(inputs.backend, q, k, v, bias_encoding(enc), inputs.q_pos, inputs.k_pos,
+                                         inputs.same_positions, inputs.block, bias_cache=inputs.biases))
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` ``[B, T, d_model]`` -> ``q, k, v``, each ``[B, H, T, head_dim]`` (before any rotation)."""
+        B, T, _ = x.shape
+        return self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """Attention output ``[B, H, T, head_dim]`` -> ``[B, T, d_model]`` through the output projection."""
+        B, _, T, _ = y.shape
+        return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
 
     def _data_attention(self, x, q, k, v, enc, inputs: AttentionInputs, layer: int, cache) -> torch.Tensor:
         """A data bias (FoX): ``log f = enc.log_forget(x)`` ``[B, H, T]``, ``c = cumsum(log f)`` over every
@@ -84,7 +91,7 @@ class Attention(nn.Module):
         in the key's dtype and the remainder: exact in float32, about 16 bits in bfloat16), so any cache
         with ``update(layer, k, v)`` -- transformers' included -- carries it; ``c`` is summed again over all
         keys each call, as the full forward does."""
-        B, T = x.shape[:2]
+        T = x.shape[1]
         log_f = enc.log_forget(x)
         if inputs.rows is not None:
             log_f = log_f.masked_fill(~inputs.rows.valid[:, None, -T:], 0.0)
@@ -100,7 +107,7 @@ class Attention(nn.Module):
             y = attend_rows(q, k, v, (cq, c), inputs.rows)
         else:
             y = attend_data(inputs.backend, q, k, v, cq, c, inputs.q_pos, inputs.k_pos, inputs.block)
-        return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
+        return self.merge(y)
 
 
 class Block(nn.Module):
@@ -177,6 +184,25 @@ class GPT(nn.Module):
             for h in hooks:
                 h.remove()
         return seen
+
+    @torch.no_grad()
+    def input_biases(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer, ``[B, H, T, T]``: what a data-dependent encoding adds to that layer's logits for ``idx``
+        ``[B, T]`` -- FoX's ``c_i - c_j``, CoPE's ``q_i . e(p_ij)`` from the layer's own queries and keys
+        (0 above the diagonal). ``plot-bias --text`` draws one row of it."""
+        if encoding_kind(self.position_for(0)) not in ("data", "context"):
+            raise ValueError(f"{self.cfg.position!r} has no data-dependent bias; its bias depends on positions only.")
+        out = []
+        for i, x in enumerate(self.attention_inputs(idx)):
+            enc = self.position_for(i)
+            if encoding_kind(enc) == "data":
+                out.append(enc.bias_for(x))
+                continue
+            q, k, _ = self.blocks[i].attn.heads(x)
+            pos = torch.arange(x.shape[1], device=x.device)
+            allowed = causal_mask(pos, pos)
+            out.append(enc.logit_bias(q, masked_logits(q, k, allowed)).masked_fill(~allowed, 0.0))
+        return out
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -71,7 +71,6 @@ def bias_curves(module: BiasEncoding | Mapping[str, BiasEncoding], query_pos: in
     panels = dict(module) if isinstance(module, Mapping) else {title or type(module).__name__: module}
     if not panels:
         raise ValueError("bias_curves needs at least one module.")
-    # a panel may also be given as its values, [H, query_pos + 1] (a data-dependent bias for one input)
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)

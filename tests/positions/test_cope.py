@@ -140,13 +140,12 @@ def test_logits_past_the_limit_are_refused_in_one_line(monkeypatch):
 
 def test_plot_bias_draws_what_the_layer_adds_to_its_logits():
     from firepe.attention import AttentionInputs
-    from firepe.cli import _input_bias
 
     m = model()
     idx = torch.randint(0, 40, (1, 10))
     x = m.attention_inputs(idx)[1]
     attn, enc = m.blocks[1].attn, m.position_for(1)
-    bias = _input_bias(m, 1, enc, x)
+    bias = m.input_biases(idx)[1]
     q, k, v = attn.qkv(x).view(1, 10, 3, 2, 8).permute(2, 0, 3, 1, 4)
     causal = torch.ones(10, 10, dtype=torch.bool).tril()
     s = (q @ k.transpose(-1, -2) / math.sqrt(8) + bias).masked_fill(~causal, float("-inf"))

@@ -186,3 +186,14 @@ def test_a_left_padded_row_scores_as_it_would_alone_with_and_without_a_cache():
         step, _ = m(padded[:, 7:], cache=cache, attention_mask=mask)
     torch.testing.assert_close(got[:, 3:], alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat([first, step], 1)[:, 3:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_input_biases_are_each_layers_bias_for_its_own_input_and_refused_for_position_biases():
+    m = model()
+    idx = torch.randint(0, 40, (1, 7))
+    inputs = m.attention_inputs(idx)
+    for enc, x, got in zip(m.position_modules(), inputs, m.input_biases(idx)):
+        torch.testing.assert_close(got, enc.bias_for(x))
+    alibi = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, d_model=16, position="alibi"))
+    with pytest.raises(ValueError, match="'alibi' has no data-dependent bias"):
+        alibi.input_biases(idx)

@@ -7,6 +7,8 @@
 * :class:`DataBiasEncoding` -- data-dependent biases of the cumulative form
   ``B[b, h, i, j] = c[b, h, i] - c[b, h, j]`` with ``c = cumsum(log_forget(x))`` over tokens, where
   ``log_forget(x [B, T, d_model]) -> [B, H, T]`` reads the attention layer's input (FoX).
+* ``kind == "context"`` encodings (CoPE, :mod:`.cope`) read the queries and the masked logits:
+  ``logit_bias(q [B, H, Q, D], s [B, H, Q, K]) -> [B, H, Q, K]``.
 
 Positions are always explicit 0-based integer vectors (any integer dtype; they are converted to
 ``torch.long`` after the checks), never "the length": a KV cache passes ``q_pos = tensor([t])``
@@ -15,7 +17,7 @@ model and are not specified.
 
 ``PositionEncoding.kind`` is the one attribute telling what an encoding contributes to attention:
 ``"bias"`` (an additive bias), ``"rotary"`` (rotated queries and keys), ``"data"`` (a bias computed
-from the hidden states) or ``"none"`` (NoPE).
+from the hidden states), ``"context"`` (a bias computed from the queries and logits) or ``"none"`` (NoPE).
 """
 
 from __future__ import annotations

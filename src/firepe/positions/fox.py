@@ -18,7 +18,7 @@ encoding. Initialization follows the reference code's ``fgate_type="full"``: ``w
 ``init_std`` (0.02), ``b = bias_init`` (0: every gate starts at 0.5).
 
 Shapes: ``x`` ``[B, T, H * head_dim]`` -> ``log_forget`` ``[B, H, T]`` (float32 whatever ``x``'s dtype);
-:meth:`bias` ``[B, H, T, T]`` (entries with ``k > q`` are not specified; they are 0 here).
+:meth:`bias_for` ``[B, H, T, T]`` (entries with ``k > q`` are not specified; they are 0 here).
 """
 
 from __future__ import annotations
