@@ -110,11 +110,13 @@ def test_the_graph_sees_lazy_imports_and_finds_cycles():
 
 
 def test_config_is_a_leaf_above_positions():
-    """config.py imports only positions, the attention backend names and the limits."""
+    """config.py imports only positions, the attention backend names (attention.py: positions and its C
+    kernel's loader) and the limits."""
     allowed = {"firepe", "firepe.positions", "firepe.attention", "firepe.limits"}
     graph = import_graph()
     assert {d for d in graph["firepe.config"] if not d.startswith("firepe.positions.")} <= allowed
-    assert graph["firepe.attention"] <= {"firepe.positions", "firepe.positions.base"}
+    assert graph["firepe.attention"] <= {"firepe.positions", "firepe.positions.base", "firepe.attention_kernel"}
+    assert graph["firepe.attention_kernel"] <= {"firepe.positions", "firepe.positions.fire_kernel"}
 
 
 def test_old_config_import_paths_keep_working():

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from . import attention_kernel
 from .positions.base import causal_row_blocks
 
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
@@ -163,11 +164,15 @@ def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
                    block: int = BLOCKED_ROWS) -> torch.Tensor:
     """Causal attention with an additive ``bias`` ``[H, Q, K]`` in blocks of ``block`` query rows
     (entries with ``k_pos > q_pos`` are masked whatever the bias holds there). Without a bias this
-    is :func:`attend` (SDPA's fused causal kernel)."""
+    is :func:`attend` (SDPA's fused causal kernel). float32 CPU tensors take the fused C kernel of
+    :mod:`firepe.attention_kernel` (same function, one pass per batch row and head; ``block`` unused),
+    everything else the PyTorch implementation below."""
     if block < 1:
         raise ValueError(f"attention block must be >= 1, got {block}.")
     if bias is None:
         return attend(q, k, v, None, q_pos, k_pos, same_positions)
+    if attention_kernel.supports(q, k, v, bias):
+        return attention_kernel.fused_bias_attention(q, k, v, bias, q_pos, k_pos)
     return _BlockedAttention.apply(q, k, v, bias, None, None, q_pos, k_pos, block)
 
 

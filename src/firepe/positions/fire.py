@@ -108,8 +108,8 @@ class FIRE(BiasEncoding):
 
             * ``"table"`` (default, fast) -- rows ``i < L`` read a per-distance table of exact MLP
               values; rows ``i >= L`` read a per-head table of ``f`` on ``table_size`` uniform
-              points of [0, 1], built by autograd from the MLP, with linear interpolation
-              (:mod:`.fire_table`). ReLU MLPs are piecewise linear, so only grid cells holding a kink
+              points of [0, 1] (for ReLU MLPs computed piece by piece, :mod:`.fire_mlp`), with linear
+              interpolation (:mod:`.fire_table`). ReLU MLPs are piecewise linear, so only grid cells holding a kink
               differ from the exact value (max error measured in docs/backends.md, about 3e-5 at the
               default ``table_size``).
             * ``"exact"`` -- rows ``i < L`` as ``table`` (bit-identical to the reference); rows

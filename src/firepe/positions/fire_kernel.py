@@ -38,17 +38,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "table_lookup"]
+__all__ = ["available", "build", "load_library", "table_lookup"]
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = (_HERE / "fire_table.c", _HERE.parent / "csrc" / "fire_table.c")
 _LIB: list = []  # [ctypes.CDLL or None] once loading was attempted
 _CFLAGS = ("-O3", "-ffp-contract=off", "-shared", "-fPIC")  # part of the cache key
 _STALE_SECONDS = 3600  # a tmp*.so this old is the leftover of a killed build (a build takes seconds)
 
 
-def _source() -> Path | None:
-    return next((p for p in _SOURCES if p.exists()), None)
+def _source(name: str = "fire_table.c") -> Path | None:
+    """The C source ``name``: next to this file, else in ``firepe/csrc``."""
+    return next((p for p in (_HERE / name, _HERE.parent / "csrc" / name) if p.exists()), None)
 
 
 def _cache_dir() -> Path:
@@ -101,22 +101,23 @@ def _compile(compiler: str, source: Path, target: Path, defines: tuple[str, ...]
     return False
 
 
-def _target(defines: tuple[str, ...] = ()) -> Path | None:
-    """The cache path of the library built with ``defines`` (None without a compiler or source)."""
+def _target(defines: tuple[str, ...] = (), name: str = "fire_table.c") -> Path | None:
+    """The cache path of the library built from source ``name`` with ``defines`` (None without a compiler
+    or source)."""
     compiler = _compiler()
-    source = _source()
+    source = _source(name)
     if not compiler or source is None:
         return None
     key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *_CFLAGS, *defines]).encode()).hexdigest()[:16]
-    return _cache_dir() / f"fire_table_{key}.so"
+    return _cache_dir() / f"{Path(name).stem}_{key}.so"
 
 
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def _refuse(reason: str) -> None:
-    warnings.warn(f"firepe: not using the fused FIRE kernel: {reason}; using PyTorch ops.", stacklevel=4)
+def _refuse(reason: str, what: str = "the fused FIRE kernel") -> None:
+    warnings.warn(f"firepe: not using {what}: {reason}; using PyTorch ops.", stacklevel=5)
 
 
 def build(defines: tuple[str, ...] = ()):
@@ -126,31 +127,38 @@ def build(defines: tuple[str, ...] = ()):
     ``defines`` are extra preprocessor macros, part of the cache key (the tests build the scalar
     variant with ``("FIREPE_NO_SIMD",)``).
     """
-    target = _target(defines)
+    return load_library("fire_table.c", _declare, defines, "the fused FIRE kernel")
+
+
+def load_library(name: str, declare, defines: tuple[str, ...] = (), what: str = "the fused FIRE kernel"):
+    """Compile the C source ``name`` (or find it in the cache), load it with ``ctypes`` and run
+    ``declare(lib)`` on it; ``None`` without a working compiler, or with a warning naming ``what`` when the
+    cache is not safe to load from or holds a broken library (also used by :mod:`firepe.attention_kernel`)."""
+    target = _target(defines, name)
     if target is None:
         return None
     try:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
-        _refuse(f"could not create the kernel cache folder {target.parent} ({err})")
+        _refuse(f"could not create the kernel cache folder {target.parent} ({err})", what)
         return None
     try:
         reason = _unsafe(target.parent)
         if reason:
-            _refuse(f"the kernel cache folder {reason}")
+            _refuse(f"the kernel cache folder {reason}", what)
             return None
         _clean_stale(target.parent)
-        if not target.exists() and not _compile(_compiler(), _source(), target, defines):
+        if not target.exists() and not _compile(_compiler(), _source(name), target, defines):
             return None
         reason = _unsafe(target)
         if reason:
-            _refuse(f"the cached kernel {reason}")
+            _refuse(f"the cached kernel {reason}", what)
             return None
         lib = ctypes.CDLL(str(target))
-        _declare(lib)
+        declare(lib)
         return lib
     except (OSError, AttributeError) as err:
-        _refuse(f"could not load {target} ({err}); delete it to rebuild")
+        _refuse(f"could not load {target} ({err}); delete it to rebuild", what)
     return None
 
 

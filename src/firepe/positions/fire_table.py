@@ -26,6 +26,7 @@ import torch
 
 from . import fire_kernel
 from .base import causal_row_blocks, position_span
+from .fire_mlp import grid_values
 
 if TYPE_CHECKING:
     from .fire import FIRE
@@ -47,12 +48,12 @@ def interpolation_table(fire: FIRE) -> torch.Tensor:
     device, dtype = fire.init_L.device, fire.init_L.dtype
     tensors = [*fire.mlp.parameters(), *fire.mlp.buffers()]
     if torch.is_grad_enabled() and any(p.requires_grad for p in tensors):
-        return fire.f(torch.linspace(0, 1, fire.table_size, device=device, dtype=dtype)).T
+        return grid_values(fire, torch.linspace(0, 1, fire.table_size, device=device, dtype=dtype))
     key = (fire.table_size, device, dtype, _snapshot_key(tensors))
     cached = fire.__dict__.get("_table_cache")
     if cached is not None and cached[0] == key and all(torch.equal(a, b) for a, b in zip(cached[1], tensors)):
         return cached[2]
-    table = fire.f(torch.linspace(0, 1, fire.table_size, device=device, dtype=dtype)).T
+    table = grid_values(fire, torch.linspace(0, 1, fire.table_size, device=device, dtype=dtype))
     fire.__dict__["_table_cache"] = (key, [t.detach().clone() for t in tensors], table)
     return table
 
