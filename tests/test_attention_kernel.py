@@ -154,6 +154,17 @@ def test_switched_off_by_environment(monkeypatch):
         attention_kernel.fused_bias_attention(q, k, v, bias, pos, pos)
 
 
+def test_unsorted_keys_take_the_pytorch_path_with_the_same_result():
+    q, k, v, bias = _inputs(2, 2, 8, 20, 20)
+    pos = torch.arange(20)
+    keys = torch.randperm(20, generator=torch.Generator().manual_seed(7))
+    assert not attention_kernel.supports(q, k, v, bias, keys)
+    out = attend_blocked(q, k, v, bias, pos, keys, False)
+    torch.testing.assert_close(out.double(), _reference(q, k, v, bias, pos, keys), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="keys sorted by position"):
+        attention_kernel.fused_bias_attention(q, k, v, bias, pos, keys)
+
+
 def test_mismatched_positions_are_refused():
     q, k, v, bias = _inputs(1, 2, 8, 12, 12)
     with pytest.raises(ValueError, match="one entry per query and key"):

@@ -165,13 +165,13 @@ def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
     """Causal attention with an additive ``bias`` ``[H, Q, K]`` in blocks of ``block`` query rows
     (entries with ``k_pos > q_pos`` are masked whatever the bias holds there). Without a bias this
     is :func:`attend` (SDPA's fused causal kernel). float32 CPU tensors take the fused C kernel of
-    :mod:`firepe.attention_kernel` (same function, one pass per batch row and head; ``block`` unused),
-    everything else the PyTorch implementation below."""
+    :mod:`firepe.attention_kernel` when the keys are sorted (same function, one pass per batch row and
+    head; ``block`` unused), everything else the PyTorch implementation below."""
     if block < 1:
         raise ValueError(f"attention block must be >= 1, got {block}.")
     if bias is None:
         return attend(q, k, v, None, q_pos, k_pos, same_positions)
-    if attention_kernel.supports(q, k, v, bias):
+    if attention_kernel.supports(q, k, v, bias, k_pos):
         return attention_kernel.fused_bias_attention(q, k, v, bias, q_pos, k_pos)
     return _BlockedAttention.apply(q, k, v, bias, None, None, q_pos, k_pos, block)
 

@@ -63,10 +63,13 @@ def simd_level() -> int | None:
     return _LIB[1]
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> bool:
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+             k_pos: torch.Tensor | None = None) -> bool:
     """Whether :func:`fused_bias_attention` takes these inputs: float32 CPU tensors, ``bias`` ``[H, Q, K]``
-    shared by the batch, and the kernel available."""
+    shared by the batch, keys sorted by position (when ``k_pos`` is given), and the kernel available."""
     tensors = (q, k, v, bias)
+    if k_pos is not None and len(k_pos) > 1 and not bool((k_pos[1:] >= k_pos[:-1]).all()):
+        return False
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and bias.dim() == 3
             and q.dim() == 4 and tuple(bias.shape) == (q.shape[1], q.shape[2], k.shape[2])
             and k.shape == v.shape and q.shape[-1] == k.shape[-1] and available())
@@ -127,4 +130,6 @@ def fused_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
                          "bias [H, Q, K], and the compiled kernel.")
     if len(q_pos) != q.shape[2] or len(k_pos) != k.shape[2]:
         raise ValueError(f"q_pos ({len(q_pos)}) and k_pos ({len(k_pos)}) must have one entry per query and key.")
+    if len(k_pos) > 1 and not bool((k_pos[1:] >= k_pos[:-1]).all()):
+        raise ValueError("fused_bias_attention needs keys sorted by position (k_pos ascending).")
     return _FusedBiasAttention.apply(q, k, v, bias, visible_keys(q_pos, k_pos))

@@ -35,7 +35,11 @@
 #define ROWS 4
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-#define SIMD_VARIANTS (defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FIREPE_NO_VARIANTS))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FIREPE_NO_VARIANTS)
+#define SIMD_VARIANTS 1
+#else
+#define SIMD_VARIANTS 0
+#endif
 
 #if SIMD_VARIANTS
 #pragma GCC push_options
