@@ -169,3 +169,17 @@ def test_mismatched_positions_are_refused():
     q, k, v, bias = _inputs(1, 2, 8, 12, 12)
     with pytest.raises(ValueError, match="one entry per query and key"):
         attention_kernel.fused_bias_attention(q, k, v, bias, torch.arange(11), torch.arange(12))
+
+
+@pytest.mark.parametrize("value, cap", [("0", 0), ("3", 3), ("4", 4), ("  2 ", 2), ("4294967295", 4),
+                                        ("99999999999999999999", 4)])
+def test_simd_cap_is_clamped_not_wrapped(monkeypatch, value, cap):
+    monkeypatch.setenv("FIREPE_SIMD", value)
+    assert attention_kernel._simd_cap() == cap
+
+
+@pytest.mark.parametrize("value", ["garbage", "-1", "3.5", ""])
+def test_simd_cap_that_is_not_an_integer_warns_and_is_ignored(monkeypatch, value):
+    monkeypatch.setenv("FIREPE_SIMD", value)
+    with pytest.warns(UserWarning, match="FIREPE_SIMD"):
+        assert attention_kernel._simd_cap() == 4

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 
 import torch
 
@@ -46,10 +47,19 @@ def _load():
         lib = None
         if os.environ.get("FIREPE_KERNEL", "1") != "0":
             lib = load_library("bias_attention.c", _declare, what="the fused attention kernel")
-        cap = os.environ.get("FIREPE_SIMD", "4")
-        level = lib.bias_attention_select(int(cap) if cap.isdigit() else 4) if lib is not None else None
+        level = lib.bias_attention_select(_simd_cap()) if lib is not None else None
         _LIB.extend([lib, level])
     return _LIB[0]
+
+
+def _simd_cap() -> int:
+    """``FIREPE_SIMD`` as a cap in 0..4 (4: no cap); a value that is not a non-negative integer warns and
+    is ignored, and a larger one is 4 (not wrapped around a C int)."""
+    cap = os.environ.get("FIREPE_SIMD", "4").strip()
+    if not cap.isdecimal():
+        warnings.warn(f"firepe: FIREPE_SIMD must be an integer 0-4, got {cap!r}; ignoring it.", stacklevel=4)
+        return 4
+    return min(int(cap), 4)
 
 
 def available() -> bool:

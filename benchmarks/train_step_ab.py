@@ -1,0 +1,72 @@
+"""Interleaved A/B timing of the training step of two position encodings, in one process.
+
+    python benchmarks/train_step_ab.py fire nope --rounds 40
+
+Both models are built at the ``firepe compare`` shapes (``--preset cpu``, batch 8, 256 tokens; FIRE in
+table mode as ``firepe train`` builds it) with the same seed; each round times ``--steps`` AdamW steps
+(forward, backward, update) of A, then of B, on the same random tokens, so drift of the machine's speed
+hits both alike. Prints the median milliseconds per step of each, and the median and range of the
+per-round ratios ``tokens/s(A) / tokens/s(B)`` (= B's time / A's time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from firepe.model import GPT, preset
+from firepe.positions import training_options
+
+
+def build(name: str, args):
+    torch.manual_seed(args.seed)
+    model = GPT(preset(args.preset, position=name, position_options=training_options(name, {}, args.seq_len)))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, model.cfg.vocab_size, (args.batch_size, args.seq_len + 1),
+                      generator=torch.Generator().manual_seed(args.seed))
+
+    def steps(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            _, loss = model(x[:, :-1], x[:, 1:])
+            loss.backward()
+            opt.step()
+        return (time.perf_counter() - t0) / n
+
+    return steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--steps", type=int, default=3, help="steps per round and encoding")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    a, b = build(args.a, args), build(args.b, args)
+    a(args.warmup), b(args.warmup)
+    ta, tb = [], []
+    for _ in range(args.rounds):
+        ta.append(a(args.steps))
+        tb.append(b(args.steps))
+    ratios = [y / x for x, y in zip(ta, tb)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps, "
+          f"batch {args.batch_size} x {args.seq_len} tokens, preset {args.preset}")
+    for name, t in ((args.a, ta), (args.b, tb)):
+        ms = statistics.median(t) * 1e3
+        print(f"{name}: median {ms:.1f} ms/step, {args.batch_size * args.seq_len / ms * 1e3:,.0f} tokens/s")
+    print(f"tokens/s {args.a} / {args.b}: median {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()
