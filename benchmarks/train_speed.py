@@ -22,30 +22,39 @@ from firepe.positions import training_options
 ENCODINGS = ["nope", "rope", "alibi", "kerple_log", "t5", "sandwich", "fire", "fire_s"]
 
 
-def measure(name: str, args) -> float:
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    opts = training_options(name, {}, args.seq_len)  # as `firepe train`: FIRE in table mode
-    model = GPT(preset(args.preset, position=name, position_options=opts)).to(device)
+def make_step(name: str, preset_name: str, seq_len: int, batch_size: int, device: str = "cpu", seed: int = 0):
+    """One training step of a fresh model with encoding ``name`` (forward, backward, AdamW update, bf16
+    autocast on CUDA) on random tokens ``[batch_size, seq_len + 1]`` fixed by ``seed``, as a callable."""
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    opts = training_options(name, {}, seq_len)  # as `firepe train`: FIRE in table mode
+    model = GPT(preset(preset_name, position=name, position_options=opts)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, model.cfg.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    tokens = torch.Generator().manual_seed(seed)  # the same tokens for every encoding
+    x = torch.randint(0, model.cfg.vocab_size, (batch_size, seq_len + 1), generator=tokens).to(dev)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
-    def step():
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         with autocast:
             _, loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         opt.step()
 
+    return step
+
+
+def measure(name: str, args) -> float:
+    step = make_step(name, args.preset, args.seq_len, args.batch_size, args.device)
+    cuda = torch.device(args.device).type == "cuda"
     for _ in range(args.warmup):
         step()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     return args.steps * args.batch_size * args.seq_len / (time.perf_counter() - t0)
 

@@ -3,10 +3,10 @@
     python benchmarks/train_step_ab.py fire nope --rounds 40
 
 Both models are built at the ``firepe compare`` shapes (``--preset cpu``, batch 8, 256 tokens; FIRE in
-table mode as ``firepe train`` builds it) with the same seed; each round times ``--steps`` AdamW steps
-(forward, backward, update) of A, then of B, on the same random tokens, so drift of the machine's speed
-hits both alike. Prints the median milliseconds per step of each, and the median and range of the
-per-round ratios ``tokens/s(A) / tokens/s(B)`` (= B's time / A's time).
+table mode as ``firepe train`` builds it, by ``train_speed.make_step``) with the same seed; each round
+times ``--steps`` AdamW steps (forward, backward, update) of A, then of B, on the same random tokens, so
+drift of the machine's speed hits both alike. Prints the median milliseconds per step of each, and the
+median and range of the per-round ratios ``tokens/s(A) / tokens/s(B)`` (= B's time / A's time).
 """
 
 from __future__ import annotations
@@ -16,25 +16,17 @@ import statistics
 import time
 
 import torch
-
-from firepe.model import GPT, preset
-from firepe.positions import training_options
+from train_speed import make_step  # benchmarks/ is on sys.path when this script runs
 
 
 def build(name: str, args):
-    torch.manual_seed(args.seed)
-    model = GPT(preset(args.preset, position=name, position_options=training_options(name, {}, args.seq_len)))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, model.cfg.vocab_size, (args.batch_size, args.seq_len + 1),
-                      generator=torch.Generator().manual_seed(args.seed))
+    """Seconds per step of ``n`` steps of encoding ``name``, as a callable of ``n``."""
+    step = make_step(name, args.preset, args.seq_len, args.batch_size, seed=args.seed)
 
     def steps(n: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
-            opt.zero_grad(set_to_none=True)
-            _, loss = model(x[:, :-1], x[:, 1:])
-            loss.backward()
-            opt.step()
+            step()
         return (time.perf_counter() - t0) / n
 
     return steps
@@ -52,6 +44,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    for flag in ("rounds", "steps", "seq_len", "batch_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
     a, b = build(args.a, args), build(args.b, args)
     a(args.warmup), b(args.warmup)
     ta, tb = [], []

@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from .positions.fire_kernel import load_library
+from .positions.fire_kernel import enabled, load_library
 
 __all__ = ["available", "simd_level", "supports", "fused_bias_attention", "visible_keys"]
 
@@ -45,7 +45,7 @@ def _declare(lib) -> None:
 def _load():
     if not _LIB:
         lib = None
-        if os.environ.get("FIREPE_KERNEL", "1") != "0":
+        if enabled():
             lib = load_library("bias_attention.c", _declare, what="the fused attention kernel")
         level = lib.bias_attention_select(_simd_cap()) if lib is not None else None
         _LIB.extend([lib, level])

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "load_library", "table_lookup"]
+__all__ = ["available", "build", "enabled", "load_library", "table_lookup"]
 
 _HERE = Path(__file__).resolve().parent
 _LIB: list = []  # [ctypes.CDLL or None] once loading was attempted
@@ -162,10 +162,15 @@ def load_library(name: str, declare, defines: tuple[str, ...] = (), what: str = 
     return None
 
 
+def enabled() -> bool:
+    """False when ``FIREPE_KERNEL=0`` switches firepe's compiled kernels off (every one of them)."""
+    return os.environ.get("FIREPE_KERNEL", "1") != "0"
+
+
 def _load():
     if _LIB:
         return _LIB[0]
-    _LIB.append(build() if os.environ.get("FIREPE_KERNEL", "1") != "0" else None)
+    _LIB.append(build() if enabled() else None)
     return _LIB[0]
 
 

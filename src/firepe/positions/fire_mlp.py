@@ -21,13 +21,12 @@ MLPs with another activation (or ``identity`` / ``final_activation`` other than 
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .fire_kernel import load_library
+from .fire_kernel import enabled, load_library
 
 if TYPE_CHECKING:
     from .fire import FIRE
@@ -49,8 +48,7 @@ def _declare(lib) -> None:
 
 def _load():
     if not _LIB:
-        on = os.environ.get("FIREPE_KERNEL", "1") != "0"
-        _LIB.append(load_library("fire_mlp.c", _declare, what="the FIRE MLP kernel") if on else None)
+        _LIB.append(load_library("fire_mlp.c", _declare, what="the FIRE MLP kernel") if enabled() else None)
     return _LIB[0]
 
 
