@@ -16,8 +16,10 @@ import time
 
 import torch
 
+from firepe.config import TrainConfig
 from firepe.model import GPT, preset
 from firepe.positions import training_options
+from firepe.train import build_optimizer
 
 ENCODINGS = ["nope", "rope", "alibi", "kerple_log", "t5", "sandwich", "fire", "fire_s"]
 
@@ -29,7 +31,7 @@ def make_step(name: str, preset_name: str, seq_len: int, batch_size: int, device
     dev = torch.device(device)
     opts = training_options(name, {}, seq_len)  # as `firepe train`: FIRE in table mode
     model = GPT(preset(preset_name, position=name, position_options=opts)).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4))  # as `firepe train` builds it (fused on CPU/CUDA)
     tokens = torch.Generator().manual_seed(seed)  # the same tokens for every encoding
     x = torch.randint(0, model.cfg.vocab_size, (batch_size, seq_len + 1), generator=tokens).to(dev)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")

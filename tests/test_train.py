@@ -166,3 +166,25 @@ def test_cuda_without_an_index_is_this_ranks_gpu_and_nccl_starts_on_it(monkeypat
     calls.clear()
     train.init_distributed(torch.device("cpu"))
     assert calls == [("init", "gloo")]
+
+
+def test_optimizer_fused_on_cpu_and_resume_keeps_the_saved_implementation(tmp_path, text_corpus):
+    """New runs use the fused AdamW on CPU; a checkpoint whose parameter groups say fused=False (runs
+    from before the change) resumes with the per-parameter implementation it was trained with."""
+    from firepe.checkpoint import load_optimizer_state
+
+    trainer = Trainer(tmp_path / "run", *cfgs(text_corpus, steps=2))
+    assert all(g["fused"] is True for g in trainer.optimizer.param_groups)
+    trainer.fit()
+    ckpt = latest_checkpoint(tmp_path / "run")
+    meta_file = ckpt / "optimizer.json"
+    meta = json.loads(meta_file.read_text())
+    assert all(g["fused"] is True for g in meta["param_groups"])
+    for g in meta["param_groups"]:
+        g["fused"] = False
+    meta_file.write_text(json.dumps(meta))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    load_optimizer_state(trainer.optimizer, ckpt)
+    assert all(not g["fused"] for g in trainer.optimizer.param_groups)
+    trainer.train_step()  # the unfused update runs on the restored state
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
