@@ -1,4 +1,5 @@
-"""``firepe`` command line: train, eval, compare, ablate, finetune, score, plot-bias, generate, bench-speed.
+"""``firepe`` command line: train, eval, compare, ablate, synth, prepare, finetune, score, export, plot-bias, generate,
+bench-speed.
 
 Every user error ends in one line ``firepe: error: ...`` and exit status 2; nothing already
 written is removed.
@@ -22,8 +23,18 @@ from . import __version__
 from .attention import BACKENDS, bias_encoding, encoding_kind
 from .bench import ROWS, check_rows, run_bench
 from .compare import ABLATION_SPECS, DEFAULT_SPECS, PASSKEY_DEFAULTS, compare, compare_passkey, split_specs
-from .config import PRESETS, RESUMABLE, DataConfig, GPTConfig, TrainConfig, dataclass_from_dict, preset, resume_changes
-from .data import load_tokenizer
+from .config import (
+    PRESETS,
+    RESUMABLE,
+    DataConfig,
+    GPTConfig,
+    PrepareConfig,
+    TrainConfig,
+    dataclass_from_dict,
+    preset,
+    resume_changes,
+)
+from .data import PreparedData, load_tokenizer, prepare, resolve
 from .evaluate import evaluate_run, parse_lengths, write_results
 from .finetune import FINETUNE_DEFAULTS, FinetuneConfig, FinetuneTrainer, finetune_section
 from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
@@ -63,6 +74,7 @@ _DATA_HELP = {
     "val_tokens": "validation tokens scored at every evaluation length",
     "hf_data_files": "local files for hf:json / hf:text / hf:parquet (comma-separated)",
     "hf_text_field": "text field of Hugging Face rows",
+    "data": "a folder made by firepe prepare (instead of --corpus: its tokens, tokenizer and split)",
 }
 
 
@@ -151,7 +163,7 @@ def _model_config(args, position: str):
 
 def _configs(args, position: str = "nope"):
     train = dataclass_from_args(TrainConfig, args)
-    data = dataclass_from_args(DataConfig, args).resolved()
+    data = resolve(dataclass_from_args(DataConfig, args))
     return _model_config(args, getattr(args, "position", position)), train, data
 
 
@@ -240,6 +252,8 @@ def _fit_and_report(trainer, done: str) -> None:
     after. The trainer is freed here, inside :func:`process_group` (DDP before the group goes)."""
     if trainer.rank == 0:
         print(trainer.corpus_description, flush=True)
+        if getattr(trainer, "data_summary", None):
+            print(trainer.data_summary, flush=True)
     losses = trainer.fit()
     if trainer.rank == 0:
         last = f"{losses[-1]:.4f}" if losses else "n/a (already at the last step)"
@@ -423,6 +437,25 @@ def cmd_synth(args) -> None:
     synth(out, split_specs(args.encodings, "--encodings"), _model_config(args, "nope"), train, task, seeds,
           levels=levels, max_factor=args.max_factor, examples=args.examples)
     print(f"wrote {out / 'results.md'}, results.json, results.csv and accuracy.png")
+
+
+def add_prepare(sub) -> None:
+    r = sub.add_parser("prepare", help="tokenize a corpus once into memory-mapped token shards (train with --data)")
+    r.add_argument("--out", required=True, help="the prepared folder (new, or one this command was interrupted in)")
+    add_dataclass_args(r.add_argument_group("corpus"), DataConfig, DataConfig(), _DATA_HELP,
+                       skip=("val_tokens", "data"))
+    add_dataclass_args(r.add_argument_group("shards"), PrepareConfig, PrepareConfig())
+    r.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args) -> None:
+    res = prepare(_check_out(args.out), dataclass_from_args(DataConfig, args), dataclass_from_args(PrepareConfig, args))
+    folder = PreparedData(args.out)
+    if res["already"]:
+        print(f"{args.out} is already prepared; every shard verified against its sha256.")
+    print(folder.describe())
+    if not res["already"] and res["tokens_per_s"]:
+        print(f"prepared in {res['seconds']:.1f} s ({res['tokens_per_s']:,.0f} tokens/s); train with --data {args.out}")
 
 
 def _finetune_defaults():
@@ -792,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_compare(sub)
     add_synth(sub)
+    add_prepare(sub)
     add_finetune(sub)
     add_score(sub)
     add_export(sub)

@@ -34,6 +34,7 @@ from typing import Any
 
 from .checkpoint import latest_checkpoint, read_state
 from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, config_diff, resume_changes
+from .data import resolve
 from .evaluate import evaluate_run
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, write_json, write_text, writing
@@ -139,6 +140,7 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
     if len(set(labels)) != len(labels):
         raise ValueError(f"duplicate labels in {labels}; give each spec a label=...")
     check_installed(train_cfg.log_to)
+    data_cfg = resolve(data_cfg)  # as every run stores it (a prepared folder's settings filled in, checked once)
     group = log_group(out)
     plans = []
     for spec in parsed:  # refuse before training (or creating) anything

@@ -29,9 +29,9 @@ from .attention import BACKENDS
 from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
 from .positions.hints import describe, fits
 
-__all__ = ["GPTConfig", "PRESETS", "preset", "TrainConfig", "DataConfig", "RESUMABLE", "TRACKERS", "parse_log_to",
-           "check_fields", "dataclass_from_dict", "config_diff", "resume_changes", "field_help", "is_int", "is_real",
-           "corpus_items", "HF_FILE_BUILDERS", "CORPUS_HINT"]
+__all__ = ["GPTConfig", "PRESETS", "preset", "TrainConfig", "DataConfig", "PrepareConfig", "RESUMABLE", "TRACKERS",
+           "parse_log_to", "check_fields", "dataclass_from_dict", "config_diff", "resume_changes", "field_help",
+           "is_int", "is_real", "corpus_items", "HF_FILE_BUILDERS", "CORPUS_HINT"]
 
 
 def is_int(value: Any) -> bool:
@@ -158,6 +158,9 @@ class DataConfig:
     val_tokens: int = 65536          # validation tokens scored at every evaluation length
     hf_data_files: str | None = None
     hf_text_field: str = "text"
+    data: str | None = None          # a folder made by firepe prepare (its corpus, tokenizer and split)
+    data_checksum: str | None = field(default=None, metadata=_help(
+        "the prepared folder's manifest checksum, recorded by a new run (a resume needs the same tokens)", cli=False))
 
     def __post_init__(self):
         if not isinstance(self.corpus, str):
@@ -193,6 +196,10 @@ class DataConfig:
         if hf_name in HF_FILE_BUILDERS and not corpus_items(self.hf_data_files or ""):
             raise ValueError(f"corpus 'hf:{hf_name}' needs hf_data_files (the local files to read, joined by ','); "
                              f"without them it would read every {hf_name} file of the current folder.")
+        if self.data is not None and (not isinstance(self.data, str) or not self.data.strip()):
+            raise ValueError(f"data must be None or the path of a folder made by firepe prepare, got {self.data!r}.")
+        if self.data_checksum is not None and not isinstance(self.data_checksum, str):
+            raise ValueError(f"data_checksum must be None or a string, got {self.data_checksum!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,7 +218,37 @@ class DataConfig:
             changes["hf_data_files"] = absolute(self.hf_data_files)
         if self.tokenizer.endswith(".json"):
             changes["tokenizer"] = absolute(self.tokenizer)
+        if self.data is not None:
+            changes["data"] = str(Path(self.data.strip()).resolve())
         return replace(self, **changes) if changes else self
+
+
+@dataclass
+class PrepareConfig:
+    """What ``firepe prepare`` adds to a :class:`DataConfig` (see :mod:`firepe.data.preparation`)."""
+
+    shard_tokens: int = field(default=1 << 27, metadata=_help(
+        "tokens per shard file (a shard closes at the end of the batch of documents that fills it)"))
+    max_val_tokens: int | None = field(default=None, metadata=_help(
+        "cap on validation tokens (default: every held-out document)"))
+    bpe_sample_chars: int = field(default=1 << 26, metadata=_help(
+        "characters of training documents --tokenizer bpe is trained on (spread over the corpus)"))
+    batch_chars: int = field(default=1 << 23, metadata=_help(
+        "characters of documents encoded per batch (at most 1,024 documents)"))
+    progress: bool = field(default=True, metadata=_help("progress bar"))
+
+    def __post_init__(self) -> None:
+        _check_int(self.shard_tokens, "shard_tokens", 1)
+        check_at_most(self.shard_tokens, "shard_tokens", 1 << 34)
+        if self.max_val_tokens is not None:
+            _check_int(self.max_val_tokens, "max_val_tokens", 1)
+            check_at_most(self.max_val_tokens, "max_val_tokens", MAX_TOKENS)
+        _check_int(self.bpe_sample_chars, "bpe_sample_chars", 1)
+        check_at_most(self.bpe_sample_chars, "bpe_sample_chars", 1 << 34)
+        _check_int(self.batch_chars, "batch_chars", 1)
+        check_at_most(self.batch_chars, "batch_chars", 1 << 30)
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be true or false, got {self.progress!r}.")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import DataConfig, encoded_stream, load_corpus, load_tokenizer
+from .data import DataConfig, load_tokenizer, split_tokens
 from .limits import MAX_LENGTH, check_at_most
 from .runs import dataclass_from_dict, write_json, write_text, writing
 
@@ -112,10 +112,9 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], val_tokens: int | None
     if attention:
         model.set_attention(attention)
     data_cfg = dataclass_from_dict(DataConfig, cfg["data"], f"{run_dir}/config.json [data]")
-    corpus = load_corpus(data_cfg)
     tok = load_tokenizer(Path(run_dir), data_cfg, model.cfg.vocab_size)
     cap = val_tokens or data_cfg.val_tokens
-    stream = encoded_stream(corpus.validation, tok, max_tokens=cap + max(lengths) + 1)
+    stream = split_tokens(data_cfg, tok, "validation", cap + max(lengths) + 1)
     tokens = eval_tokens(stream, lengths, cap)
     rows = evaluate_lengths(model, tokens, lengths, batch_tokens=batch_tokens, progress=progress)
     results = {"run": str(run_dir), "position": cfg["model"]["position"],

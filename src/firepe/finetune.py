@@ -133,8 +133,10 @@ class FinetuneData(EpochOrder):
         y[start:len(seq) - 1] = torch.tensor(ex.answer)
         return x, y
 
-    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.row(ex) for ex in self._examples(step, batch_size, seed)]
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0,
+              world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``rank, rank + world, ...`` of global batch ``step``."""
+        rows = [self.row(ex) for ex in self._examples(step, batch_size, seed)][rank::world]
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 

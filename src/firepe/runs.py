@@ -212,10 +212,11 @@ class MetricsLog:
 class RunFolder:
     """Paths of a run folder, its lock, and its config (checked against the dataclasses)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, noun: str = "run folder"):
         if isinstance(path, str) and not path.strip():
             raise ValueError("the run folder path is empty; pass a folder name (e.g. --out runs/fire).")
         self.path = Path(path)
+        self.noun = noun  # how messages name the folder (a prepared data folder is locked the same way)
         self._lock_fd: int | None = None
 
     config_path = property(lambda self: self.path / "config.json")
@@ -291,7 +292,7 @@ class RunFolder:
         except OSError:
             pass
         who = f" (pid {holder})" if holder.isdigit() else ""
-        raise ValueError(f"run folder {str(self.path)!r} is in use by another firepe process{who}; "
+        raise ValueError(f"{self.noun} {str(self.path)!r} is in use by another firepe process{who}; "
                          "wait for it to finish or stop it first.") from None
 
     def check_not_in_use(self) -> None:

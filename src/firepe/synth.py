@@ -59,8 +59,11 @@ class SynthData:
     def __init__(self, task: SynthTask, seq_len: int):
         self.task, self.seq_len = task, seq_len
 
-    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.task.training_rows(batch_size, self.seq_len, seed, step)
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0,
+              world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``rank, rank + world, ...`` of global batch ``step``."""
+        x, y = self.task.training_rows(batch_size, self.seq_len, seed, step)
+        return x[rank::world], y[rank::world]
 
 
 def synth_section(cfg: dict[str, Any], where: str) -> SynthConfig:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
 from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, resume_changes
-from .data import TokenData, build_tokenizer, encoded_stream, load_corpus, load_tokenizer
+from .data import epochs_line, resolve, training_data
 from .loading import load_run, resolve_device
 from .model import GPT
 from .runs import RunFolder, read_json
@@ -154,8 +154,8 @@ class Trainer:
         elif changes:
             raise ValueError("changes= applies to resumed runs only.")
         self.model_cfg, self.cfg = model_cfg or GPTConfig(), train_cfg or TrainConfig()
-        # a new run stores absolute local paths (DataConfig.resolved), whoever builds it
-        self.data_cfg = data_cfg if resume else (data_cfg or DataConfig()).resolved()
+        # a new run stores absolute local paths and a prepared folder's settings (data.resolve), whoever builds it
+        self.data_cfg = data_cfg if resume else resolve(data_cfg or DataConfig())
         cfg = self.cfg
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {self.world} processes.")
@@ -215,15 +215,14 @@ class Trainer:
 
     # -- hooks (fine-tuning overrides them) -----------------------------------------------
     def _build_data(self, resume: bool) -> None:
-        """Set ``tokenizer``, ``data`` (``.batch(step, batch_size, seed) -> (x, y)``) and
-        ``corpus_description``; the model's vocabulary follows the tokenizer."""
-        corpus = load_corpus(self.data_cfg)
-        self.tokenizer = (load_tokenizer(self.run_dir, self.data_cfg, self.model_cfg.vocab_size) if resume
-                          else build_tokenizer(self.data_cfg, corpus))
+        """Set ``tokenizer``, ``data`` (``.batch(step, batch_size, seed, rank, world) -> (x, y)``),
+        ``corpus_description`` and ``data_summary`` (the epochs the run reads; a warning past a few); the
+        model's vocabulary follows the tokenizer."""
+        self.tokenizer, self.data, self.corpus_description = training_data(
+            self.data_cfg, self.cfg.seq_len, self.run_dir if resume else None,
+            self.model_cfg.vocab_size if resume else None)
         self.model_cfg.vocab_size = self.tokenizer.vocab_size
-        self.corpus_description = corpus.describe()
-        self.data = TokenData(encoded_stream(corpus.train, self.tokenizer, self.data_cfg.max_train_tokens),
-                              self.cfg.seq_len)
+        self.data_summary = epochs_line(self.data, self.cfg.steps, self.cfg.batch_size)
 
     def _initial_weights(self) -> None:
         """Weights of a run without a checkpoint: the seeded initialization (pretraining)."""
@@ -302,9 +301,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def local_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of global batch ``step`` (strided by rank)."""
-        x, y = self.data.batch(step, self.cfg.batch_size, self.cfg.seed)
-        return x[self.rank::self.world], y[self.rank::self.world]
+        """This rank's share of global batch ``step`` (rows ``rank, rank + world, ...``; read by this rank only)."""
+        return self.data.batch(step, self.cfg.batch_size, self.cfg.seed, rank=self.rank, world=self.world)
 
     def forward_backward(self, step: int) -> float:
         """Gradients of the mean loss over this rank's micro-batches (all-reduced under DDP)."""

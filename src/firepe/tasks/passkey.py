@@ -61,10 +61,9 @@ FILLER_TOKENS = 1 << 20
 def corpus_filler(data_cfg, tokenizer, split: str) -> list[int]:
     """Passkey filler from a run's corpus: the first :data:`FILLER_TOKENS` tokens of its ``train``
     split (fine-tuning) or ``validation`` split (scoring), documents joined as in training."""
-    from ..data import encoded_stream, load_corpus
+    from ..data import split_tokens
 
-    corpus = load_corpus(data_cfg)
-    return encoded_stream(getattr(corpus, split), tokenizer, max_tokens=FILLER_TOKENS).tolist()
+    return split_tokens(data_cfg, tokenizer, split, FILLER_TOKENS).tolist()
 
 
 class PasskeyTask:
