@@ -15,7 +15,8 @@ It runs firepe from the source tree against the machine's own torch and installs
    FIRE (dense and flex backends) vs NoPE's SDPA; target FIRE <= 1.3x NoPE (issue 4).
 5. ``train step``: a ``base``-preset (125M) fwd+bwd at 2048 tokens per encoding, bf16.
 6. ``eval 32k``: peak memory and time of a 32,768-token forward with the ``base`` preset.
-7. ``nccl``: ``torchrun --nproc_per_node 1`` trains 2 steps with NCCL (needs numpy, safetensors and
+7. ``nccl``: ``firepe prepare`` a small corpus, then ``torchrun --nproc_per_node 1`` trains 2 steps from it
+   (``--data``) with NCCL (needs numpy, safetensors and
    tqdm; skipped with the reason when the machine lacks them).
 
 Without CUDA it refuses in one line (exit 2); ``--only flex,bf16`` runs a subset. The check functions
@@ -341,11 +342,14 @@ def check_nccl(report: Report, device: torch.device) -> None:
         corpus.mkdir()
         for i in range(8):
             (corpus / f"f{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 200)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+        # the data comes from a prepared folder (firepe prepare, then --data): the path of the paper's scale
+        subprocess.run([sys.executable, "-m", "firepe", "prepare", "--corpus", str(corpus), "--out",
+                        str(Path(tmp) / "data"), "--no-progress"], capture_output=True, env=env, timeout=120)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "firepe", "train",
                "--out", str(Path(tmp) / "run"), "--steps", "2", "--preset", "tiny", "--seq-len", "128",
-               "--batch-size", "2", "--corpus", str(corpus), "--device", "cuda", "--no-progress",
+               "--batch-size", "2", "--data", str(Path(tmp) / "data"), "--device", "cuda", "--no-progress",
                "--val-tokens", "256"]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
         ok = proc.returncode == 0 and any((Path(tmp) / "run" / "checkpoints").glob("step-*"))

@@ -158,6 +158,52 @@ def test_hf_tiny_dataset_falls_back_to_within_documents(tmp_path):
     assert torch.equal(_stream(tmp_path / "p"), train) and torch.equal(_stream(tmp_path / "p", "validation"), val)
 
 
+def test_hf_parquet_and_a_tiny_dataset_with_bpe(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [f"row {i}: " + "tokens " * (i % 9 + 1) for i in range(120)]}),
+                   tmp_path / "a.parquet")
+    cfg = DataConfig(corpus="hf:parquet", hf_data_files=str(tmp_path / "a.parquet"))
+    prepare(tmp_path / "p", cfg, SMALL)
+    _, train, val = _in_memory(cfg, ByteTokenizer())
+    assert torch.equal(_stream(tmp_path / "p"), train) and torch.equal(_stream(tmp_path / "p", "validation"), val)
+    # one document only: the BPE is trained on its training part, as the in-memory path trains it
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "".join(f"line {i} of one\n" for i in range(300))}) + "\n")
+    cfg = DataConfig(corpus="hf:json", hf_data_files=str(one), tokenizer="bpe", bpe_vocab_size=300)
+    res = prepare(tmp_path / "q", cfg, SMALL)
+    assert res["manifest"]["split"]["rule"] == "within documents"
+    tok, train, val = _in_memory(cfg)
+    assert PreparedData(tmp_path / "q").tokenizer().identity == tok.identity
+    assert torch.equal(_stream(tmp_path / "q"), train) and torch.equal(_stream(tmp_path / "q", "validation"), val)
+
+
+def test_ctrl_c_keeps_the_shards_and_says_how_to_continue(tmp_path, text_corpus, capsys, monkeypatch):
+    import firepe.data.preparation as P
+
+    real, calls = P._ShardWriter.close, [0]
+
+    def interrupted(self, nxt):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real(self, nxt)
+
+    monkeypatch.setattr(P._ShardWriter, "close", interrupted)
+    argv = _prepare_cmd(text_corpus, tmp_path / "p")
+    capsys.readouterr()
+    assert run_cli(argv) == 130
+    assert capsys.readouterr().err == ("firepe: interrupted; the shards completed so far are kept (run the same "
+                                       "command again to continue).\n")
+    kept = _manifest(tmp_path / "p")
+    assert not kept["complete"] and sum(len(kept["splits"][s]["shards"]) for s in ("train", "validation")) == 2
+    monkeypatch.setattr(P._ShardWriter, "close", real)
+    assert run_cli(argv) == 0
+    assert run_cli(_prepare_cmd(text_corpus, tmp_path / "ref")) == 0
+    assert _manifest(tmp_path / "p") == _manifest(tmp_path / "ref")
+
+
 # -- kill -9 and resume ---------------------------------------------------------------------------
 
 _KILLER = textwrap.dedent("""

@@ -887,7 +887,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"firepe: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("firepe: interrupted; checkpoints written so far are kept (continue with --resume).", file=sys.stderr)
+        kept = ("the shards completed so far are kept (run the same command again to continue)"
+                if args.command == "prepare" else "checkpoints written so far are kept (continue with --resume)")
+        print(f"firepe: interrupted; {kept}.", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = old_format

@@ -121,6 +121,8 @@ def train_or_reuse(run: RunFolder, train_cfg: TrainConfig, what: str, trainer: t
                          log_group=log_group)
     else:
         fitted = trainer(run.path, *new_args, log_group=log_group)
+    if getattr(fitted, "data_summary", None):
+        log(f"[{name}] {fitted.data_summary}")
     return fitted, fitted.fit()
 
 

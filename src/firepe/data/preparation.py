@@ -70,6 +70,10 @@ _SHARD = re.compile(r"(\d{6,})\.bin")
 _SHARD_TMP = re.compile(r"\.\d{6,}\.bin\.tmp-\d+")
 
 
+#: the position of a source's first document
+_START: dict[str, Any] = {"row": 0, "doc": 0, "state": None}
+
+
 class _Doc(NamedTuple):
     row: int          # position in the source (file index or dataset row)
     key: str          # split key: relative path, or str(i) of the i-th non-empty dataset document
@@ -170,6 +174,7 @@ class _HFSource:
             raise ValueError(f"could not read {self.what} ({error_cause(e)}).") from e
 
     def position(self, row: int) -> dict[str, Any]:
+        """Where the stream stands now, ``row`` rows in (taken while it is read, at a batch's end)."""
         state = None
         if self._live is not None:
             try:
@@ -237,9 +242,16 @@ class _Split:
     cap: int | None
     shards: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
-    start: dict[str, Any] = field(default_factory=lambda: {"row": 0, "doc": 0, "state": None})
+    start: dict[str, Any] = field(default_factory=lambda: dict(_START))
     writer: _ShardWriter | None = None
     capped: bool = False
+    closed_tokens: int = 0
+    closed_documents: int = 0
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.shards.append(entry)
+        self.closed_tokens += entry["tokens"]
+        self.closed_documents += entry["documents"]
 
     @property
     def pos(self) -> dict[str, Any]:
@@ -247,11 +259,11 @@ class _Split:
 
     @property
     def tokens(self) -> int:
-        return sum(e["tokens"] for e in self.shards) + (self.writer.tokens if self.writer else 0)
+        return self.closed_tokens + (self.writer.tokens if self.writer else 0)
 
     def to_json(self) -> dict[str, Any]:
-        return {"documents": sum(e["documents"] for e in self.shards),
-                "tokens": sum(e["tokens"] for e in self.shards), "done": self.done, "shards": self.shards}
+        return {"documents": self.closed_documents, "tokens": self.closed_tokens, "done": self.done,
+                "shards": self.shards}
 
 
 # -- the output folder ---------------------------------------------------------------------------
@@ -332,7 +344,7 @@ class _Preparation:
                 self.mode = "dataset splits"
             else:
                 self.phases = [(_HFSource(cfg, ds, "train", what), SPLITS)]
-                self.mode = "by document"
+                self.mode = self._probe_hf(self.phases[0][0])
             self.source_info = {"description": cfg.corpus.strip(), "fingerprint": None}
             return
         src = _LocalSource(cfg)
@@ -359,6 +371,19 @@ class _Preparation:
                 raise ValueError(f"no Python standard library sources found under {src.description[7:]}.")
             raise ValueError(f"corpus {self.cfg.corpus!r} has no non-empty UTF-8 text files.")
         return "by file" if all(found.values()) or stdlib else "within files"
+
+    def _probe_hf(self, src: _HFSource) -> str:
+        """``by document`` once a non-empty document falls on each side of the split (within the first
+        documents, for any real dataset), else ``within documents``; ValueError when no row holds text."""
+        found = {False: False, True: False}
+        for doc in src.rows(_START):
+            if doc.text is not None:
+                found[split_key(doc.key, self.cfg.val_percent)] = True
+                if all(found.values()):
+                    return "by document"
+        if not any(found.values()):
+            raise ValueError(f"corpus {self.cfg.corpus!r} yielded no text in field {self.cfg.hf_text_field!r}.")
+        return "within documents"
 
     def _route(self, doc: _Doc, feeds: tuple[str, ...]) -> list[tuple[str, str]]:
         if doc.text is None:
@@ -389,14 +414,16 @@ class _Preparation:
         return BPETokenizer.load(spec), None
 
     def _bpe_sample(self) -> list[str]:
+        """Training texts for the BPE: all of them up to ``bpe_sample_chars``; a larger local corpus is sampled
+        by file (``crc32(key + "/bpe") < fraction * 2^32``), a stream gives its first documents."""
         limit = self.pcfg.bpe_sample_chars
         src, feeds = self.phases[0]
         select = None
         if isinstance(src, _LocalSource) and src.total > limit:
-            bound = int(limit / src.total * 10_000)
-            select = lambda key: zlib.crc32((key + "/bpe").encode()) % 10_000 < bound  # noqa: E731
+            bound = max(1, int(limit / src.total * 2**32))
+            select = lambda key: zlib.crc32((key + "/bpe").encode()) < bound  # noqa: E731
         texts, chars = [], 0
-        for doc in src.rows(src.position(0), select):
+        for doc in src.rows(_START, select):
             for s, t in self._route(doc, feeds):
                 if s == "train" and chars < limit:
                     texts.append(t)
@@ -418,7 +445,7 @@ class _Preparation:
                     check_shard(self.out, e, self.dtype.itemsize, full=full)
                 except ValueError:
                     break
-                st.shards.append(e)
+                st.add(e)
             st.done = m["splits"][s]["done"] and len(st.shards) == len(m["splits"][s]["shards"])
         self._remove_unlisted()
 
@@ -475,13 +502,6 @@ class _Preparation:
             self._write()
         t0 = time.perf_counter()
         self._run_phases()
-        if self.mode in ("by document",) and not all(self.splits[s].shards for s in SPLITS):
-            self.mode = "within documents"  # too few documents to hold some out: split inside them
-            for s in SPLITS:
-                self.splits[s] = _Split(s, self.splits[s].cap)
-            self._remove_unlisted()
-            self._write()
-            self._run_phases()
         for s in SPLITS:
             if not self.splits[s].shards:
                 what = "training" if s == "train" else "validation"
@@ -574,7 +594,7 @@ class _Preparation:
 
     def _close(self, st: _Split, nxt: dict[str, Any]) -> None:
         if st.writer.tokens:
-            st.shards.append(st.writer.close(nxt))
+            st.add(st.writer.close(nxt))
             self.completed_now += 1
         else:
             st.writer.abort()
