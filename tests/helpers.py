@@ -1,7 +1,9 @@
 """Helpers shared by the command-line tests."""
 
 import json
+import os
 import re
+import socket
 from pathlib import Path
 
 from firepe.cli import main
@@ -54,3 +56,31 @@ def cached_logits(model, idx, prefix: int):
         parts = [model(idx[:, :prefix], cache=cache)[0]]
         parts += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(prefix, idx.shape[1])]
     return torch.cat(parts, 1), cache
+
+
+def free_port() -> int:
+    """A free local TCP port (for a gloo process group of spawned test processes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_env(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives rank ``rank`` of ``world`` (one machine, CPU, one torch thread)."""
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def deny_writes(monkeypatch, root: Path) -> None:
+    """Make every ``os.open`` for writing below ``root`` fail as a read-only folder does (EACCES)."""
+    real_open = os.open
+
+    def deny(path, flags, *a, **k):
+        if str(path).startswith(str(root)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", deny)

@@ -25,7 +25,7 @@ from firepe.data import (
     prepare,
 )
 from firepe.data.shards import manifest_checksum
-from tests.helpers import one_line_error, run_cli
+from tests.helpers import deny_writes, one_line_error, run_cli
 
 #: small shards and batches, so a small corpus spans many shards
 SMALL = PrepareConfig(shard_tokens=3000, batch_chars=4000, progress=False)
@@ -443,12 +443,5 @@ def test_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, text_corpus, cap
 def test_read_only_output_folder(tmp_path, text_corpus, capsys, monkeypatch):
     out = tmp_path / "p"
     out.mkdir()
-    real_open = os.open
-
-    def deny(path, flags, *a, **k):
-        if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, flags, *a, **k)
-
-    monkeypatch.setattr(os, "open", deny)
+    deny_writes(monkeypatch, out)
     one_line_error(capsys, ["prepare", "--corpus", text_corpus, "--out", out], "Permission denied")

@@ -14,6 +14,7 @@ from firepe.data import DataConfig
 from firepe.model import GPT, preset
 from firepe.runs import MetricsLog, RunFolder, check_fields
 from firepe.train import TrainConfig, Trainer, build_optimizer, load_run
+from tests.helpers import deny_writes
 
 
 def cfgs(corpus, position="alibi", steps=4, **train):
@@ -297,14 +298,7 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(run):
 
 
 def test_read_only_run_folder_for_training(run, monkeypatch):
-    real_open = os.open
-
-    def deny(path, flags, *a, **k):
-        if str(path).startswith(str(run)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, flags, *a, **k)
-
-    monkeypatch.setattr(os, "open", deny)
+    deny_writes(monkeypatch, run)
     with pytest.raises(ValueError, match=r"cannot write .*\.lock: Permission denied"):
         Trainer(run, resume=True, changes={"steps": 6})
 

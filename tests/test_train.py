@@ -1,6 +1,4 @@
 import json
-import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ from firepe.checkpoint import latest_checkpoint
 from firepe.data import DataConfig
 from firepe.model import preset
 from firepe.train import TrainConfig, Trainer, load_run, lr_at
+from tests.helpers import ddp_env, free_port
 
 
 def cfgs(corpus, position="fire", steps=8, **train):
@@ -89,16 +88,8 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, text_corpus):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, run_dir, corpus, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    ddp_env(rank, world, port)
     import torch.distributed as dist
 
     from firepe.train import process_group
@@ -117,16 +108,14 @@ def test_ddp_gloo_two_processes_match_single_process(tmp_path, text_corpus):
     single = Trainer(tmp_path / "single", *cfgs(text_corpus))
     single.forward_backward(0)
     out = tmp_path / "ddp_grads.pt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path / "ddp", text_corpus, out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path / "ddp", text_corpus, out), nprocs=2, join=True)
     grads = torch.load(out)
     for name, p in single.model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6)
 
 
 def _mismatch_worker(rank, world, port, run_dir, corpus, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    ddp_env(rank, world, port)
     from firepe.train import process_group
 
     model, t, d = cfgs(corpus, position="fire" if rank == 0 else "rope")
@@ -141,7 +130,7 @@ def _mismatch_worker(rank, world, port, run_dir, corpus, out_dir):
 
 
 def test_torchrun_ranks_with_different_settings_refuse_to_start(tmp_path, text_corpus):
-    mp.spawn(_mismatch_worker, args=(2, _free_port(), tmp_path / "run", text_corpus, tmp_path), nprocs=2, join=True)
+    mp.spawn(_mismatch_worker, args=(2, free_port(), tmp_path / "run", text_corpus, tmp_path), nprocs=2, join=True)
     for rank in (0, 1):
         msg = (tmp_path / f"rank{rank}.txt").read_text()
         assert "different settings" in msg and "model.position" in msg and "train.seq_len" in msg, msg

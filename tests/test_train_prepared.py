@@ -4,7 +4,6 @@ in-memory corpus, bit-exact resume, and one line for every damaged or mismatched
 import json
 import os
 import shutil
-import socket
 import warnings
 
 import numpy as np
@@ -18,7 +17,7 @@ from firepe.data import ByteTokenizer, PrepareConfig, encoded_stream, load_corpu
 from firepe.data.shards import manifest_checksum
 from firepe.tasks.passkey import corpus_filler
 from firepe.train import Trainer
-from tests.helpers import one_line_error, run_cli
+from tests.helpers import ddp_env, free_port, one_line_error, run_cli
 
 TRAIN = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "4", "--no-progress", "--val-tokens", "512",
          "--checkpoint-every", "3"]
@@ -217,16 +216,8 @@ def test_hf_in_memory_cap_is_said(tmp_path):
         load_corpus(DataConfig(corpus="hf:json", hf_data_files=str(path)))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, run_dir, data, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    ddp_env(rank, world, port)
     import torch.distributed as dist
 
     from firepe.train import process_group
@@ -247,7 +238,7 @@ def test_ddp_ranks_read_disjoint_rows_of_one_batch(tmp_path, prepared):
                      TrainConfig(seq_len=32, batch_size=4, steps=2, progress=False), DataConfig(data=str(prepared)))
     x, _ = single.local_batch(0)
     single.forward_backward(0)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path / "ddp", prepared, tmp_path), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path / "ddp", prepared, tmp_path), nprocs=2, join=True)
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert torch.equal(got[0]["x"], x[0::2]) and torch.equal(got[1]["x"], x[1::2])
     for name, p in single.model.named_parameters():
