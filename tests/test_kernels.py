@@ -110,7 +110,8 @@ def test_kernel_compiles_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(fire_kernel, "_LIB", [])
     monkeypatch.setenv("FIREPE_CACHE", str(tmp_path))
     assert kernels.available()
-    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+    # the library and the record of its size and sha256 (checked before every load)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".sha256", ".so"]
 
 
 @needs_cc
@@ -232,6 +233,8 @@ def test_broken_cached_library_falls_back_with_a_warning(cache, tmp_path):
     target = fire_kernel._target()
     target.write_bytes(b"garbage, not an ELF file")
     target.chmod(0o755)
+    fire_kernel._record(target).write_text(f"{len(b'garbage, not an ELF file')} "
+                                           f"{__import__('hashlib').sha256(b'garbage, not an ELF file').hexdigest()}\n")
     with pytest.warns(UserWarning, match="could not load .*delete it to rebuild"):
         assert fire_kernel.build() is None
     other = tmp_path / "other.c"

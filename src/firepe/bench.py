@@ -38,10 +38,13 @@ from .runs import write_json, write_text, writing
 ROWS = ["nope", "rope", "alibi", "kerple_log", "t5", "fire_appendix_e", "fire_exact", "fire", "fire_s"]
 
 
-def check_rows(rows: list[str]) -> None:
+def check_rows(rows: list[str], heads: int = 12, head_dim: int = 64, attention: str = "auto",
+               fire_layers: int = 2) -> None:
     """ValueError naming the first row that is neither one of the FIRE rows nor an encoding spec
-    (a name, or ``name:key=value,...`` such as ``longrope:factor=8``, checked by the registry)."""
+    (a name, or ``name:key=value,...`` such as ``longrope:factor=8``), or whose encoding cannot be built at
+    ``heads`` x ``head_dim`` (every option value checked) or run on ``attention`` -- before anything runs."""
     from . import positions
+    from .config import check_backend
 
     valid = list(dict.fromkeys(ROWS + positions.available()))
     if not rows:
@@ -50,9 +53,10 @@ def check_rows(rows: list[str]) -> None:
         if r not in valid and ":" not in r:
             raise ValueError(f"unknown benchmark row {r!r}; valid: {', '.join(valid)} (or an encoding spec "
                              "name:key=value).")
-        name, opts = row_spec(r, 0)
+        name, opts = row_spec(r, fire_layers)
         try:
-            positions.validate(name, opts)
+            positions.check(name, heads, head_dim, opts)
+            check_backend(name, attention)
         except ValueError as e:
             raise ValueError(f"benchmark row {r!r}: {e} Give options as a spec, e.g. yarn:factor=4.") from None
 
@@ -205,6 +209,8 @@ def run_bench(rows: list[str], lengths: list[int], scopes: list[str], settings: 
                     res = json.loads(proc.stdout.strip().splitlines()[-1])
                 results.append(res)
                 log(_fmt(res))
+    if results and all("error" in r for r in results):  # nothing to report: no files of error rows
+        raise ValueError(f"every benchmark row failed (first: {results[0]['error']}).")
     machine = (torch.cuda.get_device_name() if settings["device"].startswith("cuda")
                else f"{platform.machine()} CPU, {settings['threads'] or torch.get_num_threads()} threads")
     settings = {**settings, "fire_cpu_kernel": kernels.available()}

@@ -41,7 +41,7 @@ from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, MAX_STEPS, MAX_T
 from .loading import load_run, resolve_device
 from .positions import parse_spec, training_options
 from .positions.hints import split_optional
-from .runs import RunFolder, error_line, writing
+from .runs import RunFolder, error_line, refuse_link, writing
 from .score import format_scores, score_runs, write_scores
 from .seeds import parse_seeds
 from .synth import SYNTH_DEFAULTS, synth
@@ -361,7 +361,7 @@ def cmd_compare(args, specs: list[str] | None = None) -> None:
         depths = parse_depths(args.depths)
     summary = compare(out, specs, replace(model, position="nope", position_options={}), train, data,
                       _lengths_for(args, train.seq_len), val_tokens=args.val_tokens, progress=train.progress,
-                      seeds=seeds)
+                      seeds=seeds, passkey=task is not None)
     print(f"wrote {out / 'results.md'}, results.json, results.csv and perplexity.png")
     if task:
 
@@ -619,6 +619,7 @@ def cmd_score(args) -> None:
     lengths = parse_lengths(args.lengths) if args.lengths is not None else None
     depths = parse_depths(args.depths) if args.depths is not None else None
 
+    refuse_link(out)
     created, had_lock = not out.exists(), (out / ".lock").exists()
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -673,6 +674,9 @@ def cmd_export(args) -> None:
 
 #: the largest query position plot-bias draws (a [H, query + 1] row per layer)
 MAX_PLOT_QUERY = 1 << 20
+#: the most tokens of ``--text`` plot-bias runs through a data-dependent encoding (its bias is ``[H, T, T]`` per
+#: layer: 2,048 tokens are 64 MiB a layer with 4 heads; CoPE's logits as many)
+MAX_PLOT_TEXT = 2048
 
 
 def add_plot_bias(sub) -> None:
@@ -716,10 +720,16 @@ def _data_bias_panels(args, model, cfg) -> tuple[dict, int]:
     if args.text is None:
         raise ValueError(f"run {args.run} uses {cfg['model']['position']!r}, whose bias depends on the input; "
                          "pass --text TEXT to draw it for that text.")
+    if len(args.text) > 64 * MAX_PLOT_TEXT:  # before tokenizing: no tokenizer makes fewer tokens than this
+        raise ValueError(f"--text holds {len(args.text):,} characters; plot-bias draws the bias of at most "
+                         f"{MAX_PLOT_TEXT:,} tokens: cut the text to the part before the query.")
     tok = load_tokenizer(Path(args.run), dataclass_from_dict(DataConfig, cfg["data"]), model.cfg.vocab_size)
     ids = tok.encode(args.text)
     if not ids:
         raise ValueError("--text is empty; give at least one character.")
+    if len(ids) > MAX_PLOT_TEXT:
+        raise ValueError(f"--text is {len(ids):,} tokens; plot-bias draws the bias of at most {MAX_PLOT_TEXT:,} "
+                         "tokens: cut the text to the part before the query.")
     last = len(ids) - 1
     query = last if args.query is None else args.query
     if query > last:
@@ -794,13 +804,13 @@ def add_bench_speed(sub) -> None:
 
 def cmd_bench_speed(args) -> None:
     rows = split_specs(args.encodings, "--encodings") if args.encodings is not None else ROWS
-    check_rows(rows)
     for flag, value, minimum in (("--repeats", args.repeats, 1), ("--heads", args.heads, 1),
                                  ("--head-dim", args.head_dim, 1), ("--batch", args.batch, 1),
                                  ("--block", args.block, 1), ("--n-layer", args.n_layer, 0),
                                  ("--fire-mlp-layers", args.fire_mlp_layers, 0), ("--threads", args.threads, 1),
                                  ("--job-timeout", args.job_timeout, 1)):
         _positive(value, flag, minimum)
+    check_rows(rows, args.heads, args.head_dim, args.attention, args.fire_mlp_layers)
     device = resolve_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 
@@ -812,9 +822,7 @@ def cmd_bench_speed(args) -> None:
                 "head_dim": args.head_dim, "preset": args.preset, "n_layer": args.n_layer,
                 "attention": args.attention, "block": args.block, "repeats": args.repeats,
                 "backward": not args.forward_only, "fire_layers": args.fire_mlp_layers, "threads": args.threads}
-    results = run_bench(rows, parse_lengths(args.lengths), scopes, settings, _check_out(args.out))
-    if results and all("error" in r for r in results):
-        raise ValueError(f"every benchmark row failed (first: {results[0]['error']}).")
+    run_bench(rows, parse_lengths(args.lengths), scopes, settings, _check_out(args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, config_diff, 
 from .data import resolve
 from .evaluate import evaluate_run
 from .positions import Spec, parse_spec, training_options
-from .runs import RunFolder, write_json, write_text, writing
+from .runs import RunFolder, refuse_links_below, write_json, write_text, writing
 from .seeds import format_seed_table, seed_table
 from .tracking import check_installed
 from .train import Trainer
@@ -81,6 +81,29 @@ def check_same_settings(run: RunFolder, model: GPTConfig, train: TrainConfig, da
     if diffs:
         raise ValueError(f"{run.path} holds a run with other settings: {', '.join(diffs[:4])}; use another --out "
                          "or remove that folder.")
+
+
+def check_finetune_base(ft: RunFolder, base: Path, step: int, position: str, options: dict[str, Any]) -> None:
+    """A fine-tuning run is reused only when it was made from ``base`` at ``step`` with that encoding: a
+    base run trained further, or deleted and trained again as another encoding, leaves a stale fine-tune
+    (one error naming what differs; decision: refuse, never delete it)."""
+    from .finetune import finetune_section
+
+    cfg = ft.read_config()
+    try:
+        saved = finetune_section(cfg, f"{ft.config_path} [finetune]") if "finetune" in cfg else None
+    except ValueError:
+        saved = None
+    if saved is None:
+        raise ValueError(f"{ft.path} holds a fine-tuning run with other settings (finetune); use another --out or "
+                         "remove that folder.")
+    model = cfg["model"]
+    made = (Path(saved.base_run), saved.base_step, model.get("position"), model.get("position_options"))
+    wanted = (Path(base).resolve(), step, position, options)
+    if made != wanted:
+        raise ValueError(f"{ft.path} holds a fine-tune of {made[0]} at step {made[1]} ({made[2]} {made[3]}), not of "
+                         f"{wanted[0]} at step {wanted[1]} ({wanted[2]} {wanted[3]}); remove that folder to fine-tune "
+                         "again (nothing was changed).")
 
 
 def log_group(out: Path) -> str:
@@ -128,10 +151,12 @@ def train_or_reuse(run: RunFolder, train_cfg: TrainConfig, what: str, trainer: t
 
 def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig,
             data_cfg: DataConfig, lengths: list[int], val_tokens: int | None = None,
-            progress: bool = True, log=print, seeds: list[int] | None = None) -> dict[str, Any]:
+            progress: bool = True, log=print, seeds: list[int] | None = None,
+            passkey: bool = False) -> dict[str, Any]:
     """``seeds``: several seeds train ``out/<label>/seed-<s>`` each (one seed: ``out/<label>``, seed
     ``train_cfg.seed``); the table is then mean ± std over the seeds with paired differences
-    (:mod:`firepe.seeds`), on the same validation tokens."""
+    (:mod:`firepe.seeds`), on the same validation tokens. ``passkey``: :func:`compare_passkey` follows, so
+    its existing fine-tunes are checked against the runs they will be reused for before anything trains."""
     out = Path(out)
     seeds = list(seeds) if seeds else [train_cfg.seed]
     several = len(seeds) > 1
@@ -150,10 +175,15 @@ def compare(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cf
         mcfg = replace(model, position=spec.position, position_options=opts)
         for seed in seeds:
             run = RunFolder(out / spec.label / f"seed-{seed}" if several else out / spec.label)
+            refuse_links_below(out, run.path)
             tcfg = replace(train_cfg, seed=seed)
             if run.has_run():
                 check_same_settings(run, mcfg, tcfg, data_cfg)
                 check_not_past(run, tcfg.steps, "--steps")
+            ft = RunFolder(out / "passkey" / spec.label / f"seed-{seed}" if several else out / "passkey" / spec.label)
+            if passkey and ft.has_run():
+                refuse_links_below(out, ft.path)
+                check_finetune_base(ft, run.path, tcfg.steps, spec.position, opts)
             plans.append((spec, opts, run, mcfg, tcfg, seed))
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -248,8 +278,11 @@ def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainCo
         seed = row["seed"] if several else summary.get("seed", train_cfg.seed)
         base = Path(row["run"]) if several else out / row["label"]
         ft = RunFolder(folder / row["label"] / f"seed-{seed}" if several else folder / row["label"])
+        refuse_links_below(out, ft.path)
         tcfg = replace(train_cfg, seed=seed)
         if ft.has_run():
+            base_model = RunFolder(base).configs()[0]
+            check_finetune_base(ft, base, _steps_done(base), base_model.position, base_model.position_options)
             diffs = list(resume_changes(ft.configs()[1], asdict(tcfg))[1])
             saved_ft = ft.read_config().get("finetune")
             if not isinstance(saved_ft, dict) or saved_ft.get("task") != "passkey" or saved_ft.get("filler") != filler:

@@ -102,7 +102,7 @@ class GPTConfig:
                              f"{type(self.position_options).__name__} {self.position_options!r}.")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}.")
-        positions.validate(self.position, self.position_options)
+        positions.check(self.position, self.n_head, self.head_dim, self.position_options)
         if self.attention not in BACKENDS:
             raise ValueError(f"unknown attention backend {self.attention!r}; valid: {', '.join(BACKENDS)}.")
         check_backend(self.position, self.attention)

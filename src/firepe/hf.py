@@ -156,6 +156,38 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
         self.transformer = GPT(config.gpt_config())
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
+        """transformers' ``from_pretrained`` with the checks :func:`firepe.exported.load_export` makes: a local
+        folder's ``config.json`` must hold every firepe model field (an encoding with missing, unknown or bad
+        options is refused, not defaulted), the weights must be exactly the declared encoding's (no missing,
+        unexpected or mismatched tensors) and finite. One ``ValueError`` otherwise (``AutoModelForCausalLM`` and
+        lm-evaluation-harness load through here)."""
+        source = str(pretrained_model_name_or_path)
+        config_file = Path(source) / "config.json"
+        if config_file.is_file():
+            from .runs import read_json
+
+            gpt_config(read_json(config_file), str(config_file))
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)
+        position = model.config.position
+        wrong = [f"{what} {', '.join(map(str, sorted(keys)[:4]))}{' ...' if len(keys) > 4 else ''}"
+                 for what, keys in (("missing", info.get("missing_keys") or ()),
+                                    ("unexpected", info.get("unexpected_keys") or ()),
+                                    ("mismatched", [k[0] if isinstance(k, tuple) else k
+                                                    for k in info.get("mismatched_keys") or ()])) if keys]
+        if wrong:
+            raise ValueError(f"{source}: the weights do not match the declared encoding {position!r} "
+                             f"({'; '.join(wrong)}); the folder is damaged or its config.json was edited: export "
+                             "the run again.")
+        try:
+            model.transformer.check_finite()
+        except ValueError as e:
+            raise ValueError(f"{source}: the weights hold non-finite values ({e}); export the run again.") from None
+        return (model, info) if want_info else model
+
     def _init_weights(self, module: nn.Module) -> None:
         # The GPT initializes itself (GPT-2 init, each encoding its own); from_pretrained loads every tensor.
         # Only non-persistent buffers (RoPE frequencies) are not in the file: rebuild them.

@@ -37,9 +37,15 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[G
     ckpt = latest_checkpoint(run.path)
     if ckpt is None:
         raise ValueError(f"run folder {str(run.path)!r} has no checkpoint yet.")
-    read_state(ckpt)
     model = GPT(model_cfg)
-    load_model_weights(model, ckpt)
+    try:
+        read_state(ckpt)
+        load_model_weights(model, ckpt)
+    except ValueError:
+        if not ckpt.exists():  # the training process pruned it between `latest` and the files
+            raise ValueError(f"checkpoint {ckpt} was pruned while it was being read (the run is still training and "
+                             "keeps only its newest checkpoints); run the command again to read the newest.") from None
+        raise
     try:
         model.check_finite()
     except ValueError as e:

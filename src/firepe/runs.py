@@ -34,7 +34,7 @@ from typing import Any
 from .config import DataConfig, GPTConfig, TrainConfig, check_fields, dataclass_from_dict
 
 __all__ = ["RunFolder", "RunWriteError", "error_line", "write_json", "write_text", "read_json", "dataclass_from_dict",
-           "check_fields", "fsync_dir", "MetricsLog", "STEP_DIR"]
+           "check_fields", "fsync_dir", "MetricsLog", "STEP_DIR", "refuse_link", "refuse_links_below"]
 
 STEP_DIR = re.compile(r"step-(\d{7,})")  # checkpoint folders: step-0000123 (7 digits or more)
 
@@ -72,6 +72,18 @@ def refuse_link(path: Path) -> None:
     if Path(path).is_symlink():
         raise RunWriteError(f"{path} is a symbolic link; firepe reads and writes only regular files and folders "
                             "inside its folders (remove the link).")
+
+
+def refuse_links_below(root: Path, path: Path) -> None:
+    """:class:`RunWriteError` when ``root`` (an output folder firepe writes: a sweep, a run) or any folder from it
+    down to ``path`` (``path`` included) is a symbolic link: a planted link at the label or seed level would
+    send a whole run into a folder outside."""
+    root, path = Path(root), Path(path)
+    refuse_link(root)
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        refuse_link(current)
 
 
 #: what firepe writes inside a run, fine-tune, score or eval folder (checked for links when it is locked)

@@ -30,7 +30,7 @@ from .limits import MAX_LENGTH, check_at_most
 from .loading import load_run, resolve_device
 from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
-from .runs import RunFolder, dataclass_from_dict, write_json, write_text, writing
+from .runs import RunFolder, dataclass_from_dict, refuse_links_below, write_json, write_text, writing
 from .seeds import format_seed_table, parse_seeds, seed_table
 from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch
 from .tracking import check_installed
@@ -193,6 +193,7 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
         mcfg = replace(model, position=spec.position, position_options=opts, vocab_size=task.vocab_size)
         for seed in seeds:
             run, tcfg = _plan_folder(out, spec.label, seed, several), replace(train_cfg, seed=seed)
+            refuse_links_below(out, run.path)
             if run.has_run():
                 check_same_settings(run, mcfg, tcfg, DataConfig())
                 saved = synth_section(run.read_config(), str(run.config_path))

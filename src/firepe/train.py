@@ -31,7 +31,7 @@ from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, resume_change
 from .data import epochs_line, resolve, training_data
 from .loading import load_run, resolve_device
 from .model import GPT
-from .runs import RunFolder, read_json
+from .runs import RunFolder, read_json, refuse_link
 from .tracking import TrackerRun, Trackers, check_installed, open_trackers
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_run", "lr_at", "resolve_device", "process_group",
@@ -242,6 +242,7 @@ class Trainer:
     def _open_folder(self, resume: bool) -> None:
         """Rank 0: lock the folder, clean leftovers of killed writers, and (new run) write config and
         tokenizer -- config.json last, it marks a run -- or (resume) store the new step budget."""
+        refuse_link(self.run.path)  # the run folder itself: a link would send the run outside
         if self.run.path.exists() and not self.run.path.is_dir():
             raise ValueError(f"--out {str(self.run.path)!r} is an existing file, not a run folder.")
         if resume:

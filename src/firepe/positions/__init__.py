@@ -21,7 +21,7 @@ from .kerple import KerpleLog, KerplePower
 from .longrope import LongRoPE
 from .nope import NoPE
 from .p_rope import PRoPE
-from .registry import Spec, available, build, get, options, parse_spec, register, training_options, validate
+from .registry import Spec, available, build, check, get, options, parse_spec, register, training_options, validate
 from .rope import RoPE, RoPEPositionInterpolation, YaRN, apply_rotary, apply_rotary_one, rotate_half
 from .sandwich import Sandwich
 from .t5 import T5Bias, t5_bucket
@@ -30,6 +30,6 @@ __all__ = [
     "ALiBi", "CoPE", "BiasEncoding", "DataBiasEncoding", "FIRE", "FoX", "FIREHeads", "FIREShared", "KerpleLog",
     "KerplePower", "LongRoPE", "NoPE", "PRoPE", "PositionEncoding", "RoPE", "RoPEPositionInterpolation",
     "RotaryEncoding", "Sandwich", "Spec", "T5Bias", "YaRN", "alibi_slopes", "apply_rotary", "apply_rotary_one",
-    "available", "build", "causal_row_blocks", "check_positions", "convert", "fire_kernel", "get", "load_appendix_e",
-    "options", "parse_spec", "register", "rotate_half", "t5_bucket", "training_options", "validate",
+    "available", "build", "causal_row_blocks", "check", "check_positions", "convert", "fire_kernel", "get",
+    "load_appendix_e", "options", "parse_spec", "register", "rotate_half", "t5_bucket", "training_options", "validate",
 ]

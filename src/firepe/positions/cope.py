@@ -62,10 +62,21 @@ class CoPE(PositionEncoding):
 
     def logit_bias(self, q: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``q_i . e(p_ij)`` ``[B, H, Q, K]`` for ``q`` ``[B, H, Q, D]`` and masked logits ``[B, H, Q, K]``."""
+        if not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[-1] != self.head_dim or not q.is_floating_point():
+            got = f"{q.dtype} {tuple(q.shape)}" if isinstance(q, torch.Tensor) else type(q).__name__
+            raise ValueError(f"cope takes queries [B, H, Q, {self.head_dim}] (floating point), got {got}.")
+        if (not isinstance(logits, torch.Tensor) or logits.dim() != 4 or tuple(logits.shape[:3]) != tuple(q.shape[:3])
+                or not logits.is_floating_point()):
+            got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"cope takes masked logits [B, H, Q, K] with the queries' B, H, Q {tuple(q.shape[:3])}, "
+                             f"got {got}.")
         if logits.numel() > MAX_ELEMENTS:
             raise ValueError(f"cope needs the {tuple(logits.shape)} attention logits ({logits.numel():,} entries, "
                              f"more than {MAX_ELEMENTS:,}); use a shorter sequence or a smaller batch.")
         pos = self.positions(logits)
+        if bool(torch.isnan(pos).any()):  # NaN would reach gather as a huge negative index
+            raise ValueError("cope got NaN attention logits (non-finite weights or inputs); check the model's "
+                             "weights (a diverged run).")
         floor = pos.floor()
         w = pos - floor
         dtype = torch.promote_types(pos.dtype, q.dtype)  # float32 at least (float64 stays: gradcheck)

@@ -65,6 +65,44 @@ def _unsafe(path: Path) -> str | None:
     return None
 
 
+def _record(target: Path) -> Path:
+    """The file beside a cached library holding its size and sha256 (``SIZE SHA256``), written by :func:`_compile`."""
+    return target.with_name(target.name + ".sha256")
+
+
+def _fingerprint(fd: int) -> str:
+    h, pos = hashlib.sha256(), 0
+    while block := os.pread(fd, 1 << 20, pos):
+        h.update(block)
+        pos += len(block)
+    return f"{pos} {h.hexdigest()}"
+
+
+def _damaged(target: Path) -> str | None:
+    """Why ``target`` must not be loaded as the library :func:`_compile` built (None when it may): it must be a
+    regular file (not a link, folder or FIFO: opening a FIFO would block) of the size and sha256 recorded
+    next to it -- a truncated library would be mapped and crash the process with SIGBUS."""
+    st = os.lstat(target)
+    if not stat.S_ISREG(st.st_mode):
+        return f"{target} is not a regular file (delete it to rebuild)"
+    record = _record(target)
+    try:
+        if record.is_symlink() or not record.is_file() or record.stat().st_size > 256:
+            raise OSError
+        want = record.read_text().strip()
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return f"{target} has no readable record of its checksum ({record.name}; delete both to rebuild)"
+    try:
+        got = _fingerprint(fd)
+    finally:
+        os.close(fd)
+    if got != want:
+        return (f"{target} is not the library firepe built (size and sha256 {got.split()[0]} / ...{got[-8:]}, "
+                f"recorded {want[:40]}); delete it to rebuild")
+    return None
+
+
 def _clean_stale(folder: Path) -> None:
     """Remove ``tmp*.so`` files older than :data:`_STALE_SECONDS` (left by killed builds)."""
     now = time.time()
@@ -91,6 +129,15 @@ def _compile(compiler: str, source: Path, target: Path, defines: tuple[str, ...]
             done = subprocess.run(cmd, capture_output=True, timeout=120)
             if done.returncode == 0:
                 os.chmod(tmp, 0o755)  # the linker's mode follows the umask (group-writable under 002)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    fingerprint = _fingerprint(fd)
+                finally:
+                    os.close(fd)
+                record = _record(target)  # the record first: a library is never loaded without one that matches
+                rec_tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+                rec_tmp.write_text(fingerprint + "\n")
+                os.replace(rec_tmp, record)
                 os.replace(tmp, target)
                 return True
         except (OSError, subprocess.TimeoutExpired):
@@ -148,9 +195,20 @@ def load_library(name: str, declare, defines: tuple[str, ...] = (), what: str = 
             _refuse(f"the kernel cache folder {reason}", what)
             return None
         _clean_stale(target.parent)
-        if not target.exists() and not _compile(_compiler(), _source(name), target, defines):
+        reason = _unsafe(target) if os.path.lexists(target) else None
+        if reason:  # never replaced either: whoever else can write it is to be told
+            _refuse(f"the cached kernel {reason}", what)
             return None
-        reason = _unsafe(target)
+        if not os.path.lexists(target) or (target.is_file() and not target.is_symlink()
+                                           and not _record(target).exists()):
+            # not built yet, or built by a firepe that kept no record of it (older releases): build it
+            try:
+                if not _compile(_compiler(), _source(name), target, defines):
+                    return None
+            except OSError as err:
+                _refuse(f"could not build it into {target.parent} ({err.strerror or err})", what)
+                return None
+        reason = _unsafe(target) or _damaged(target)
         if reason:
             _refuse(f"the cached kernel {reason}", what)
             return None

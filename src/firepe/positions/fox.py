@@ -33,6 +33,11 @@ from torch import nn
 from .base import DataBiasEncoding
 from .registry import register
 
+#: the range of ``bias_init`` (a gate's sigmoid is 1 - 4e-44 at +100: larger values mean nothing more)
+BIAS_BOUND = 100.0
+#: the largest ``init_std`` (gate logits of std ``init_std * |x|``; past this they saturate at any input)
+STD_BOUND = 10.0
+
 
 @register("fox")
 class FoX(DataBiasEncoding):
@@ -45,6 +50,10 @@ class FoX(DataBiasEncoding):
                 raise ValueError(f"fox {label} must be a finite number, got {value!r}.")
         if init_std < 0:
             raise ValueError(f"fox init_std must be >= 0, got {init_std!r}.")
+        if init_std > STD_BOUND:
+            raise ValueError(f"fox init_std must be in [0, {STD_BOUND:g}], got {init_std!r}.")
+        if not -BIAS_BOUND <= bias_init <= BIAS_BOUND:
+            raise ValueError(f"fox bias_init must be in [{-BIAS_BOUND:g}, {BIAS_BOUND:g}], got {bias_init!r}.")
         self.gate = nn.Linear(num_heads * head_dim, num_heads)
         with torch.no_grad():
             nn.init.normal_(self.gate.weight, std=float(init_std))
@@ -52,6 +61,10 @@ class FoX(DataBiasEncoding):
 
     def log_forget(self, x: torch.Tensor) -> torch.Tensor:
         """``log f = logsigmoid(x W^T + b)`` ``[B, H, T]`` in float32 for ``x`` ``[B, T, H * head_dim]``."""
+        width = self.num_heads * self.head_dim
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != width or not x.is_floating_point():
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"fox log_forget takes the layer input [B, T, {width}] (floating point), got {got}.")
         w, b = self.gate.weight, self.gate.bias
         logits = F.linear(x.to(w.dtype), w, b).float()
         return F.logsigmoid(logits).transpose(1, 2)

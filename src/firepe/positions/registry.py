@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .base import PositionEncoding
 from .hints import describe, fits, split_optional
 
-__all__ = ["register", "available", "get", "options", "validate", "build", "Spec", "parse_spec",
+__all__ = ["register", "available", "get", "options", "validate", "check", "build", "Spec", "parse_spec",
            "training_options"]
 
 _REGISTRY: dict[str, type[PositionEncoding]] = {}
@@ -128,6 +130,27 @@ def validate(name: str, opts: dict[str, Any]) -> None:
             expected = describe(annotation, 'python')
             raise ValueError(f"option {key} of position encoding {name!r} must be {expected}, "
                              f"got {value!r} ({type(value).__name__}).")
+
+
+def check(name: str, num_heads: int, head_dim: int, opts: dict[str, Any]) -> None:
+    """:func:`validate`, then build the encoding once and discard it: ``ValueError`` for any option value it
+    refuses (out of range, a list of the wrong length, a combination), for one it cannot be built with
+    (overflow), and for non-finite initial parameters or buffers -- so a command checks every spec before
+    it writes or trains anything. The global random state is left as it was."""
+    validate(name, opts)
+    try:
+        # on the CPU whatever the default device is (transformers builds models on "meta")
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            module = get(name)(num_heads=num_heads, head_dim=head_dim, **opts)
+    except (RuntimeError, OverflowError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        if "allocate" in first or "out of memory" in first.lower():
+            raise  # an allocation failure stays one (the command line says "out of memory")
+        raise ValueError(f"position encoding {name!r} cannot be built with options {opts} ({first}).") from None
+    for tname, t in (*module.named_parameters(), *module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"position encoding {name!r} with options {opts} starts with non-finite values in "
+                             f"{tname}; choose smaller option values.")
 
 
 def build(name: str, num_heads: int, head_dim: int, **opts: Any) -> PositionEncoding:
