@@ -83,3 +83,26 @@ def test_lm_eval_reads_the_training_length_as_max_length(tmp_path):
     assert run_cli(["export", run, "--out", out]) == 0
     assert HFLM(pretrained=str(out), device="cpu", batch_size=1).max_length == SEQ
     assert HFLM(pretrained=str(out), device="cpu", batch_size=1, max_length=8 * SEQ).max_length == 8 * SEQ
+
+
+def test_lm_eval_refuses_a_damaged_export(tmp_path):
+    """A FoX export whose gate holds NaN used to score acc 0.75 with NaN perplexities and exit 0 (issue 32)."""
+    from safetensors.torch import load_file, save_file
+
+    run = make_run(tmp_path / "run", "fox")
+    out = tmp_path / "exported"
+    assert run_cli(["export", run, "--out", out]) == 0
+    weights = load_file(out / "model.safetensors")
+    name = next(k for k in weights if "gate" in k)
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    lm_eval = shutil.which("lm_eval") or pytest.skip("no lm_eval command")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    cmd = [lm_eval, "--model", "hf", "--model_args", f"pretrained={out},trust_remote_code=True",
+           "--tasks", "firepe_mc", "--include_path", str(TASKS), "--device", "cpu", "--batch_size", "2",
+           "--output_path", str(tmp_path / "results")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode != 0 and "non-finite" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "results").exists()
