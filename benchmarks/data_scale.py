@@ -85,7 +85,7 @@ def baseline(corpus: Path, tokenizer: str) -> dict:
 
 
 def prepare(corpus: Path, tokenizer: str, out: Path) -> dict:
-    from firepe.data import DataConfig, PrepareConfig
+    from firepe.config import DataConfig, PrepareConfig
     from firepe.data import prepare as run
 
     shutil.rmtree(out, ignore_errors=True)
@@ -120,7 +120,7 @@ def run_all(args) -> None:
     rows = []
     tok_json = work / "bpe-10mb" / "tokenizer.json"
     if not tok_json.exists():
-        from firepe.data import DataConfig, PrepareConfig
+        from firepe.config import DataConfig, PrepareConfig
         from firepe.data import prepare as run
 
         shutil.rmtree(work / "bpe-10mb", ignore_errors=True)

@@ -123,7 +123,8 @@ def check_flex(report: Report, device: torch.device, n: int = 256) -> None:
 
 
 def check_flex_training(report: Report, device: torch.device, steps: int = 3) -> None:
-    from firepe.model import GPT, preset
+    from firepe.config import preset
+    from firepe.model import GPT
 
     rows = ["| encoding | loss dense | loss flex | max rel. grad difference |", "|---|---|---|---|"]
     worst = 0.0
@@ -155,7 +156,8 @@ def check_flex_training(report: Report, device: torch.device, steps: int = 3) ->
 
 
 def check_bf16(report: Report, device: torch.device) -> None:
-    from firepe.model import GPT, preset
+    from firepe.config import preset
+    from firepe.model import GPT
 
     rows = ["| encoding | loss fp32 | loss bf16 | difference | position values equal |", "|---|---|---|---|---|"]
     worst, equal_all = 0.0, True
@@ -192,7 +194,8 @@ def check_bf16(report: Report, device: torch.device) -> None:
 
 
 def check_generate(report: Report, device: torch.device, new: int = 24) -> None:
-    from firepe.model import GPT, preset
+    from firepe.config import preset
+    from firepe.model import GPT
 
     torch.backends.cuda.matmul.allow_tf32 = False
     rows = ["| encoding | tokens equal to full recomputation |", "|---|---|"]
@@ -263,7 +266,8 @@ def check_attention_speed(report: Report, device: torch.device, lengths=(2048, 8
 
 
 def check_train_step(report: Report, device: torch.device, n: int = 2048) -> None:
-    from firepe.model import GPT, preset
+    from firepe.config import preset
+    from firepe.model import GPT
 
     rows = ["| encoding | fwd+bwd s | tokens/s | x nope | peak GiB |", "|---|---|---|---|---|"]
     base, done = None, 0
@@ -300,7 +304,8 @@ def check_train_step(report: Report, device: torch.device, n: int = 2048) -> Non
 
 
 def check_eval_32k(report: Report, device: torch.device, n: int = 32768) -> None:
-    from firepe.model import GPT, preset
+    from firepe.config import preset
+    from firepe.model import GPT
 
     rows = ["| encoding | forward s | peak GiB |", "|---|---|---|"]
     done = 0

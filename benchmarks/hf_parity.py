@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 import firepe.hf  # noqa: F401
-from firepe.data import DataConfig
+from firepe.config import DataConfig, TrainConfig, preset
 from firepe.hf import export_run
-from firepe.model import preset
-from firepe.train import TrainConfig, Trainer, load_run
+from firepe.loading import load_run
+from firepe.train import Trainer
 
 ENCODINGS = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
              ("yarn", {"factor": 4.0, "original_max_position_embeddings": 128}), ("alibi", {}), ("kerple_log", {}),

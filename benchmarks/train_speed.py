@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from firepe.config import TrainConfig
-from firepe.model import GPT, preset
+from firepe.config import TrainConfig, preset
+from firepe.model import GPT
 from firepe.positions import training_options
 from firepe.train import build_optimizer
 

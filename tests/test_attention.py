@@ -5,10 +5,11 @@ import warnings
 import pytest
 import torch
 
-from firepe import attention, bench, positions
-from firepe import model as model_module
-from firepe.attention import AttentionInputs, attend_blocked, bias_encoding, encoding_kind, resolve_backend
-from firepe.model import GPT, GPTConfig, preset
+from firepe import attention, bench, kinds, positions
+from firepe.attention import AttentionInputs, attend_blocked, resolve_backend
+from firepe.config import GPTConfig, preset
+from firepe.kinds import kind_of
+from firepe.model import GPT
 
 ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),
@@ -187,15 +188,16 @@ class _Fake(torch.nn.Module):
 
 def test_encoding_kind_decides_what_an_encoding_contributes():
     build = {n: positions.build(n, num_heads=2, head_dim=8) for n in ("nope", "rope", "alibi", "fire", "t5", "fox")}
-    assert [encoding_kind(build[n]) for n in build] == ["none", "rotary", "bias", "bias", "bias", "data"]
-    assert encoding_kind(positions.build("cope", num_heads=2, head_dim=8)) == "context"
-    assert bias_encoding(build["fox"]) is None
-    assert encoding_kind(None) == "none" and bias_encoding(None) is None
-    assert bias_encoding(build["nope"]) is None and bias_encoding(build["rope"]) is None
-    assert bias_encoding(build["fire"]) is build["fire"]
-    assert encoding_kind(_Fake("none")) == "none" and bias_encoding(_Fake("bias")).kind == "bias"
+    assert [kind_of(build[n]).name for n in build] == ["none", "rotary", "bias", "bias", "bias", "data"]
+    assert kind_of(positions.build("cope", num_heads=2, head_dim=8)).name == "context"
+    assert kind_of(build["fox"]).bias_module(build["fox"]) is None
+    assert kind_of(None).name == "none" and kind_of(None).bias_module(None) is None
+    assert kind_of(build["nope"]).bias_module(build["nope"]) is None
+    assert kind_of(build["rope"]).bias_module(build["rope"]) is None
+    assert kind_of(build["fire"]).bias_module(build["fire"]) is build["fire"]
+    assert kind_of(_Fake("none")).name == "none" and kind_of(_Fake("bias")).bias_module(_Fake("bias")).kind == "bias"
     with pytest.raises(ValueError, match="_Fake has kind 'additive'; valid: bias, rotary, data, context, none"):
-        encoding_kind(_Fake("additive"))
+        kind_of(_Fake("additive"))
 
 
 @pytest.mark.parametrize("name,want", [("nope", None), ("rope", None), ("alibi", "alibi"), ("fire", "fire")])
@@ -208,8 +210,7 @@ def test_model_and_bench_pass_the_bias_encoding_only(monkeypatch, name, want):
         seen.append(enc)
         return original(backend, q, k, v, enc, *args, **kwargs)
 
-    monkeypatch.setattr(model_module, "attend_backend", spy)
-    monkeypatch.setattr(attention, "attend_backend", spy)
+    monkeypatch.setattr(kinds, "attend_backend", spy)
     model = tiny(name, {})
     with torch.no_grad():
         model(torch.randint(0, 64, (1, 6)))

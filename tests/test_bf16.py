@@ -13,7 +13,7 @@ import torch
 from firepe import positions
 from firepe.attention import attend, attend_blocked
 from firepe.cli import main
-from firepe.train import load_run
+from firepe.loading import load_run
 from tests.helpers import TINY
 from tests.test_model import ALL
 

@@ -6,6 +6,7 @@ from dataclasses import fields
 
 import pytest
 
+from firepe import hints
 from firepe.config import (
     RESUMABLE,
     DataConfig,
@@ -16,7 +17,7 @@ from firepe.config import (
     dataclass_from_dict,
     resume_changes,
 )
-from firepe.positions import hints, training_options
+from firepe.positions import training_options
 
 
 def test_resumable_names_only_train_fields_and_not_what_defines_a_run():

@@ -4,10 +4,10 @@ import zlib
 import pytest
 import torch
 
+from firepe.config import DataConfig
 from firepe.data import (
     BPETokenizer,
     ByteTokenizer,
-    DataConfig,
     TokenData,
     build_tokenizer,
     encode_documents,

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from firepe.data import BPETokenizer, DataConfig, TokenData, encode_documents, encoded_stream, load_corpus
+from firepe.config import DataConfig
+from firepe.data import BPETokenizer, TokenData, encode_documents, encoded_stream, load_corpus
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -4,10 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from firepe.data import DataConfig
+from firepe.config import DataConfig, TrainConfig, preset
 from firepe.evaluate import eval_tokens, evaluate_lengths, evaluate_run, parse_lengths
-from firepe.model import preset
-from firepe.train import TrainConfig, Trainer
+from firepe.train import Trainer
 
 
 class Unigram(nn.Module):

@@ -7,11 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from firepe.checkpoint import latest_checkpoint
-from firepe.data import ByteTokenizer, DataConfig
+from firepe.config import DataConfig, GPTConfig, TrainConfig, preset
+from firepe.data import ByteTokenizer
 from firepe.finetune import FinetuneConfig, FinetuneData, FinetuneTrainer, finetune_model_config
-from firepe.model import IGNORE_INDEX, GPTConfig, preset
+from firepe.loading import load_run
+from firepe.model import IGNORE_INDEX
 from firepe.tasks import Example, prepare
-from firepe.train import TrainConfig, Trainer, load_run
+from firepe.train import Trainer
 
 TOK = ByteTokenizer()
 

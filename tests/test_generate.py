@@ -2,8 +2,9 @@
 
 import torch
 
+from firepe.config import preset
 from firepe.generate import decode, pick
-from firepe.model import GPT, preset
+from firepe.model import GPT
 
 
 def _model(position="fire"):

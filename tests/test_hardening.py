@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from firepe import positions, tracking
+from firepe import config, positions, tracking
 from firepe.cli import main
 from firepe.tasks.base import read_jsonl
 from tests.helpers import TINY, one_line_error
@@ -115,8 +115,8 @@ def test_a_bias_over_a_span_that_cannot_be_allocated_is_a_value_error(name):
 
 def test_none_combined_with_a_backend_says_so():
     with pytest.raises(ValueError, match="combines 'none' with backends; pass none alone"):
-        tracking.parse_log_to("none,tensorboard")
-    assert tracking.parse_log_to("none") is None
+        config.parse_log_to("none,tensorboard")
+    assert config.parse_log_to("none") is None
 
 
 def test_export_with_an_empty_out_says_it_is_empty(base, capsys):

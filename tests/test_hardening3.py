@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from firepe import positions
+from firepe import cbuild, positions
 from firepe.positions import fire_kernel
 from tests.helpers import one_line_error, run_cli
 
@@ -183,7 +183,7 @@ def test_check_leaves_the_random_state_alone():
 
 # -- 5. damaged kernel caches ------------------------------------------------------------------------
 
-needs_cc = pytest.mark.skipif(fire_kernel._compiler() is None, reason="no C compiler")
+needs_cc = pytest.mark.skipif(cbuild.compiler() is None, reason="no C compiler")
 
 
 @needs_cc
@@ -203,11 +203,11 @@ def test_a_damaged_kernel_cache_never_crashes_or_hangs(tmp_path, damage):
         lib.unlink()
         os.mkfifo(lib)
     else:
-        fire_kernel._record(lib).unlink()  # a cache from before records: built again
+        cbuild.record_path(lib).unlink()  # a cache from before records: built again
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     if damage == "no-record":
-        assert "available True" in proc.stdout and fire_kernel._record(lib).exists()
+        assert "available True" in proc.stdout and cbuild.record_path(lib).exists()
     else:
         assert "available False" in proc.stdout
         assert "not the library firepe built" in proc.stderr or "not a regular file" in proc.stderr
@@ -218,15 +218,15 @@ def test_a_read_only_kernel_cache_names_the_folder_it_cannot_build_in(tmp_path, 
     monkeypatch.setenv("FIREPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(fire_kernel, "_LIB", [])
     (tmp_path / "cache").mkdir(mode=0o700)
-    real = fire_kernel.tempfile.mkstemp
+    real = cbuild.tempfile.mkstemp
 
     def read_only(*a, **k):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(fire_kernel.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(cbuild.tempfile, "mkstemp", read_only)
     with pytest.warns(UserWarning, match=r"could not build it into .*cache \(Read-only file system\)"):
         assert fire_kernel.build() is None
-    monkeypatch.setattr(fire_kernel.tempfile, "mkstemp", real)
+    monkeypatch.setattr(cbuild.tempfile, "mkstemp", real)
 
 
 # -- 6. library errors are ValueErrors -------------------------------------------------------------------

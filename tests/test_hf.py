@@ -15,10 +15,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: 
 
 import firepe.hf  # noqa: E402,F401  (registers the Auto classes)
 from firepe.checkpoint import save_checkpoint  # noqa: E402
-from firepe.data import BPETokenizer, ByteTokenizer, DataConfig  # noqa: E402
-from firepe.model import GPT, GPTConfig  # noqa: E402
+from firepe.config import (
+    DataConfig,  # noqa: E402
+    GPTConfig,  # noqa: E402
+    TrainConfig,  # noqa: E402
+)
+from firepe.data import BPETokenizer, ByteTokenizer  # noqa: E402
+from firepe.loading import load_run  # noqa: E402
+from firepe.model import GPT  # noqa: E402
 from firepe.runs import RunFolder  # noqa: E402
-from firepe.train import TrainConfig, build_optimizer, load_run  # noqa: E402
+from firepe.train import build_optimizer  # noqa: E402
 from tests.helpers import one_line_error, run_cli  # noqa: E402
 from tests.test_model import ALL  # noqa: E402
 

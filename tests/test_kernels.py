@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from firepe import kernels
+from firepe import cbuild, kernels
 from firepe import positions as P
 from firepe.positions import fire_kernel
 
@@ -206,7 +206,7 @@ def cache(monkeypatch, tmp_path):
 @pytest.mark.parametrize("where", ["folder", "library"])
 @pytest.mark.parametrize("bits", [0o020, 0o002])
 def test_kernel_cache_writable_by_others_is_refused(cache, where, bits):
-    target = fire_kernel._target()
+    target = cbuild.target_path("fire_table.c")
     target.write_bytes(b"not a library")  # never loaded: the checks come first
     path = cache if where == "folder" else target
     path.chmod(path.stat().st_mode | bits)
@@ -220,7 +220,7 @@ def test_kernel_cache_writable_by_others_is_refused(cache, where, bits):
 @needs_cc
 @pytest.mark.parametrize("where", ["folder", "library"])
 def test_kernel_cache_owned_by_someone_else_is_refused(cache, where, monkeypatch):
-    target = fire_kernel._target()
+    target = cbuild.target_path("fire_table.c")
     target.write_bytes(b"not a library")
     owner = (cache if where == "folder" else target).stat().st_uid
     monkeypatch.setattr(os, "getuid", lambda: owner + 1)
@@ -230,16 +230,16 @@ def test_kernel_cache_owned_by_someone_else_is_refused(cache, where, monkeypatch
 
 @needs_cc
 def test_broken_cached_library_falls_back_with_a_warning(cache, tmp_path):
-    target = fire_kernel._target()
+    target = cbuild.target_path("fire_table.c")
     target.write_bytes(b"garbage, not an ELF file")
     target.chmod(0o755)
-    fire_kernel._record(target).write_text(f"{len(b'garbage, not an ELF file')} "
+    cbuild.record_path(target).write_text(f"{len(b'garbage, not an ELF file')} "
                                            f"{__import__('hashlib').sha256(b'garbage, not an ELF file').hexdigest()}\n")
     with pytest.warns(UserWarning, match="could not load .*delete it to rebuild"):
         assert fire_kernel.build() is None
     other = tmp_path / "other.c"
     other.write_text("int something_else(void) { return 1; }\n")
-    assert fire_kernel._compile(fire_kernel._compiler(), other, target)  # a real library without the symbols
+    assert cbuild.compile_library(cbuild.compiler(), other, target)  # a real library without the symbols
     with pytest.warns(UserWarning, match="could not load .*fire_table_forward"):
         assert fire_kernel.build() is None
 
@@ -253,4 +253,4 @@ def test_stale_build_temporaries_are_removed(cache):
     os.utime(old, (hours_ago, hours_ago))
     assert fire_kernel.available()
     assert not old.exists() and fresh.exists()  # a build running elsewhere keeps its file
-    assert fire_kernel._target().stat().st_mode & 0o022 == 0
+    assert cbuild.target_path("fire_table.c").stat().st_mode & 0o022 == 0

@@ -15,7 +15,7 @@ pytest.importorskip("lm_eval")
 pytest.importorskip("firepe.hf", exc_type=ImportError)  # a missing or too old transformers: skipped, with the reason
 
 from firepe.data import ByteTokenizer  # noqa: E402
-from firepe.train import load_run  # noqa: E402
+from firepe.loading import load_run  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 from tests.test_hf import SEQ, make_run  # noqa: E402
 

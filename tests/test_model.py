@@ -5,7 +5,8 @@ import torch
 
 from firepe import positions
 from firepe.attention import AttentionInputs, KVCache
-from firepe.model import GPT, MIN_TEMPERATURE, GPTConfig, preset
+from firepe.config import GPTConfig, preset
+from firepe.model import GPT, MIN_TEMPERATURE
 
 ALL = [("nope", {}), ("rope", {}), ("rope_pi", {"factor": 2.0}),
        ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("alibi", {}), ("kerple_log", {}),

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from firepe.attention import KVCache, RowPositions
-from firepe.model import GPT, preset
+from firepe.config import preset
+from firepe.model import GPT
 from tests.test_model import ALL
 
 

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from firepe.config import DataConfig, PrepareConfig
 from firepe.data import (
     BPETokenizer,
     ByteTokenizer,
-    DataConfig,
-    PrepareConfig,
     PreparedData,
     build_tokenizer,
     encode_documents,

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from firepe.checkpoint import latest_checkpoint, save_checkpoint
-from firepe.data import DataConfig
-from firepe.model import GPT, preset
-from firepe.runs import MetricsLog, RunFolder, check_fields
-from firepe.train import TrainConfig, Trainer, build_optimizer, load_run
+from firepe.config import DataConfig, TrainConfig, check_fields, preset
+from firepe.loading import load_run
+from firepe.model import GPT
+from firepe.runs import MetricsLog, RunFolder
+from firepe.train import Trainer, build_optimizer
 from tests.helpers import deny_writes
 
 

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from firepe.data import ByteTokenizer, DataConfig
-from firepe.model import GPT, preset
+from firepe.config import DataConfig, TrainConfig, preset
+from firepe.data import ByteTokenizer
+from firepe.model import GPT
 from firepe.score import greedy_generate, score_runs, write_scores
-from firepe.train import TrainConfig, Trainer
+from firepe.train import Trainer
 
 TOK = ByteTokenizer()
 

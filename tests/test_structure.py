@@ -1,10 +1,10 @@
 """The package's import graph has no cycle: every module can be read top-down from the leaves.
 
 The graph is built from the source with ``ast``: every ``import`` and ``from ... import`` of a firepe
-module, inside functions included (a lazy import still makes the two modules depend on each other).
-Two rules follow Python's own semantics rather than exceptions: imports under ``if TYPE_CHECKING:``
-never run and are left out; importing ``a.b.c`` also imports the packages ``a.b`` and ``a`` unless
-the importing module is inside them (a package's own modules load while its ``__init__`` runs).
+module, inside functions and under ``if TYPE_CHECKING:`` included (a lazy import, or one made only for
+type annotations, still makes the two modules depend on each other). Importing ``a.b.c`` also imports the
+packages ``a.b`` and ``a`` unless the importing module is inside them (a package's own modules load while
+its ``__init__`` runs).
 """
 
 from __future__ import annotations
@@ -27,26 +27,13 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` blocks."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                stack.extend(child.orelse)
-                continue
-            stack.append(child)
-
-
 def import_graph() -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in _runtime_nodes(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
@@ -104,32 +91,63 @@ def test_the_package_has_no_import_cycle():
 def test_the_graph_sees_lazy_imports_and_finds_cycles():
     graph = import_graph()
     assert "firepe.loading" in graph["firepe.score"]  # `from .loading import resolve_device` inside a function
-    assert "firepe.positions" in graph["firepe.config"]
+    assert "firepe.positions" in graph["firepe.kinds"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_config_is_a_leaf_above_positions():
-    """config.py imports only positions, the attention backend names (attention.py: positions and its C
-    kernel's loader) and the limits."""
-    allowed = {"firepe", "firepe.positions", "firepe.attention", "firepe.limits"}
+def test_config_is_a_leaf():
+    """config.py imports nothing of firepe but the limits and the type hints (both import nothing of firepe); the
+    encoding checks reach it through MODEL_CHECKS, registered by firepe.kinds."""
     graph = import_graph()
-    assert {d for d in graph["firepe.config"] if not d.startswith("firepe.positions.")} <= allowed
-    assert graph["firepe.attention"] <= {"firepe.positions", "firepe.positions.base", "firepe.attention_kernel"}
-    assert graph["firepe.attention_kernel"] <= {"firepe.positions", "firepe.positions.fire_kernel"}
+    assert graph["firepe.config"] <= {"firepe.limits", "firepe.hints"}
+    assert graph["firepe.limits"] == set() and graph["firepe.hints"] == set() and graph["firepe.cbuild"] == set()
+    from firepe import config, kinds
+
+    assert kinds.check_model in config.MODEL_CHECKS
+    assert graph["firepe.attention"] <= {"firepe.config", "firepe.positions", "firepe.positions.base",
+                                         "firepe.attention_kernel"}
 
 
-def test_old_config_import_paths_keep_working():
+#: names a module defines at its top level, and the private ones anywhere in it (methods, attributes)
+def _private_names(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_module_reaches_for_another_modules_private_names():
+    """``from .x import _name`` and ``obj._name`` where ``_name`` is private to another firepe module (defined
+    there, not here) are refused: a private name is the defining module's to change."""
+    mods = _modules()
+    trees = {name: ast.parse(path.read_text()) for name, path in mods.items()}
+    private = {name: _private_names(tree) for name, tree in trees.items()}
+    everyone = set().union(*private.values())
+    found = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("firepe")):
+                found += [f"{name}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            elif isinstance(node, ast.Attribute) and node.attr in everyone and node.attr not in private[name]:
+                base = node.value
+                if not (isinstance(base, ast.Name) and base.id in ("self", "cls")):
+                    found.append(f"{name}: {ast.unparse(node)}")
+    assert not found, "private names used across modules: " + "; ".join(found)
+
+
+def test_configs_come_from_config_only():
+    """No module re-exports the config types: they are imported from firepe.config (one source, no chains)."""
     from firepe import config, data, model, runs, tracking, train
 
-    assert model.GPTConfig is config.GPTConfig and model.preset is config.preset and model.PRESETS is config.PRESETS
-    assert train.TrainConfig is config.TrainConfig and train.RESUMABLE is config.RESUMABLE
-    assert data.DataConfig is config.DataConfig
-    assert runs.dataclass_from_dict is config.dataclass_from_dict and runs.check_fields is config.check_fields
-    assert tracking.parse_log_to is config.parse_log_to and tuple(tracking.BACKENDS) == config.TRACKERS
-    from firepe import loading
-
-    assert train.load_run is loading.load_run and train.resolve_device is loading.resolve_device
-    from firepe import exported
-
-    assert exported.load_export is loading.load_export
+    names = {"GPTConfig", "preset", "PRESETS", "TrainConfig", "DataConfig", "PrepareConfig", "RESUMABLE",
+             "dataclass_from_dict", "check_fields", "parse_log_to"}
+    for module in (data, model, runs, tracking, train):
+        assert not names & set(getattr(module, "__all__", ())), module.__name__
+    assert config.GPTConfig.__module__ == "firepe.config"

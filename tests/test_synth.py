@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from firepe import positions
-from firepe.model import GPT, GPTConfig, preset
+from firepe.config import GPTConfig, TrainConfig, preset
+from firepe.model import GPT
 from firepe.seeds import parse_seeds
 from firepe.synth import SYNTH_DEFAULTS, SynthTrainer, aggregate, format_synth, score_synth_run, synth
 from firepe.tasks.synthetic import SynthConfig, SynthTask
-from firepe.train import TrainConfig, Trainer
+from firepe.train import Trainer
 
 from .helpers import one_line_error, run_cli
 

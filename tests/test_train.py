@@ -5,9 +5,9 @@ import torch
 import torch.multiprocessing as mp
 
 from firepe.checkpoint import latest_checkpoint
-from firepe.data import DataConfig
-from firepe.model import preset
-from firepe.train import TrainConfig, Trainer, load_run, lr_at
+from firepe.config import DataConfig, TrainConfig, preset
+from firepe.loading import load_run
+from firepe.train import Trainer, lr_at
 from tests.helpers import ddp_env, free_port
 
 
@@ -140,13 +140,14 @@ def test_torchrun_ranks_with_different_settings_refuse_to_start(tmp_path, text_c
 def test_cuda_without_an_index_is_this_ranks_gpu_and_nccl_starts_on_it(monkeypatch):
     """Under torchrun ``--device cuda`` is ``cuda:LOCAL_RANK``, and ``torch.cuda.set_device`` runs before
     NCCL starts (else every rank's object collectives run on GPU 0)."""
+    import firepe.loading as loading
     import firepe.train as train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert train.resolve_device("cuda", 1) == torch.device("cuda:1")
-    assert train.resolve_device("auto", 1) == torch.device("cuda:1")
-    assert train.resolve_device("cuda:0", 1) == torch.device("cuda:0")
+    assert loading.resolve_device("cuda", 1) == torch.device("cuda:1")
+    assert loading.resolve_device("auto", 1) == torch.device("cuda:1")
+    assert loading.resolve_device("cuda:0", 1) == torch.device("cuda:0")
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
     monkeypatch.setattr(train.dist, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))

@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 import firepe.data.corpus as corpus_mod
-from firepe.config import DataConfig, GPTConfig, TrainConfig
-from firepe.data import ByteTokenizer, PrepareConfig, encoded_stream, load_corpus, prepare, split_tokens
+from firepe.config import DataConfig, GPTConfig, PrepareConfig, TrainConfig
+from firepe.data import ByteTokenizer, encoded_stream, load_corpus, prepare, split_tokens
 from firepe.data.shards import manifest_checksum
 from firepe.tasks.passkey import corpus_filler
 from firepe.train import Trainer

@@ -1,3 +1,7 @@
 """firepe: FIRE (Functional Interpolation for Relative Positional Encoding) and its baselines."""
 
 __version__ = "0.1.0"
+
+# Every GPTConfig checks its encoding's options and backend through the checks firepe.kinds registers with
+# firepe.config (a leaf that cannot import the encodings itself): importing firepe registers them.
+from . import kinds as _kinds  # noqa: E402,F401

@@ -23,9 +23,9 @@ Backends (``GPTConfig.attention``), all causal, all taking explicit positions:
 
 Shapes: ``q`` ``[B, H, Q, D]``, ``k, v`` ``[B, H, K, D]``, ``q_pos`` ``[Q]``, ``k_pos`` ``[K]``.
 
-What an encoding contributes to attention (an additive bias, a rotation of ``q, k``, or nothing) is
-decided by :func:`encoding_kind` alone; the model passes the per-forward inputs of every layer as one
-:class:`AttentionInputs`.
+What an encoding contributes to attention (an additive bias, a rotation of ``q, k``, a bias from the
+input, or nothing) is decided by its kind object (:mod:`firepe.kinds`), which calls the functions here;
+the model passes the per-forward inputs of every layer as one :class:`AttentionInputs`.
 """
 
 from __future__ import annotations
@@ -39,15 +39,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import attention_kernel
+from .config import BACKENDS
 from .positions.base import causal_row_blocks
 
 __all__ = ["BACKENDS", "resolve_backend", "causal_mask", "causal_row_blocks", "bias_mask", "attend", "attend_blocked",
            "attend_chunked", "attend_flex", "attend_backend", "attend_rows", "attend_data", "data_bias",
-           "data_score_mod", "masked_logits", "attend_context", "rows_allowed", "encoding_kind", "bias_encoding",
+           "data_score_mod", "masked_logits", "attend_context", "rows_allowed",
            "AttentionInputs", "RowPositions", "KVCache"]
-
-BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
-
 
 AUTO_CHUNK_ELEMENTS = 2**26  # a materialized bias above this many entries (256 MiB fp32) -> chunked
 
@@ -271,7 +269,7 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """Attention through ``backend`` (``auto`` resolved by :func:`resolve_backend`).
 
     ``enc`` is a bias encoding (``compute_bias``/``score_mod``) or None (NoPE, or rotary already
-    applied to ``q, k``): pass :func:`bias_encoding` of the layer's encoding. ``block`` is the
+    applied to ``q, k``): the layer's kind object passes it (:meth:`firepe.kinds.Kind.bias_module`). ``block`` is the
     chunked backend's query block. ``bias_cache`` (keyed by ``id(enc)``) lets the layers of one
     forward pass share a materialized bias.
     """
@@ -410,31 +408,6 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
             bias_cache[id(enc)] = bias
     mask = torch.where(allowed, bias.to(q.dtype), torch.tensor(float("-inf"), dtype=q.dtype, device=q.device))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-ENCODING_KINDS = ("bias", "rotary", "data", "context", "none")
-
-
-def encoding_kind(enc) -> str:
-    """What ``enc`` contributes to attention: ``"bias"`` (an additive ``[H, Q, K]`` bias, Eq. 1),
-    ``"rotary"`` (``cos, sin`` rotating ``q, k``), ``"data"`` (a bias from the hidden states, FoX:
-    :func:`attend_data`), ``"context"`` (a bias from the queries and logits, CoPE: :func:`attend_context`)
-    or ``"none"`` (NoPE, or ``enc is None``).
-
-    The one place the model and the benchmarks read ``PositionEncoding.kind``.
-    """
-    if enc is None:
-        return "none"
-    kind = getattr(enc, "kind", None)
-    if kind not in ENCODING_KINDS:
-        raise ValueError(f"position encoding {type(enc).__name__} has kind {kind!r}; valid: "
-                         f"{', '.join(ENCODING_KINDS)}.")
-    return kind
-
-
-def bias_encoding(enc):
-    """``enc`` when it adds an attention bias (:func:`encoding_kind` is ``"bias"``), else None."""
-    return enc if encoding_kind(enc) == "bias" else None
 
 
 @dataclass

@@ -9,7 +9,7 @@ Forward (per batch row and head): ``P = softmax(q k^T / sqrt(D) + bias)`` over e
 sorted ascending, as everywhere in :mod:`firepe.attention`), so the masked half of the causal square is
 never computed.
 
-Compiled on first use like FIRE's table kernel (:mod:`firepe.positions.fire_kernel`, same cache and the
+Compiled on first use by :mod:`firepe.cbuild` (the same cache and the
 same safety checks); with GCC on x86-64 it holds AVX-512, AVX2 and baseline variants of the same code,
 chosen for the CPU at load time (``FIREPE_SIMD=3`` or ``0`` caps the choice). The variants and thread
 counts give bit-identical results (fixed summation order, no fused multiply-adds); against the PyTorch
@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from .positions.fire_kernel import enabled, load_library
+from .cbuild import enabled, load_library
 
 __all__ = ["available", "simd_level", "supports", "fused_bias_attention", "visible_keys"]
 

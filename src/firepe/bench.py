@@ -44,7 +44,7 @@ def check_rows(rows: list[str], heads: int = 12, head_dim: int = 64, attention: 
     (a name, or ``name:key=value,...`` such as ``longrope:factor=8``), or whose encoding cannot be built at
     ``heads`` x ``head_dim`` (every option value checked) or run on ``attention`` -- before anything runs."""
     from . import positions
-    from .config import check_backend
+    from .kinds import check_backend
 
     valid = list(dict.fromkeys(ROWS + positions.available()))
     if not rows:
@@ -95,40 +95,24 @@ def _peak_bytes(device: torch.device) -> int:
 
 
 def _layer_fn(name, opts, n, args, device, dtype):
+    """One attention layer of encoding ``name``: ``(run, parameters)``, ``run()`` computing what a layer computes
+    each call (its bias, rotation or gates included: :meth:`firepe.kinds.Kind.bench`)."""
     from . import positions
-    from .attention import attend_backend, attend_context, attend_data, bias_encoding, causal_mask, encoding_kind
-    from .positions.rope import apply_rotary_one
+    from .kinds import kind_of
 
     enc = positions.build(name, num_heads=args["heads"], head_dim=args["head_dim"], **opts).to(device)
     shape = (args["batch"], args["heads"], n, args["head_dim"])
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     pos = torch.arange(n, device=device)
-    bias_enc, kind = bias_encoding(enc), encoding_kind(enc)
-    rotary = kind == "rotary"
-    if kind == "data":  # FoX reads the layer's input: a random one, its gates and cumulative sum timed too
-        x = torch.randn(args["batch"], n, args["heads"] * args["head_dim"], device=device, dtype=dtype)
-
-        def run_data():
-            c = enc.log_forget(x).cumsum(-1)
-            return attend_data(args["attention"], q, k, v, c, c, pos, pos, args["block"])
-
-        return run_data, [q, k, v, *enc.parameters()]
-    if kind == "context":  # CoPE: its own dense path, the gates and counted positions timed too
-        allowed = causal_mask(pos, pos)
-        return (lambda: attend_context(q, k, v, enc, allowed)), [q, k, v, *enc.parameters()]
-
-    def run():  # no bias cache: every call computes the bias, as one layer of a model does
-        qq, kk = q, k
-        if rotary:
-            cos, sin = enc.compute_angles(pos)
-            qq, kk = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
-        return attend_backend(args["attention"], qq, kk, v, bias_enc, pos, pos, True, args["block"])
-
+    width = args["heads"] * args["head_dim"]
+    layer_input = lambda: torch.randn(args["batch"], n, width, device=device, dtype=dtype)  # noqa: E731 (FoX's x)
+    run = kind_of(enc).bench(enc, q, k, v, layer_input, pos, args["attention"], args["block"])
     return run, [q, k, v, *enc.parameters()]
 
 
 def _model_fn(name, opts, n, args, device, dtype):
-    from .model import GPT, preset
+    from .config import preset
+    from .model import GPT
 
     over = {"n_layer": args["n_layer"]} if args.get("n_layer") else {}
     model = GPT(preset(args["preset"], position=name, position_options=opts, attention=args["attention"],

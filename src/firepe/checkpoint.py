@@ -21,17 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .runs import (
-    STEP_DIR,
-    dataclass_from_dict,
-    fsync_dir,
-    fsync_file,
-    read_json,
-    refuse_link,
-    write_json,
-    write_text,
-    writing,
-)
+from .config import dataclass_from_dict
+from .runs import STEP_DIR, fsync_dir, fsync_file, read_json, refuse_link, write_json, write_text, writing
 
 __all__ = ["check_finite", "save_checkpoint", "latest_checkpoint", "checkpoint_step", "load_model_weights",
            "load_optimizer_state", "read_state", "dataclass_from_dict", "write_json", "read_json"]

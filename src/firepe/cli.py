@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from .attention import BACKENDS, bias_encoding, encoding_kind
 from .bench import ROWS, check_rows, run_bench
 from .compare import ABLATION_SPECS, DEFAULT_SPECS, PASSKEY_DEFAULTS, compare, compare_passkey, split_specs
 from .config import (
+    BACKENDS,
     PRESETS,
     RESUMABLE,
     DataConfig,
@@ -37,10 +37,11 @@ from .config import (
 from .data import PreparedData, load_tokenizer, prepare, resolve
 from .evaluate import evaluate_run, parse_lengths, write_results
 from .finetune import FINETUNE_DEFAULTS, FinetuneConfig, FinetuneTrainer, finetune_section
+from .hints import split_optional
+from .kinds import kind_of
 from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
 from .loading import load_run, resolve_device
 from .positions import parse_spec, training_options
-from .positions.hints import split_optional
 from .runs import RunFolder, error_line, refuse_link, writing
 from .score import format_scores, score_runs, write_scores
 from .seeds import parse_seeds
@@ -700,13 +701,14 @@ def cmd_plot_bias(args) -> None:
     model, cfg = load_run(args.run)
     mods = model.position_modules()
     name = cfg["model"]["position"]
-    if encoding_kind(mods[0]) in ("data", "context"):
+    kind = kind_of(mods[0])
+    if kind.reads_input:
         panels, query = _data_bias_panels(args, model, cfg)
     else:
         if args.text is not None:
             raise ValueError(f"--text applies to data-dependent biases (fox, cope); run {args.run} uses {name!r}, "
                              "whose bias depends on positions only: leave --text out.")
-        if bias_encoding(mods[0]) is None:
+        if not kind.draws_position_bias:
             raise ValueError(f"run {args.run} uses {name!r}, which has no additive bias to plot.")
         query = 128 if args.query is None else args.query
         panels = {"all layers (shared)": mods[0]} if model.position_shared is not None else {

@@ -6,30 +6,31 @@ of what a saved run fixes.
   ``__post_init__`` and is saved as one section of the run's ``config.json``. The fine-tuning section
   (:class:`firepe.finetune.FinetuneConfig`) lives with the tasks it names.
 * :func:`check_fields` / :func:`dataclass_from_dict`: a ``config.json`` section -> the dataclass, with
-  one clear error naming the file and the field (types read by :mod:`firepe.positions.hints`).
+  one clear error naming the file and the field (types read by :mod:`firepe.hints`).
 * :data:`RESUMABLE`, :func:`config_diff` and :func:`resume_changes`: the one rule of what a resumed
   run (``train --resume``, ``finetune --resume``, ``compare`` reusing its runs) may change: the
   :data:`RESUMABLE` train fields; every other field of every section is fixed by the saved run.
 * :data:`TRACKERS` and :func:`parse_log_to`: the names ``--log-to`` accepts.
 
-It imports only :mod:`firepe.positions` (the encodings validate their options), the attention
-backend names and the size limits, so every other module can import it.
+It imports nothing of firepe but :mod:`firepe.limits` and :mod:`firepe.hints` (a real leaf, so every other
+module can import it); the checks of an encoding's options and backend, which need the encodings, are
+registered in :data:`MODEL_CHECKS` by :mod:`firepe.kinds` (``import firepe`` does it).
 """
 
 from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import positions
-from .attention import BACKENDS
+from .hints import describe, fits
 from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
-from .positions.hints import describe, fits
 
 __all__ = ["GPTConfig", "PRESETS", "preset", "TrainConfig", "DataConfig", "PrepareConfig", "RESUMABLE", "TRACKERS",
+           "BACKENDS", "MODEL_CHECKS",
            "parse_log_to", "check_fields", "dataclass_from_dict", "config_diff", "resume_changes", "field_help",
            "is_int", "is_real", "corpus_items", "HF_FILE_BUILDERS", "CORPUS_HINT"]
 
@@ -55,13 +56,13 @@ _help = field_help
 # -- config.json sections ---------------------------------------------------------------------
 
 
-def check_backend(position: str, attention: str) -> None:
-    """Refuse a backend an encoding cannot run on: CoPE (``kind == "context"``) needs every (query, key)
-    logit, so it has a dense path of its own and the ``chunked`` and ``flex`` backends (which promise no
-    ``n x n`` tensor) are refused for it."""
-    if attention in ("chunked", "flex") and positions.get(position).kind == "context":
-        raise ValueError(f"{position} runs on a dense path of its own (it reads every query-key logit); "
-                         f"attention {attention!r} is refused for it: use auto, dense or blocked.")
+#: the attention backends (:mod:`firepe.attention`): ``auto`` picks per encoding, device and size
+BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
+
+#: checks every new :class:`GPTConfig` runs (``check(cfg)``, ValueError to refuse it): the encoding's options
+#: and backend, registered by :mod:`firepe.kinds` when firepe is imported -- this module imports nothing of
+#: firepe but the limits and the type hints, so the checks that need the encodings are handed in
+MODEL_CHECKS: list[Callable[[GPTConfig], None]] = []
 
 
 @dataclass
@@ -102,10 +103,12 @@ class GPTConfig:
                              f"{type(self.position_options).__name__} {self.position_options!r}.")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}.")
-        positions.check(self.position, self.n_head, self.head_dim, self.position_options)
+        if not isinstance(self.position, str) or not self.position:
+            raise ValueError(f"position must be the name of a position encoding, got {self.position!r}.")
         if self.attention not in BACKENDS:
             raise ValueError(f"unknown attention backend {self.attention!r}; valid: {', '.join(BACKENDS)}.")
-        check_backend(self.position, self.attention)
+        for check in MODEL_CHECKS:
+            check(self)
 
     @property
     def head_dim(self) -> int:

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import DataConfig, load_tokenizer, split_tokens
+from .config import DataConfig, dataclass_from_dict
+from .data import load_tokenizer, split_tokens
 from .limits import MAX_LENGTH, check_at_most
-from .runs import dataclass_from_dict, write_json, write_text, writing
+from .runs import write_json, write_text, writing
 
 __all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths"]
 

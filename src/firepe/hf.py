@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from .attention import RowPositions
+from .config import GPTConfig
 from .exported import AUTO_MAP, EOS, MODEL_TYPE, PREFIX, SHIM, bytes_to_unicode, gpt_config, hf_fields
-from .model import GPT, IGNORE_INDEX, GPTConfig
+from .model import GPT, IGNORE_INDEX
 
 #: oldest versions tested (pyproject's ``hf`` extra pins the same)
 MIN_VERSIONS = {"transformers": "5.23.0"}
@@ -196,7 +197,7 @@ class FirePEForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(module, PositionEncoding):
             non_persistent = set(dict(module.named_buffers(recurse=False))) - set(module.state_dict())
             if non_persistent:
-                fresh = self.transformer._build_position()
+                fresh = self.transformer.build_position()
                 with torch.no_grad():
                     for name in non_persistent:
                         getattr(module, name).copy_(getattr(fresh, name))
@@ -343,8 +344,8 @@ def _fast(tok, split_special_tokens: bool = False) -> PreTrainedTokenizerFast:
 
 def hf_tokenizer(run_dir: str | Path, data: dict[str, Any]) -> PreTrainedTokenizerFast:
     """The run's tokenizer for transformers: :func:`byte_tokenizer`, or the run's BPE ``tokenizer.json``."""
-    from .data import BPETokenizer, DataConfig, load_tokenizer
-    from .runs import dataclass_from_dict
+    from .config import DataConfig, dataclass_from_dict
+    from .data import BPETokenizer, load_tokenizer
 
     tok = load_tokenizer(Path(run_dir), dataclass_from_dict(DataConfig, data))
     return byte_tokenizer() if not isinstance(tok, BPETokenizer) else _fast(tok.tok)

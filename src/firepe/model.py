@@ -14,28 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import positions
-from .attention import (
-    BACKENDS,
-    AttentionInputs,
-    KVCache,
-    RowPositions,
-    attend_backend,
-    attend_context,
-    attend_data,
-    attend_rows,
-    bias_encoding,
-    causal_mask,
-    encoding_kind,
-    masked_logits,
-    rows_allowed,
-)
-from .config import PRESETS, GPTConfig, check_backend, is_int, is_real, preset
+from .attention import AttentionInputs, KVCache, RowPositions
+from .config import BACKENDS, GPTConfig, is_int, is_real
 from .generate import decode
+from .kinds import check_backend, kind_of
 from .limits import MAX_LENGTH
 from .positions.base import PositionEncoding
-from .positions.rope import apply_rotary_one
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "preset", "IGNORE_INDEX", "MIN_TEMPERATURE"]
+__all__ = ["GPT", "IGNORE_INDEX", "MIN_TEMPERATURE"]
 
 IGNORE_INDEX = -100      # target id skipped by the loss (F.cross_entropy's default)
 MIN_TEMPERATURE = 1e-4   # smallest sampling temperature other than 0 (greedy); see GPT.generate
@@ -51,28 +37,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, enc: PositionEncoding, inputs: AttentionInputs, layer: int,
                 cache: KVCache | None) -> torch.Tensor:
-        """``x`` ``[B, T, d_model]`` -> ``[B, T, d_model]``: ``softmax(q k^T / sqrt(D) + B) v`` per head,
-        with ``B`` from a bias encoding (Eq. 1) or ``q, k`` rotated by ``inputs.angles`` (rotary)."""
-        T = x.shape[1]
+        """``x`` ``[B, T, d_model]`` -> ``[B, T, d_model]``: ``softmax(q k^T / sqrt(D) + B) v`` per head, with what
+        the encoding's kind contributes (a bias, a rotation, a bias from ``x``: :mod:`firepe.kinds`)."""
         q, k, v = self.heads(x)
-        kind = encoding_kind(enc)
-        if kind == "rotary":
-            if inputs.angles is None:
-                raise ValueError(f"{type(enc).__name__} is a rotary encoding but AttentionInputs.angles is None.")
-            cos, sin = inputs.angles[0][..., -T:, :], inputs.angles[1][..., -T:, :]
-            q, k = apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
-        if kind == "data":
-            return self._data_attention(x, q, k, v, enc, inputs, layer, cache)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        if kind == "context":  # CoPE: its own dense path, whatever the backend
-            allowed = rows_allowed(inputs.rows, T) if inputs.rows is not None else causal_mask(inputs.q_pos,
-                                                                                              inputs.k_pos)
-            return self.merge(attend_context(q, k, v, enc, allowed))
-        if inputs.rows is not None:
-            return self.merge(attend_rows(q, k, v, bias_encoding(enc), inputs.rows, inputs.biases))
-        return self.merge(attend_backend(inputs.backend, q, k, v, bias_encoding(enc), inputs.q_pos, inputs.k_pos,
-                                         inputs.same_positions, inputs.block, bias_cache=inputs.biases))
+        return self.merge(kind_of(enc).attend(enc, q, k, v, x, inputs, layer, cache))
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x`` ``[B, T, d_model]`` -> ``q, k, v``, each ``[B, H, T, head_dim]`` (before any rotation)."""
@@ -83,31 +51,6 @@ class Attention(nn.Module):
         """Attention output ``[B, H, T, head_dim]`` -> ``[B, T, d_model]`` through the output projection."""
         B, _, T, _ = y.shape
         return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
-
-    def _data_attention(self, x, q, k, v, enc, inputs: AttentionInputs, layer: int, cache) -> torch.Tensor:
-        """A data bias (FoX): ``log f = enc.log_forget(x)`` ``[B, H, T]``, ``c = cumsum(log f)`` over every
-        key, logits ``+ c_q - c_k``. Padding tokens get ``log f = 0``, so a padded row sees the bias it would
-        have alone. A cache keeps each key's ``log f`` as two extra channels of the cached key (its value
-        in the key's dtype and the remainder: exact in float32, about 16 bits in bfloat16), so any cache
-        with ``update(layer, k, v)`` -- transformers' included -- carries it; ``c`` is summed again over all
-        keys each call, as the full forward does."""
-        T = x.shape[1]
-        log_f = enc.log_forget(x)
-        if inputs.rows is not None:
-            log_f = log_f.masked_fill(~inputs.rows.valid[:, None, -T:], 0.0)
-        if cache is not None:
-            hi = log_f.to(k.dtype)
-            lo = (log_f - hi.float()).to(k.dtype)
-            k, v = cache.update(layer, torch.cat([k, hi[..., None], lo[..., None]], dim=-1), v)
-            log_f = k[..., -2].float() + k[..., -1].float()
-            k = k[..., :-2]
-        c = log_f.cumsum(-1)
-        cq = c[..., c.shape[-1] - T:]
-        if inputs.rows is not None:
-            y = attend_rows(q, k, v, (cq, c), inputs.rows)
-        else:
-            y = attend_data(inputs.backend, q, k, v, cq, c, inputs.q_pos, inputs.k_pos, inputs.block)
-        return self.merge(y)
 
 
 class Block(nn.Module):
@@ -143,15 +86,15 @@ class GPT(nn.Module):
         self._init_weights()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        first = self._build_position()
+        first = self.build_position()
         if first.layer_shared or not any(True for _ in first.parameters()):
             self.position_shared: PositionEncoding | None = first
             self.position_layers = None
         else:
             self.position_shared = None
-            self.position_layers = nn.ModuleList([first] + [self._build_position() for _ in range(cfg.n_layer - 1)])
+            self.position_layers = nn.ModuleList([first] + [self.build_position() for _ in range(cfg.n_layer - 1)])
 
-    def _build_position(self) -> PositionEncoding:
+    def build_position(self) -> PositionEncoding:
         c = self.cfg
         return positions.build(c.position, num_heads=c.n_head, head_dim=c.head_dim, **c.position_options)
 
@@ -190,18 +133,13 @@ class GPT(nn.Module):
         """Per layer, ``[B, H, T, T]``: what a data-dependent encoding adds to that layer's logits for ``idx``
         ``[B, T]`` -- FoX's ``c_i - c_j``, CoPE's ``q_i . e(p_ij)`` from the layer's own queries and keys
         (0 above the diagonal). ``plot-bias --text`` draws one row of it."""
-        if encoding_kind(self.position_for(0)) not in ("data", "context"):
+        kind = kind_of(self.position_for(0))
+        if not kind.reads_input:
             raise ValueError(f"{self.cfg.position!r} has no data-dependent bias; its bias depends on positions only.")
         out = []
         for i, x in enumerate(self.attention_inputs(idx)):
-            enc = self.position_for(i)
-            if encoding_kind(enc) == "data":
-                out.append(enc.bias_for(x))
-                continue
             q, k, _ = self.blocks[i].attn.heads(x)
-            pos = torch.arange(x.shape[1], device=x.device)
-            allowed = causal_mask(pos, pos)
-            out.append(enc.logit_bias(q, masked_logits(q, k, allowed)).masked_fill(~allowed, 0.0))
+            out.append(kind.input_bias(self.position_for(i), q, k, x))
         return out
 
     def num_params(self) -> int:
@@ -300,13 +238,7 @@ class GPT(nn.Module):
             rows = self._rows(attention_mask, B, start + T, T, idx.device)
         k_pos = torch.arange(start + T, device=idx.device)
         first = self.position_for(0)
-        angles = None
-        if encoding_kind(first) == "rotary":
-            if rows is None:
-                angles = first.compute_angles(k_pos)
-            else:
-                cos, sin = first.compute_angles(rows.k.reshape(-1))
-                angles = (cos.view(B, 1, start + T, -1), sin.view(B, 1, start + T, -1))
+        angles = kind_of(first).angles(first, k_pos, rows, B, start + T)
         inputs = AttentionInputs(q_pos=k_pos[start:], k_pos=k_pos, same_positions=start == 0,
                                  backend=self.cfg.attention, block=self.cfg.attention_block, angles=angles, rows=rows)
         x = self.drop(self.wte(idx))

@@ -33,8 +33,8 @@ from typing import Any
 
 from .config import DataConfig, GPTConfig, TrainConfig, check_fields, dataclass_from_dict
 
-__all__ = ["RunFolder", "RunWriteError", "error_line", "write_json", "write_text", "read_json", "dataclass_from_dict",
-           "check_fields", "fsync_dir", "MetricsLog", "STEP_DIR", "refuse_link", "refuse_links_below"]
+__all__ = ["RunFolder", "RunWriteError", "error_line", "write_json", "write_text", "read_json", "fsync_dir",
+           "MetricsLog", "STEP_DIR", "refuse_link", "refuse_links_below"]
 
 STEP_DIR = re.compile(r"step-(\d{7,})")  # checkpoint folders: step-0000123 (7 digits or more)
 

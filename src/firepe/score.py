@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataConfig, load_tokenizer
+from .config import DataConfig, dataclass_from_dict
+from .data import load_tokenizer
 from .generate import decode
 from .limits import MAX_BATCH_TOKENS, MAX_EXAMPLES, MAX_LENGTH, check_at_most
-from .runs import RunFolder, dataclass_from_dict, refuse_link, write_json, write_text, writing
+from .runs import RunFolder, refuse_link, write_json, write_text, writing
 from .tasks import PasskeyTask, Prepared, Task, check_task_files, expand_tasks, load_task, prepare
 from .tasks.passkey import DEFAULT_DEPTHS, corpus_filler
 

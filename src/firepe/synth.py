@@ -25,16 +25,15 @@ from typing import Any
 import torch
 
 from .compare import check_not_past, check_same_settings, log_group, train_or_reuse
-from .data import DataConfig
+from .config import DataConfig, GPTConfig, TrainConfig, dataclass_from_dict
 from .limits import MAX_LENGTH, check_at_most
 from .loading import load_run, resolve_device
-from .model import GPTConfig
 from .positions import Spec, parse_spec, training_options
-from .runs import RunFolder, dataclass_from_dict, refuse_links_below, write_json, write_text, writing
+from .runs import RunFolder, refuse_links_below, write_json, write_text, writing
 from .seeds import format_seed_table, parse_seeds, seed_table
 from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch
 from .tracking import check_installed
-from .train import TrainConfig, Trainer
+from .train import Trainer
 
 __all__ = ["SynthTrainer", "synth", "score_synth_run", "parse_seeds", "format_synth", "SYNTH_DEFAULTS"]
 

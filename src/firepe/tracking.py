@@ -35,7 +35,7 @@ from typing import Any
 from .config import TRACKERS, parse_log_to
 from .runs import error_line, read_json, refuse_link, write_json
 
-__all__ = ["Tracker", "TrackerRun", "Trackers", "BACKENDS", "parse_log_to", "check_installed", "open_trackers"]
+__all__ = ["Tracker", "TrackerRun", "Trackers", "BACKENDS", "check_installed", "open_trackers"]
 
 
 @dataclass

@@ -29,13 +29,12 @@ from tqdm.auto import tqdm
 from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
 from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, resume_changes
 from .data import epochs_line, resolve, training_data
-from .loading import load_run, resolve_device
+from .loading import resolve_device
 from .model import GPT
 from .runs import RunFolder, read_json, refuse_link
 from .tracking import TrackerRun, Trackers, check_installed, open_trackers
 
-__all__ = ["TrainConfig", "Trainer", "train", "load_run", "lr_at", "resolve_device", "process_group",
-           "build_optimizer", "RESUMABLE"]
+__all__ = ["Trainer", "lr_at", "process_group", "build_optimizer"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -416,10 +415,3 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return losses
-
-
-def train(run_dir: str | Path, model_cfg: GPTConfig | None = None, train_cfg: TrainConfig | None = None,
-          data_cfg: DataConfig | None = None, resume: bool = False) -> Trainer:
-    trainer = Trainer(run_dir, model_cfg, train_cfg, data_cfg, resume=resume)
-    trainer.fit()
-    return trainer

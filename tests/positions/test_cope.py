@@ -8,7 +8,8 @@ import torch
 
 from firepe import positions
 from firepe.attention import attend_context
-from firepe.model import GPT, GPTConfig
+from firepe.config import GPTConfig
+from firepe.model import GPT
 from firepe.positions import cope as cope_module
 from tests.helpers import cached_logits
 

@@ -31,7 +31,7 @@ def test_values_and_gradients_equal_the_mlp(layers, final_activation, scale, use
     x = torch.linspace(0, 1, 4099)
     cot = torch.randn(fire.num_heads, len(x), generator=torch.Generator().manual_seed(2))
     want, want_g = _values_and_grads(lambda: fire.f(x).T, fire, cot)  # the MLP run on every point
-    got, got_g = _values_and_grads(lambda: fire_mlp.grid_values(fire, x, use_kernel), fire, cot)
+    got, got_g = _values_and_grads(lambda: fire_mlp.grid_values(fire.mlp, x, use_kernel), fire, cot)
     assert got.shape == (fire.num_heads, len(x))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(got_g, want_g):
@@ -78,7 +78,7 @@ def test_kink_on_a_grid_point_takes_relu_gradient():
         fire.mlp[0].bias[3] = -2.0 * float(x[40])  # z1 = 0 (as rounded) at a grid point
     cot = torch.randn(2, 101, generator=torch.Generator().manual_seed(5))
     want, want_g = _values_and_grads(lambda: fire.f(x).T, fire, cot)
-    got, got_g = _values_and_grads(lambda: fire_mlp.grid_values(fire, x), fire, cot)
+    got, got_g = _values_and_grads(lambda: fire_mlp.grid_values(fire.mlp, x), fire, cot)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(got_g, want_g):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -88,7 +88,7 @@ def test_kink_on_a_grid_point_takes_relu_gradient():
 def test_other_activations_run_the_mlp_itself(activation):
     fire = _fire(activation=activation)
     x = torch.linspace(0, 1, 300)
-    assert torch.equal(fire_mlp.grid_values(fire, x), fire.f(x).T)
+    assert torch.equal(fire_mlp.grid_values(fire.mlp, x), fire.f(x).T)
 
 
 def test_table_mode_bias_still_matches_the_exact_mode():

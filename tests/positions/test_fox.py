@@ -8,7 +8,8 @@ import torch
 
 from firepe import positions
 from firepe.attention import KVCache, attend_data
-from firepe.model import GPT, GPTConfig
+from firepe.config import GPTConfig
+from firepe.model import GPT
 from tests.helpers import cached_logits
 
 

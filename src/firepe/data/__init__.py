@@ -11,7 +11,6 @@
 * :mod:`~firepe.data.streams` -- where a run's tokens come from (in memory or ``--data DIR``).
 """
 
-from ..config import DataConfig, PrepareConfig
 from .cache import encode_documents, encoded_stream, token_cache_dir
 from .corpus import MAX_IN_MEMORY_TEXT, Corpus, error_cause, load_corpus, quiet_hub, stdlib_files
 from .order import RANDPERM_LIMIT, EpochOrder, FeistelPermutation, TokenData
@@ -20,7 +19,7 @@ from .shards import PreparedData, ShardedTokens, is_prepared
 from .streams import epochs_line, open_prepared, resolve, split_tokens, training_data
 from .tokenizer import BPETokenizer, ByteTokenizer, build_tokenizer, load_tokenizer
 
-__all__ = ["DataConfig", "PrepareConfig", "Corpus", "load_corpus", "ByteTokenizer", "BPETokenizer", "build_tokenizer",
+__all__ = ["Corpus", "load_corpus", "ByteTokenizer", "BPETokenizer", "build_tokenizer",
            "load_tokenizer", "encode_documents", "encoded_stream", "token_cache_dir", "EpochOrder", "TokenData",
            "FeistelPermutation", "RANDPERM_LIMIT", "stdlib_files", "error_cause", "quiet_hub", "MAX_IN_MEMORY_TEXT",
            "prepare", "PreparedData", "ShardedTokens", "is_prepared", "resolve", "training_data", "split_tokens",

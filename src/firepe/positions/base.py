@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "DataBiasEncoding", "check_positions",
+__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "DataBiasEncoding", "check_positions", "positive_int",
            "causal_row_blocks"]
 
 
@@ -79,7 +79,8 @@ def position_span(q_pos: torch.Tensor, k_pos: torch.Tensor) -> int:
     return max(int(q_pos.max()) - int(k_pos.min()), 0) if len(q_pos) and len(k_pos) else 0
 
 
-def _positive_int(name: str, value) -> int:
+def positive_int(name: str, value) -> int:
+    """``value`` as an ``int`` when it is a positive integer (not a bool); ValueError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
@@ -136,8 +137,8 @@ class PositionEncoding(nn.Module):
 
     def __init__(self, num_heads: int, head_dim: int):
         super().__init__()
-        self.num_heads = _positive_int("num_heads", num_heads)
-        self.head_dim = _positive_int("head_dim", head_dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        self.head_dim = positive_int("head_dim", head_dim)
 
     @classmethod
     def training_defaults(cls, options: dict[str, Any], seq_len: int) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import fire_table
-from .base import BiasEncoding
+from . import fire_mlp, fire_table
+from .base import BiasEncoding, causal_row_blocks, position_span
 from .registry import register
 
 
@@ -199,7 +199,7 @@ class FIRE(BiasEncoding):
         if self.bias_mode == "reference":
             return self.f(self.normalized_distance(q_pos, k_pos)).permute(2, 0, 1)
         if self.bias_mode == "table":
-            return fire_table.table_bias(self, q_pos, k_pos)
+            return self._table_bias(q_pos, k_pos)
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # entries with k > q are masked anyway
         max_d = int(dist.max()) if dist.numel() else 0
         if not self.threshold:
@@ -214,9 +214,34 @@ class FIRE(BiasEncoding):
 
     def compute_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
         """``[B, H, Q, K]`` per-row bias; table mode builds its lookup table once for all rows."""
-        if self.bias_mode == "table":
-            return fire_table.table_bias_rows(self, q_rows, k_rows)
-        return super().compute_bias_rows(q_rows, k_rows)
+        if self.bias_mode != "table":
+            return super().compute_bias_rows(q_rows, k_rows)
+        dtype = self.init_L.dtype
+        if not fire_table.use_kernel(dtype, self.init_L.device):
+            return torch.stack([self._table_bias(q, k) for q, k in zip(q_rows, k_rows)])
+        max_d = max((position_span(q, k) for q, k in zip(q_rows, k_rows)), default=0)
+        psi_d = self.psi(torch.arange(max_d + 1, dtype=dtype))
+        table, base = self.lookup_table(max_d)  # once for all rows, not once per row
+        return torch.stack([fire_table.kernel_bias(table, base, self.table_size, psi_d, 1 / self.normalizer(q), q, k,
+                                                   self.interpolating_rows(q)) for q, k in zip(q_rows, k_rows)])
+
+    def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """``[H, Q, K]`` table-mode bias for int64 positions (0 or any value where ``k_pos > q_pos``)."""
+        dtype, g = self.init_L.dtype, self.table_size
+        if fire_table.use_kernel(dtype, self.init_L.device):
+            max_d = position_span(q_pos, k_pos)
+            psi_d = self.psi(torch.arange(max_d + 1, dtype=dtype))
+            inv_norm = 1 / self.normalizer(q_pos)
+            table, base = self.lookup_table(max_d)  # after psi_d, inv_norm: keeps autograd's summation order
+            long_row = self.interpolating_rows(q_pos)
+            return fire_table.kernel_bias(table, base, g, psi_d, inv_norm, q_pos, k_pos, long_row)
+        # coordinates in float32 at least: in bf16, g - 2 = 16382 rounds to 16384 (an index past the table)
+        dtype = torch.promote_types(dtype, torch.float32)
+        dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
+        x = self.psi(dist.to(dtype)) / self.normalizer(q_pos)[:, None]
+        table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
+        long_rows = self.interpolating_rows(q_pos)[:, None] if self.threshold else None
+        return fire_table.lerp_bias(table, base, g, x, dist, long_rows, causal_row_blocks(q_pos, k_pos, 256))
 
     def distance_table(self, max_distance: int) -> torch.Tensor:
         """``[H, max_distance + 1]``: the bias of rows ``i <= L`` at distance ``d = 0..max_distance``."""
@@ -225,9 +250,16 @@ class FIRE(BiasEncoding):
         return self.f(self.psi(grid) / norm).T
 
     def interpolation_table(self) -> torch.Tensor:
-        """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1] (cached without autograd,
-        see :func:`.fire_table.interpolation_table`)."""
-        return fire_table.interpolation_table(self)
+        """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1] (:func:`.fire_mlp.grid_values`;
+        cached without autograd: :class:`.fire_table.TableCache`)."""
+        device, dtype = self.init_L.device, self.init_L.dtype
+
+        def build() -> torch.Tensor:
+            grid = torch.linspace(0, 1, self.table_size, device=device, dtype=dtype)
+            return fire_mlp.grid_values(self.mlp, grid, fallback=lambda x: self.f(x).T)
+
+        cache = self.__dict__.setdefault("_table_cache", fire_table.TableCache())
+        return cache.get([*self.mlp.parameters(), *self.mlp.buffers()], (self.table_size, device, dtype), build)
 
     def interpolating_rows(self, q_pos: torch.Tensor) -> torch.Tensor:
         """Bool ``[Q]``: rows ``i >= L`` (every row without a threshold), normalized per row by
@@ -240,17 +272,27 @@ class FIRE(BiasEncoding):
         return q_pos.to(self.init_L.dtype) >= self.L
 
     def lookup_table(self, max_distance: int) -> tuple[torch.Tensor, int]:
-        """``([distance table | interpolation table], base)`` read by table mode (:mod:`.fire_table`)."""
-        return fire_table.lookup_table(self, max_distance)
+        """``([distance table | interpolation table], base)``: the ``[H, M]`` table one lookup per (i, j) reads
+        (:mod:`.fire_table`), and the column where the interpolation table starts (no distance table, base 0,
+        without a threshold)."""
+        if not self.threshold:
+            return self.interpolation_table(), 0
+        return torch.cat([self.distance_table(max_distance), self.interpolation_table()], dim=1), max_distance + 1
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor):
         """FlexAttention ``score_mod``. Table mode computes each score's bias from the lookup tables
-        (:func:`.fire_table.table_score_mod`; positions must be contiguous ranges); ``exact`` and
+        (:func:`.fire_table.lerp_score_mod`; positions must be contiguous ranges); ``exact`` and
         ``reference`` read their materialized ``[H, Q, K]`` bias, so every backend gives the bias of
         the chosen mode."""
         if self.bias_mode != "table":
             return super().score_mod(q_pos, k_pos)
-        return fire_table.table_score_mod(self, q_pos, k_pos)
+        span = position_span(q_pos, k_pos)
+        dtype = torch.promote_types(self.init_L.dtype, torch.float32)
+        psi_d = self.psi(torch.arange(span + 1, device=q_pos.device, dtype=dtype))
+        inv_norm = 1 / self.normalizer(q_pos)
+        table, base = self.lookup_table(span)
+        long_row = self.interpolating_rows(q_pos).detach() if self.threshold else None
+        return fire_table.lerp_score_mod(table, base, self.table_size, psi_d, inv_norm, q_pos, k_pos, long_row)
 
 
 @register("fire_s")

@@ -21,15 +21,11 @@ MLPs with another activation (or ``identity`` / ``final_activation`` other than 
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .fire_kernel import enabled, load_library
-
-if TYPE_CHECKING:
-    from .fire import FIRE
+from ..cbuild import enabled, load_library
 
 __all__ = ["available", "grid_values", "split"]
 
@@ -114,28 +110,28 @@ class _PieceEval(torch.autograd.Function):
         return None, None, dalpha, dbeta
 
 
-def _relu_mlp(fire: FIRE) -> list[nn.Linear] | None:
-    """The Linear layers of a ReLU MLP with at least one hidden layer (final activation none or ReLU)."""
-    mods = list(fire.mlp)
-    if fire.activation != "relu" or fire.mlp_layers < 1:
+def _relu_mlp(mlp: nn.Sequential) -> list[nn.Linear] | None:
+    """The Linear layers of a ReLU MLP ``Linear, ReLU, Linear, ..., [ReLU]`` with at least one hidden layer
+    (final activation none or ReLU); None for any other module."""
+    mods = list(mlp)
+    linears, acts = mods[0::2], mods[1::2]
+    if len(linears) < 2 or not all(isinstance(m, nn.Linear) for m in linears):
         return None
-    linears = mods[0::2]
-    acts = mods[1::2]
-    if not all(isinstance(m, nn.Linear) for m in linears) or not all(isinstance(m, nn.ReLU) for m in acts):
+    if not all(isinstance(m, nn.ReLU) for m in acts):
         return None
     return linears
 
 
-def grid_values(fire: FIRE, x: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:
-    """``f(x)`` transposed, ``[H, G]``, on an ascending 1-D grid ``x`` ``[G]`` (the module docstring has
-    the math); other MLPs run :meth:`FIRE.f`."""
-    linears = _relu_mlp(fire)
+def grid_values(mlp: nn.Sequential, x: torch.Tensor, use_kernel: bool = True, fallback=None) -> torch.Tensor:
+    """``mlp(x)`` transposed, ``[H, G]``, on an ascending 1-D grid ``x`` ``[G]`` (the module docstring has the
+    math); other MLPs and grids run ``fallback(x)`` (default ``mlp(x[:, None]).T``)."""
+    linears = _relu_mlp(mlp)
     if linears is None or x.dim() != 1 or len(x) == 0 or not bool((x[1:] >= x[:-1]).all()):
-        return fire.f(x).T
+        return fallback(x) if fallback is not None else mlp(x[:, None]).T
     first = linears[0]
     alpha, beta = first.weight.T, first.bias[None, :]  # [1, w]: one piece
     starts = torch.zeros(1, dtype=torch.int64, device=x.device)
-    n_relu = len(fire.mlp) // 2  # ReLUs: one per hidden layer, plus a final one
+    n_relu = len(mlp) // 2  # ReLUs: one per hidden layer, plus a final one
     for layer in range(n_relu):
         starts, parent, masks = split(x, starts, alpha, beta, use_kernel)
         alpha, beta = masks * alpha[parent], masks * beta[parent]

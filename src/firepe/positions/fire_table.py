@@ -14,123 +14,65 @@ table's normalizer, and ``psi(max(L, i))`` of interpolating rows). The row ``i =
 so that, as with ``torch.maximum`` in the reference, the subgradient of ``max(L, i)`` there is split
 half-half between ``L`` and ``i``.
 
-float32 on CPU runs the fused kernel of :mod:`.fire_kernel` when it is available; otherwise PyTorch
-gathers (forward) and scatter-adds (backward) in blocks of query rows (:class:`_LerpLookup`).
+float32 on CPU runs the fused kernel of :mod:`.fire_kernel` when it is available (:func:`use_kernel`);
+otherwise PyTorch gathers (forward) and scatter-adds (backward) in blocks of query rows
+(:class:`_LerpLookup`). Tensors in, tensors out: :class:`~.fire.FIRE` computes ``psi``, the normalizers
+and the tables and calls these functions; nothing here knows FIRE.
 """
 
-from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from __future__ import annotations
 
 import torch
 
 from . import fire_kernel
-from .base import causal_row_blocks, position_span
-from .fire_mlp import grid_values
 
-if TYPE_CHECKING:
-    from .fire import FIRE
-
-__all__ = ["interpolation_table", "lookup_table", "table_bias", "table_bias_rows", "table_score_mod"]
+__all__ = ["use_kernel", "kernel_bias", "lerp_bias", "lerp_score_mod", "slopes", "TableCache"]
 
 
-def _snapshot_key(tensors: list[torch.Tensor]) -> tuple:
-    return tuple((id(t), t.shape, t.dtype, t.device) for t in tensors)
+def use_kernel(dtype: torch.dtype, device: torch.device) -> bool:
+    """True when the fused CPU kernel computes the table bias (float32 on the CPU, kernel available)."""
+    return dtype == torch.float32 and device.type == "cpu" and fire_kernel.available()
 
 
-def interpolation_table(fire: FIRE) -> torch.Tensor:
-    """``[H, table_size]``: ``f`` on ``table_size`` uniform points of [0, 1].
-
-    Without autograd (evaluation, KV-cache decoding) the table is cached and rebuilt only when a
-    parameter or buffer of the MLP changed: the cache keeps a copy of them (a few thousand numbers)
-    and compares values, so in-place updates, ``p.data = ...`` and ``vector_to_parameters`` all count.
-    """
-    device, dtype = fire.init_L.device, fire.init_L.dtype
-    tensors = [*fire.mlp.parameters(), *fire.mlp.buffers()]
-    if torch.is_grad_enabled() and any(p.requires_grad for p in tensors):
-        return grid_values(fire, torch.linspace(0, 1, fire.table_size, device=device, dtype=dtype))
-    key = (fire.table_size, device, dtype, _snapshot_key(tensors))
-    cached = fire.__dict__.get("_table_cache")
-    if cached is not None and cached[0] == key and all(torch.equal(a, b) for a, b in zip(cached[1], tensors)):
-        return cached[2]
-    table = grid_values(fire, torch.linspace(0, 1, fire.table_size, device=device, dtype=dtype))
-    fire.__dict__["_table_cache"] = (key, [t.detach().clone() for t in tensors], table)
-    return table
+def kernel_bias(table: torch.Tensor, base: int, grid: int, psi_d: torch.Tensor, inv_norm: torch.Tensor,
+                q_pos: torch.Tensor, k_pos: torch.Tensor, long_row: torch.Tensor) -> torch.Tensor:
+    """``[H, Q, K]`` through the fused kernel (:func:`.fire_kernel.table_lookup`)."""
+    return fire_kernel.table_lookup(table, psi_d, inv_norm, q_pos, k_pos, long_row, base, grid)
 
 
-def lookup_table(fire: FIRE, max_distance: int) -> tuple[torch.Tensor, int]:
-    """``([distance table | interpolation table], base)``: the ``[H, M]`` table one lookup per (i, j)
-    reads, and the column where the interpolation table starts (no distance table, base 0, without
-    a threshold)."""
-    if not fire.threshold:
-        return interpolation_table(fire), 0
-    return torch.cat([fire.distance_table(max_distance), interpolation_table(fire)], dim=1), max_distance + 1
-
-
-def table_bias(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    """``[H, Q, K]`` table-mode bias for int64 positions (0 or any value where ``k_pos > q_pos``)."""
-    dtype = fire.init_L.dtype
-    g = fire.table_size
-    if dtype == torch.float32 and fire.init_L.device.type == "cpu" and fire_kernel.available():
-        max_d = position_span(q_pos, k_pos)
-        psi_d = fire.psi(torch.arange(max_d + 1, dtype=dtype))
-        inv_norm = 1 / fire.normalizer(q_pos)
-        table, base = lookup_table(fire, max_d)  # after psi_d, inv_norm: keeps autograd's summation order
-        return fire_kernel.table_lookup(table, psi_d, inv_norm, q_pos, k_pos, fire.interpolating_rows(q_pos),
-                                        base, g)
-    # coordinates in float32 at least: in bf16, g - 2 = 16382 rounds to 16384 (an index past the table)
-    dtype = torch.promote_types(dtype, torch.float32)
-    dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
-    x = fire.psi(dist.to(dtype)) / fire.normalizer(q_pos)[:, None]
-    pos = x.clamp(0, 1) * (g - 1)
-    i0 = pos.detach().floor().clamp(max=g - 2).long()
+def lerp_bias(table: torch.Tensor, base: int, grid: int, x: torch.Tensor, dist: torch.Tensor,
+              long_rows: torch.Tensor | None, blocks) -> torch.Tensor:
+    """``[H, Q, K]`` with PyTorch ops: rows in ``long_rows`` (``[Q, 1]`` bool; None: every row) interpolate the
+    last ``grid`` columns at ``x`` ``[Q, K]`` (the normalized distance), the others read column ``dist``."""
+    dtype = x.dtype
+    pos = x.clamp(0, 1) * (grid - 1)
+    i0 = pos.detach().floor().clamp(max=grid - 2).long()
     w = pos - i0.to(dtype)
-    table, base = lookup_table(fire, int(dist.max()) if dist.numel() else 0)
-    if fire.threshold:
-        long_rows = fire.interpolating_rows(q_pos)[:, None]
+    if long_rows is not None:
         idx = torch.where(long_rows, i0 + base, dist)
         w = torch.where(long_rows, w, torch.zeros((), dtype=dtype, device=w.device))
     else:
         idx = i0
-    return _LerpLookup.apply(table, idx, w, causal_row_blocks(q_pos, k_pos, 256))
+    return _LerpLookup.apply(table, idx, w, blocks)
 
 
-def table_bias_rows(fire: FIRE, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
-    """``[B, H, Q, K]``: :func:`table_bias` of every row's positions, the lookup table (an MLP pass over
-    ``table_size`` points) built once for all rows on the fused-kernel path, not once per row."""
-    dtype = fire.init_L.dtype
-    if not (dtype == torch.float32 and fire.init_L.device.type == "cpu" and fire_kernel.available()):
-        return torch.stack([table_bias(fire, q, k) for q, k in zip(q_rows, k_rows)])
-    max_d = max((position_span(q, k) for q, k in zip(q_rows, k_rows)), default=0)
-    psi_d = fire.psi(torch.arange(max_d + 1, dtype=dtype))
-    table, base = lookup_table(fire, max_d)
-    g = fire.table_size
-    return torch.stack([fire_kernel.table_lookup(table, psi_d, 1 / fire.normalizer(q), q, k, fire.interpolating_rows(q),
-                                                 base, g) for q, k in zip(q_rows, k_rows)])
-
-
-def table_score_mod(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor):
-    """FlexAttention ``score_mod`` with the table-mode values (the same lookups as :func:`table_bias`).
+def lerp_score_mod(table: torch.Tensor, base: int, grid: int, psi_d: torch.Tensor, inv_norm: torch.Tensor,
+                   q_pos: torch.Tensor, k_pos: torch.Tensor, long_row: torch.Tensor | None):
+    """FlexAttention ``score_mod`` with the table-mode values: the same lookups as :func:`lerp_bias`.
 
     Built for FlexAttention's backward, which before torch 2.14 fails on a captured grad-requiring 0-D
-    tensor and on one grad-requiring tensor read twice: everything that depends on ``c`` and ``L`` is
-    precomputed as 1-D inputs read once each -- ``psi(d)`` per distance ``[D]``, ``1 / (psi(max(L, i)) +
-    eps)`` per query ``[Q]`` -- and the linear interpolation reads two tables, the values ``T`` and the
-    slopes ``T[k + 1] - T[k]`` (as the fused CPU kernel does). Positions are read from ``q_pos``/``k_pos``
+    tensor and on one grad-requiring tensor read twice: everything that depends on ``c`` and ``L`` arrives
+    as 1-D inputs read once each -- ``psi(d)`` per distance ``[D]``, ``1 / (psi(max(L, i)) + eps)`` per query
+    ``[Q]`` -- and the linear interpolation reads two tables, the values ``T`` and the slopes
+    ``T[k + 1] - T[k]`` (as the fused CPU kernel does). Positions are read from ``q_pos``/``k_pos``
     (tensors: no recompilation for a new offset)."""
-    span = position_span(q_pos, k_pos)
-    dtype = torch.promote_types(fire.init_L.dtype, torch.float32)
-    psi_d = fire.psi(torch.arange(span + 1, device=q_pos.device, dtype=dtype))
-    inv_norm = 1 / fire.normalizer(q_pos)
-    table, base = lookup_table(fire, span)
-    slope = _slopes(table)
-    long_row = fire.interpolating_rows(q_pos).detach() if fire.threshold else None
-    g = fire.table_size
+    slope = slopes(table)
 
     def mod(score, b, h, q_idx, kv_idx):
         d = (q_pos[q_idx] - k_pos[kv_idx]).clamp(min=0)
-        pos = (psi_d[d] * inv_norm[q_idx]).clamp(0, 1) * (g - 1)
-        i0 = pos.floor().clamp(max=g - 2)
+        pos = (psi_d[d] * inv_norm[q_idx]).clamp(0, 1) * (grid - 1)
+        i0 = pos.floor().clamp(max=grid - 2)
         w = pos - i0
         idx = i0.to(torch.int64)
         if long_row is not None:
@@ -142,7 +84,28 @@ def table_score_mod(fire: FIRE, q_pos: torch.Tensor, k_pos: torch.Tensor):
     return mod
 
 
-def _slopes(table: torch.Tensor) -> torch.Tensor:
+class TableCache:
+    """The interpolation table of an MLP without autograd (evaluation, KV-cache decoding), rebuilt only when a
+    parameter or buffer changed: it keeps a copy of them (a few thousand numbers) and compares values, so
+    in-place updates, ``p.data = ...`` and ``vector_to_parameters`` all count."""
+
+    def __init__(self):
+        self.entry = None
+
+    def get(self, tensors: list[torch.Tensor], key: tuple, build) -> torch.Tensor:
+        """``build()``'s table for these ``tensors`` and ``key``: cached, except under autograd."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in tensors):
+            return build()
+        key = (key, tuple((id(t), t.shape, t.dtype, t.device) for t in tensors))
+        entry = self.entry
+        if entry is not None and entry[0] == key and all(torch.equal(a, b) for a, b in zip(entry[1], tensors)):
+            return entry[2]
+        table = build()
+        self.entry = (key, [t.detach().clone() for t in tensors], table)
+        return table
+
+
+def slopes(table: torch.Tensor) -> torch.Tensor:
     """``T[:, k + 1] - T[:, k]`` per column of ``table`` ``[H, M]`` (0 in the last column)."""
     return torch.cat([table[:, 1:] - table[:, :-1], torch.zeros_like(table[:, :1])], dim=1)
 
@@ -157,7 +120,7 @@ class _LerpLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, blocks) -> torch.Tensor:
         heads = table.shape[0]
-        slope = _slopes(table)
+        slope = slopes(table)
         out = torch.empty(heads, *idx.shape, dtype=table.dtype, device=table.device)
         for s, e, kk in blocks:
             flat = idx[s:e, :kk].reshape(1, -1).expand(heads, -1)

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import _positive_int
+from .base import positive_int
 from .registry import register
-from .rope import RoPE, _check_positive
+from .rope import RoPE, check_positive
 
 FACTOR_SETS = ("auto", "short", "long")
 
@@ -51,9 +51,9 @@ class LongRoPE(RoPE):
                  long_factor: list[float] | None = None, short_factor: list[float] | None = None,
                  original_max_position_embeddings: int = 2048, attention_factor: float | None = None,
                  factors: str = "auto", base: float = 10000.0):
-        half = _positive_int("head_dim", head_dim) // 2
-        _positive_int("num_heads", num_heads)
-        _check_positive("factor", factor)
+        half = positive_int("head_dim", head_dim) // 2
+        positive_int("num_heads", num_heads)
+        check_positive("factor", factor)
         if factor < 1:
             raise ValueError(f"longrope factor must be >= 1, got {factor}.")
         if isinstance(original_max_position_embeddings, bool) or not isinstance(
@@ -79,7 +79,7 @@ class LongRoPE(RoPE):
         if attention_factor is None:
             f = self.factor
             attention_factor = math.sqrt(1 + math.log(f) / math.log(self.original_max)) if f > 1 else 1.0
-        _check_positive("attention_factor", attention_factor)
+        check_positive("attention_factor", attention_factor)
         self.attention_factor = float(attention_factor)
 
     def _scaled(self, ext: torch.Tensor) -> torch.Tensor:

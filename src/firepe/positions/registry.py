@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from ..hints import describe, fits, split_optional
 from .base import PositionEncoding
-from .hints import describe, fits, split_optional
 
 __all__ = ["register", "available", "get", "options", "validate", "check", "build", "Spec", "parse_spec",
            "training_options"]

@@ -51,7 +51,8 @@ def apply_rotary_one(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return x * cos + rotate_half(x) * sin
 
 
-def _check_positive(name: str, value: float) -> None:
+def check_positive(name: str, value: float) -> None:
+    """ValueError naming ``name`` unless ``value`` is a finite positive number."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
 
@@ -66,7 +67,7 @@ class RoPE(RotaryEncoding):
         super().__init__(num_heads, head_dim)
         if head_dim % 2:
             raise ValueError(f"rotary encodings need an even head_dim, got {head_dim}.")
-        _check_positive("base", base)
+        check_positive("base", base)
         self.base = float(base)
         self.register_buffer("inv_freq", self.inverse_frequencies(), persistent=False)
         self.attention_factor = 1.0
@@ -89,7 +90,7 @@ class RoPEPositionInterpolation(RoPE):
 
     def __init__(self, num_heads: int, head_dim: int, factor: float, base: float = 10000.0):
         super().__init__(num_heads, head_dim, base=base)
-        _check_positive("factor", factor)
+        check_positive("factor", factor)
         self.position_scale = float(factor)
 
 
@@ -109,7 +110,7 @@ class YaRN(RoPE):
                  truncate: bool = True):
         for name, v in (("factor", factor), ("beta_fast", beta_fast), ("beta_slow", beta_slow),
                         ("original_max_position_embeddings", original_max_position_embeddings)):
-            _check_positive(name, v)
+            check_positive(name, v)
         if factor < 1:
             raise ValueError(f"YaRN factor must be >= 1, got {factor}.")
         self.factor = float(factor)
@@ -118,7 +119,7 @@ class YaRN(RoPE):
         super().__init__(num_heads, head_dim, base=base)
         if attention_factor is None:
             attention_factor = 0.1 * math.log(self.factor) + 1.0 if self.factor > 1 else 1.0
-        _check_positive("attention_factor", attention_factor)
+        check_positive("attention_factor", attention_factor)
         self.attention_factor = float(attention_factor)
 
     def _correction_dim(self, num_rotations: float) -> float:

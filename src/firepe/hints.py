@@ -7,8 +7,7 @@ and command-line flags (:mod:`firepe.cli`) all ask these three functions what a 
 * :func:`describe` -- the hint in words, in the style of the caller: ``"json"`` (config files),
   ``"spec"`` (an option written in a spec string) or ``"python"`` (an option passed from Python).
 
-This module sits in the leaf package ``positions`` so that the registry can use it; it imports
-nothing from firepe.
+A leaf: it imports nothing from firepe, so the config leaf and the positions package both use it.
 """
 
 from __future__ import annotations

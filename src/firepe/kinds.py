@@ -1,0 +1,225 @@
+"""What an encoding contributes to attention, as objects: one :class:`Kind` per ``PositionEncoding.kind``.
+
+An encoding names its kind (``"none"``, ``"bias"``, ``"rotary"``, ``"data"``, ``"context"``); :func:`kind_of`
+maps it to the object that knows what attention needs from it, and the model, the benchmarks and the
+command line call that object -- none of them compares kind names:
+
+* :meth:`Kind.angles` -- per-forward inputs shared by every layer (rotary: ``cos, sin`` of the keys' positions).
+* :meth:`Kind.attend` -- one layer's attention ``[B, H, T, D]`` from its ``q, k, v`` ``[B, H, T, D]`` and input
+  ``x`` ``[B, T, H * D]``, with the KV-cache rule (queries at the end of the keys) and padded rows: a bias
+  (``compute_bias``/``score_mod``) through the backend :func:`firepe.attention.attend_backend` picks, a
+  rotation of ``q, k``, FoX's per-token ``c_q - c_k`` (its ``log f`` carried in the cache), CoPE's dense path.
+* :meth:`Kind.check_backend` -- the backends it runs on (CoPE needs every logit: not ``chunked``/``flex``).
+* :meth:`Kind.input_bias` -- what it adds to the logits for a given input (``plot-bias --text``), for the
+  kinds whose bias depends on the input (``reads_input``); ``draws_position_bias`` for biases of positions.
+* :meth:`Kind.bench` -- one layer's attention call for ``bench-speed``.
+
+A new kind is a subclass here and an entry in :data:`KINDS`. :func:`check_model` (every :class:`GPTConfig`,
+registered with :data:`firepe.config.MODEL_CHECKS` when this module is imported, as ``import firepe`` does)
+builds the encoding once and checks its backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import config, positions
+from .attention import (
+    AttentionInputs,
+    attend_backend,
+    attend_context,
+    attend_data,
+    attend_rows,
+    causal_mask,
+    masked_logits,
+    rows_allowed,
+)
+from .positions.rope import apply_rotary_one
+
+__all__ = ["Kind", "KINDS", "kind_of", "check_model", "check_backend"]
+
+
+class Kind:
+    """The ``"none"`` kind (NoPE): plain causal attention; the base of the others."""
+
+    name = "none"
+    backends: tuple[str, ...] = config.BACKENDS
+    reads_input = False           # its bias depends on the input (plot-bias --text)
+    draws_position_bias = False   # it adds a bias of positions alone (plot-bias draws it)
+
+    def check_backend(self, position: str, backend: str) -> None:
+        """ValueError when the encoding ``position`` cannot run on ``backend``."""
+        if backend not in config.BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(config.BACKENDS)}.")
+
+    def angles(self, enc, k_pos: torch.Tensor, rows, batch: int, keys: int):
+        """Per-forward inputs every layer shares (None: nothing)."""
+        return None
+
+    def bias_module(self, enc):
+        """The module whose ``compute_bias``/``score_mod`` the backends read (None: no bias)."""
+        return None
+
+    def attend(self, enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x: torch.Tensor,
+               inputs: AttentionInputs, layer: int, cache) -> torch.Tensor:
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        bias = self.bias_module(enc)
+        if inputs.rows is not None:
+            return attend_rows(q, k, v, bias, inputs.rows, inputs.biases)
+        return attend_backend(inputs.backend, q, k, v, bias, inputs.q_pos, inputs.k_pos, inputs.same_positions,
+                              inputs.block, bias_cache=inputs.biases)
+
+    def input_bias(self, enc, q: torch.Tensor, k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError(f"{enc.name!r} has no data-dependent bias; its bias depends on positions only.")
+
+    def bench(self, enc, q, k, v, layer_input: Callable[[], torch.Tensor], pos, backend: str,
+              block: int) -> Callable[[], torch.Tensor]:
+        """One layer's attention for ``bench-speed`` (every call computes what a layer computes);
+        ``layer_input()`` makes a random layer input ``[B, T, H * D]`` for the kinds that read one."""
+        return lambda: attend_backend(backend, q, k, v, self.bias_module(enc), pos, pos, True, block)
+
+
+class BiasKind(Kind):
+    """An additive bias of positions (ALiBi, Kerple, T5, Sandwich, FIRE): Eq. 1's ``B[i, j]``."""
+
+    name = "bias"
+    draws_position_bias = True
+
+    def bias_module(self, enc):
+        return enc
+
+
+class RotaryKind(Kind):
+    """``q, k`` rotated by angles of their positions (RoPE and its variants), then plain attention."""
+
+    name = "rotary"
+
+    def angles(self, enc, k_pos, rows, batch, keys):
+        if rows is None:
+            return enc.compute_angles(k_pos)
+        cos, sin = enc.compute_angles(rows.k.reshape(-1))
+        return cos.view(batch, 1, keys, -1), sin.view(batch, 1, keys, -1)
+
+    def _rotate(self, enc, q, k, angles):
+        if angles is None:
+            raise ValueError(f"{type(enc).__name__} is a rotary encoding but AttentionInputs.angles is None.")
+        t = q.shape[2]
+        cos, sin = angles[0][..., -t:, :], angles[1][..., -t:, :]
+        return apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
+
+    def attend(self, enc, q, k, v, x, inputs, layer, cache):
+        q, k = self._rotate(enc, q, k, inputs.angles)
+        return super().attend(enc, q, k, v, x, inputs, layer, cache)
+
+    def bench(self, enc, q, k, v, layer_input, pos, backend, block):
+        def run():
+            qq, kk = self._rotate(enc, q, k, enc.compute_angles(pos))
+            return attend_backend(backend, qq, kk, v, None, pos, pos, True, block)
+
+        return run
+
+
+class DataKind(Kind):
+    """A bias from the input (FoX): ``log f = enc.log_forget(x)`` ``[B, H, T]``, ``c = cumsum(log f)`` over every
+    key, logits ``+ c_q - c_k``. Padding tokens get ``log f = 0``, so a padded row sees the bias it would have
+    alone. A cache keeps each key's ``log f`` as two extra channels of the cached key (its value in the key's
+    dtype and the remainder: exact in float32, about 16 bits in bfloat16), so any cache with ``update(layer, k,
+    v)`` -- transformers' included -- carries it; ``c`` is summed again over all keys each call, as the full
+    forward does."""
+
+    name = "data"
+    reads_input = True
+
+    def attend(self, enc, q, k, v, x, inputs, layer, cache):
+        t = x.shape[1]
+        log_f = enc.log_forget(x)
+        if inputs.rows is not None:
+            log_f = log_f.masked_fill(~inputs.rows.valid[:, None, -t:], 0.0)
+        if cache is not None:
+            hi = log_f.to(k.dtype)
+            lo = (log_f - hi.float()).to(k.dtype)
+            k, v = cache.update(layer, torch.cat([k, hi[..., None], lo[..., None]], dim=-1), v)
+            log_f = k[..., -2].float() + k[..., -1].float()
+            k = k[..., :-2]
+        c = log_f.cumsum(-1)
+        cq = c[..., c.shape[-1] - t:]
+        if inputs.rows is not None:
+            return attend_rows(q, k, v, (cq, c), inputs.rows)
+        return attend_data(inputs.backend, q, k, v, cq, c, inputs.q_pos, inputs.k_pos, inputs.block)
+
+    def input_bias(self, enc, q, k, x):
+        return enc.bias_for(x)
+
+    def bench(self, enc, q, k, v, layer_input, pos, backend, block):
+        x = layer_input()
+
+        def run():  # the gates and cumulative sum are timed too
+            c = enc.log_forget(x).cumsum(-1)
+            return attend_data(backend, q, k, v, c, c, pos, pos, block)
+
+        return run
+
+
+class ContextKind(Kind):
+    """A bias from the queries and the masked logits (CoPE): a dense path of its own, whatever the backend."""
+
+    name = "context"
+    reads_input = True
+    backends = ("auto", "dense", "blocked")
+
+    def check_backend(self, position, backend):
+        super().check_backend(position, backend)
+        if backend not in self.backends:
+            raise ValueError(f"{position} runs on a dense path of its own (it reads every query-key logit); "
+                             f"attention {backend!r} is refused for it: use auto, dense or blocked.")
+
+    def attend(self, enc, q, k, v, x, inputs, layer, cache):
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        t = q.shape[2]
+        allowed = rows_allowed(inputs.rows, t) if inputs.rows is not None else causal_mask(inputs.q_pos,
+                                                                                          inputs.k_pos)
+        return attend_context(q, k, v, enc, allowed)
+
+    def input_bias(self, enc, q, k, x):
+        pos = torch.arange(x.shape[1], device=x.device)
+        allowed = causal_mask(pos, pos)
+        return enc.logit_bias(q, masked_logits(q, k, allowed)).masked_fill(~allowed, 0.0)
+
+    def bench(self, enc, q, k, v, layer_input, pos, backend, block):
+        allowed = causal_mask(pos, pos)
+        return lambda: attend_context(q, k, v, enc, allowed)
+
+
+#: kind name -> the object the model, the benchmarks and the command line call
+KINDS: dict[str, Kind] = {k.name: k for k in (BiasKind(), RotaryKind(), DataKind(), ContextKind(), Kind())}
+
+
+def kind_of(enc) -> Kind:
+    """The :class:`Kind` of an encoding (a module, or its class; None is NoPE's), from its ``kind`` name."""
+    if enc is None:
+        return KINDS["none"]
+    name = getattr(enc, "kind", None)
+    if name not in KINDS:
+        what = enc.__name__ if isinstance(enc, type) else type(enc).__name__
+        raise ValueError(f"position encoding {what} has kind {name!r}; valid: {', '.join(KINDS)}.")
+    return KINDS[name]
+
+
+def check_backend(position: str, backend: str) -> None:
+    """ValueError when the encoding named ``position`` cannot run on attention ``backend``."""
+    kind_of(positions.get(position)).check_backend(position, backend)
+
+
+def check_model(cfg) -> None:
+    """Every :class:`~firepe.config.GPTConfig`'s encoding check: its options built once
+    (:func:`firepe.positions.check`) and its backend (registered in :data:`firepe.config.MODEL_CHECKS`)."""
+    positions.check(cfg.position, cfg.n_head, cfg.head_dim, cfg.position_options)
+    check_backend(cfg.position, cfg.attention)
+
+
+if check_model not in config.MODEL_CHECKS:
+    config.MODEL_CHECKS.append(check_model)
