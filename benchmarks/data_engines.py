@@ -77,7 +77,7 @@ def litdata_read(out: str) -> dict:
 
 
 if __name__ == "__main__":
-    cmd = sys.argv[1]
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "firepe-read":
         print(json.dumps(firepe_read(sys.argv[2])))
     elif cmd == "litdata-prepare":

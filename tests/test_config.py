@@ -47,7 +47,7 @@ def test_resume_changes_splits_allowed_from_refused():
 
 def test_trainer_compare_and_cli_share_the_rule(tmp_path):
     """The three users of the rule: each refuses lr and accepts steps (their own tests cover the details)."""
-    from firepe.compare import check_same_settings
+    from firepe.experiment import check_same_settings
     from firepe.runs import RunFolder
     from firepe.train import Trainer
 
@@ -71,7 +71,7 @@ def test_trainer_compare_and_cli_share_the_rule(tmp_path):
 
 def test_compare_reuses_a_run_that_stored_a_relative_corpus(tmp_path, monkeypatch):
     """Runs written before configs resolved their paths hold relative ones; both sides are resolved."""
-    from firepe.compare import check_same_settings
+    from firepe.experiment import check_same_settings
     from firepe.runs import RunFolder
     from firepe.train import Trainer
 

@@ -11,7 +11,8 @@ from firepe import positions
 from firepe.config import GPTConfig, TrainConfig, preset
 from firepe.model import GPT
 from firepe.seeds import parse_seeds
-from firepe.synth import SYNTH_DEFAULTS, SynthTrainer, aggregate, format_synth, score_synth_run, synth
+from firepe.synth import SYNTH_DEFAULTS, aggregate, format_synth, synth
+from firepe.synth_runs import SynthTrainer, score_synth_run
 from firepe.tasks.synthetic import SynthConfig, SynthTask
 from firepe.train import Trainer
 

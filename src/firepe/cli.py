@@ -21,7 +21,8 @@ import torch
 
 from . import __version__
 from .bench import ROWS, check_rows, run_bench
-from .compare import ABLATION_SPECS, DEFAULT_SPECS, PASSKEY_DEFAULTS, compare, compare_passkey, split_specs
+from .compare import ABLATION_SPECS, DEFAULT_SPECS, compare
+from .compare_passkey import PASSKEY_DEFAULTS, compare_passkey
 from .config import (
     BACKENDS,
     PRESETS,
@@ -36,6 +37,7 @@ from .config import (
 )
 from .data import PreparedData, load_tokenizer, prepare, resolve
 from .evaluate import evaluate_run, parse_lengths, write_results
+from .experiment import split_specs
 from .finetune import FINETUNE_DEFAULTS, FinetuneConfig, FinetuneTrainer, finetune_section
 from .hints import split_optional
 from .kinds import kind_of

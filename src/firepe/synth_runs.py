@@ -1,0 +1,138 @@
+"""What ``firepe synth`` trains and scores: a :class:`~firepe.train.Trainer` on a generated task
+(:class:`SynthTrainer`, its vocabulary and endless data) and the exact-match scorer of a trained run
+(:func:`score_synth_run`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DataConfig, GPTConfig, TrainConfig, dataclass_from_dict
+from .loading import load_run
+from .runs import RunFolder, write_json
+from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch
+from .train import Trainer
+
+__all__ = ["SynthTrainer", "SynthData", "SynthTokenizer", "synth_section", "score_synth_run", "eval_rows",
+           "SYNTH_DEFAULTS", "MAX_EVAL_TOKENS", "MAX_LOGITS"]
+
+#: training settings of ``firepe synth`` (measured: README); the model is the ``tiny`` preset
+SYNTH_DEFAULTS = dict(seq_len=64, batch_size=32, steps=1500, lr=2e-3, warmup_steps=100, weight_decay=0.0,
+                      checkpoint_every=500, log_every=50)
+
+
+class SynthTokenizer:
+    """The vocabulary of a synthetic task (ids only); ``save`` writes its description."""
+
+    def __init__(self, task: SynthTask):
+        self.task, self.vocab_size = task, task.vocab_size
+
+    def save(self, path: Path) -> None:
+        write_json(path, {"type": "synthetic", "task": asdict(self.task.cfg), "vocab_size": self.vocab_size})
+
+
+class SynthData:
+    """``batch(step, batch_size, seed) -> (x, y)``: generated anew for every step (never repeats)."""
+
+    def __init__(self, task: SynthTask, seq_len: int):
+        self.task, self.seq_len = task, seq_len
+
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0,
+              world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``rank, rank + world, ...`` of global batch ``step``."""
+        x, y = self.task.training_rows(batch_size, self.seq_len, seed, step)
+        return x[rank::world], y[rank::world]
+
+
+def synth_section(cfg: dict[str, Any], where: str) -> SynthConfig:
+    if "synth" not in cfg:
+        raise ValueError(f"{where} holds no synthetic-task run (no 'synth' section).")
+    return dataclass_from_dict(SynthConfig, cfg["synth"], f"{where} [synth]")
+
+
+class SynthTrainer(Trainer):
+    """A :class:`~firepe.train.Trainer` on a synthetic task: vocabulary and data from ``synth``; the
+    ``data`` section of config.json is unused. Resume: ``SynthTrainer(run, resume=True, changes=...)``."""
+
+    def __init__(self, run_dir: str | Path, synth: SynthConfig | None = None, model_cfg: GPTConfig | None = None,
+                 train_cfg: TrainConfig | None = None, resume: bool = False, changes: dict[str, Any] | None = None,
+                 log_group: str | None = None):
+        if resume:
+            run = RunFolder(run_dir)
+            self.synth = synth_section(run.read_config(), str(run.config_path))
+            super().__init__(run_dir, resume=True, changes=changes, log_group=log_group)
+            return
+        self.synth = synth or SynthConfig()
+        train_cfg = train_cfg or TrainConfig(**SYNTH_DEFAULTS)
+        length = SynthTask(self.synth).checked_train_length(train_cfg.seq_len)
+        if length != train_cfg.seq_len:
+            train_cfg = replace(train_cfg, seq_len=length)
+        super().__init__(run_dir, model_cfg, train_cfg, DataConfig(), log_group=log_group)
+
+    @property
+    def extra_sections(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"synth": asdict(self.synth)}
+
+    def _build_data(self, resume: bool) -> None:
+        task = SynthTask(self.synth)
+        self.tokenizer = SynthTokenizer(task)
+        self.model_cfg.vocab_size = task.vocab_size
+        self.corpus_description = f"synthetic {task.name}"
+        self.data = SynthData(task, self.cfg.seq_len)
+
+
+#: most evaluation tokens per level (rows x length) and most logits per forward pass (rows x length x vocab)
+MAX_EVAL_TOKENS = 1 << 24
+MAX_LOGITS = 1 << 27
+
+
+def eval_rows(task: SynthTask, examples: int, length: int) -> int:
+    rows = max(1, math.ceil(examples / task.answers_per_row()))
+    if rows * length > MAX_EVAL_TOKENS:
+        raise ValueError(f"--examples {examples} at length {length} would score {rows * length:,} tokens; at most "
+                         f"{MAX_EVAL_TOKENS:,} per length: pass fewer --examples or shorter --lengths.")
+    return rows
+
+
+@torch.no_grad()
+def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], examples: int = 256,
+                    device: str = "cpu", batch_tokens: int = 32768) -> list[dict[str, Any]]:
+    """Accuracy (exact match of every answer) of a trained run at every level, on the fixed evaluation
+    examples. Recall counts the first query of each key (``accuracy_all_queries``: every query) and adds
+    ``by_distance`` (those answers by binding-query distance, power-of-two bins)."""
+    model, _ = load_run(run_dir, device)
+    dev = next(model.parameters()).device
+    out = []
+    for level in levels:
+        n = task.addition_length(level) if task.name == "addition" else level
+        rows = eval_rows(task, examples, n)
+        tokens, answer, extra = task.eval_batch(rows, level)
+        chunk = max(1, min(batch_tokens // n, MAX_LOGITS // (n * task.vocab_size)))
+        correct = []
+        t0 = time.perf_counter()
+        for i in range(0, rows, chunk):
+            logits, _ = model(tokens[i:i + chunk].to(dev))
+            correct.append(score_batch(logits.cpu(), tokens[i:i + chunk], answer[i:i + chunk]))
+        ok = torch.cat(correct).flatten()  # row-major: the order of ``answer >= 0`` below
+        seconds = time.perf_counter() - t0
+        res = {"level": level, "length": n, "tokens": rows * n, "tokens_per_s": rows * n / max(seconds, 1e-9)}
+        if "first" in extra:
+            first = extra["first"][answer >= 0]
+            res["accuracy_all_queries"] = 100.0 * float(ok.float().mean())
+            dist = extra["distance"][answer >= 0][first]
+            ok = ok[first]
+            edges = distance_bins(n)
+            bins = [[0, 0] for _ in edges]
+            for d, c in zip(dist.tolist(), ok.tolist()):
+                b = bins[bin_of(d, edges)]
+                b[0] += int(c)
+                b[1] += 1
+            res["by_distance"] = [{"max_distance": e, "correct": c, "answers": a} for e, (c, a) in zip(edges, bins)]
+        res.update(correct=int(ok.sum()), answers=ok.numel(), accuracy=100.0 * float(ok.float().mean()))
+        out.append(res)
+    return out
