@@ -269,3 +269,37 @@ def plot_bench(report: dict[str, Any], path: Path) -> Path:
 
 if __name__ == "__main__":
     print(json.dumps(worker(json.loads(sys.argv[1]))))
+
+
+def bench_speed(out: str | Path, encodings: str | None = None, lengths: str = "512,1024,2048,4096,8192",
+                scope: str = "both", device: str = "cpu", dtype: str = "auto", no_tf32: bool = False,
+                job_timeout: int = 600, batch: int = 1, heads: int = 12, head_dim: int = 64, preset: str = "base",
+                n_layer: int = 2, attention: str = "auto", block: int = 1024, repeats: int = 3,
+                forward_only: bool = False, fire_mlp_layers: int = 2, threads: int | None = None,
+                log=print) -> list[dict[str, Any]]:
+    """``firepe bench-speed``: every row (:data:`ROWS`, or ``encodings``) at every length and scope, each in a
+    subprocess; every option checked before anything runs (rows built at ``heads`` x ``head_dim`` on
+    ``attention``)."""
+    from .config import PRESETS
+    from .evaluate import parse_lengths
+    from .experiment import split_specs
+    from .loading import resolve_device
+
+    rows = split_specs(encodings, "--encodings") if encodings is not None else ROWS
+    for flag, value, minimum in (("--repeats", repeats, 1), ("--heads", heads, 1), ("--head-dim", head_dim, 1),
+                                 ("--batch", batch, 1), ("--block", block, 1), ("--n-layer", n_layer, 0),
+                                 ("--fire-mlp-layers", fire_mlp_layers, 0), ("--threads", threads, 1),
+                                 ("--job-timeout", job_timeout, 1)):
+        if value is not None and value < minimum:
+            raise ValueError(f"{flag} must be >= {minimum}, got {value}.")
+    check_rows(rows, heads, head_dim, attention, fire_mlp_layers)
+    dev = resolve_device(device)
+    dtype = dtype if dtype != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; valid: {', '.join(PRESETS)}.")
+    scopes = ["layer", "model"] if scope == "both" else [scope]
+    settings = {"device": device, "dtype": dtype, "tf32": dev.type == "cuda" and not no_tf32,
+                "job_timeout": job_timeout, "batch": batch, "heads": heads, "head_dim": head_dim, "preset": preset,
+                "n_layer": n_layer, "attention": attention, "block": block, "repeats": repeats,
+                "backward": not forward_only, "fire_layers": fire_mlp_layers, "threads": threads}
+    return run_bench(rows, parse_lengths(lengths), scopes, settings, Path(out), log)

@@ -18,7 +18,7 @@ from .positions import Spec
 from .runs import RunFolder
 from .seeds import format_seed_table, seed_table
 
-__all__ = ["compare_passkey", "passkey_seed_summary", "format_passkey", "PASSKEY_DEFAULTS"]
+__all__ = ["compare_passkey", "passkey_train_config", "passkey_seed_summary", "format_passkey", "PASSKEY_DEFAULTS"]
 
 #: ``firepe compare --task passkey``: fine-tuning settings of the laptop companion table (README)
 PASSKEY_DEFAULTS = dict(steps=2500, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1, checkpoint_every=300)
@@ -81,6 +81,26 @@ def compare_passkey(out: str | Path, summary: dict[str, Any], train_cfg: TrainCo
     log(table)
     write_scores(out / "passkey", res, table=table if several else None)
     return res
+
+
+def passkey_train_config(train: TrainConfig, task_steps: int | None = None, task_lr: float | None = None,
+                         task_examples: int = 10) -> TrainConfig:
+    """The fine-tuning settings of ``compare --task passkey``: the comparison's, :data:`PASSKEY_DEFAULTS`, and
+    ``--task-steps`` / ``--task-lr`` (``--task-examples`` is checked here too)."""
+    from .limits import MAX_EXAMPLES, MAX_STEPS, check_at_most
+
+    for flag, value, limit in (("--task-steps", task_steps, MAX_STEPS), ("--task-examples", task_examples,
+                                                                        MAX_EXAMPLES)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}.")
+        check_at_most(value, flag, limit)
+    changes = dict(PASSKEY_DEFAULTS)
+    if task_steps is not None:
+        changes["steps"] = task_steps
+        changes["checkpoint_every"] = task_steps
+    if task_lr is not None:
+        changes["lr"] = task_lr
+    return replace(train, **changes)
 
 
 def passkey_seed_summary(res: dict[str, Any]) -> dict[str, Any]:

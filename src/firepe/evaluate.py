@@ -23,7 +23,7 @@ from .data import load_tokenizer, split_tokens
 from .limits import MAX_LENGTH, check_at_most
 from .runs import write_json, write_text, writing
 
-__all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths"]
+__all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths", "lengths_up_to"]
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -124,3 +124,20 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], val_tokens: int | None
     if write:
         write_results(Path(out) if out else Path(run_dir) / "eval", results)
     return results
+
+
+def lengths_up_to(lengths: str | None, max_factor: int, train_len: int) -> list[int]:
+    """``--lengths`` when given, else the training length times 1, 2, 4, ... up to ``max_factor``."""
+    from .limits import MAX_LENGTH, check_at_most
+
+    if lengths:
+        return parse_lengths(lengths)
+    if max_factor < 1:
+        raise ValueError(f"--max-factor must be >= 1, got {max_factor}.")
+    check_at_most(train_len * max_factor, f"the longest length (--max-factor {max_factor} x {train_len})",
+                  MAX_LENGTH, " tokens")
+    out, f = [], 1
+    while f <= max_factor:
+        out.append(train_len * f)
+        f *= 2
+    return out

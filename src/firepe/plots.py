@@ -233,3 +233,69 @@ def synth_distance_heatmap(summary: dict[str, Any], label: str, path: str | Path
     grid = torch.where(counts[..., 1] > 0, 100 * counts[..., 0] / counts[..., 1].clamp(min=1), float("nan"))
     return _accuracy_heatmap(grid, [str(n) for n in levels], [f"<={e}" for e in edges], "sequence length (tokens)",
                              "distance binding -> query", f"recall accuracy: {label}", path, lower=True)
+
+
+#: the largest query position plot-bias draws (a [H, query + 1] row per layer)
+MAX_PLOT_QUERY = 1 << 20
+#: the most tokens of a text plot-bias runs through a data-dependent encoding (its bias is ``[H, T, T]`` per
+#: layer: 2,048 tokens are 64 MiB a layer with 4 heads; CoPE's logits as many)
+MAX_PLOT_TEXT = 2048
+
+
+def plot_run_bias(run: str | Path, query: int | None = None, text: str | None = None,
+                  out: str | Path | None = None) -> Path:
+    """``firepe plot-bias``: a trained run's (or export's) bias for one query, every head, every layer (Fig. 4),
+    into ``out`` (default ``RUN/bias_q<query>.png``). Biases of positions (query default 128) are drawn from the
+    encodings; data-dependent ones (FoX, CoPE) need ``text`` (at most :data:`MAX_PLOT_TEXT` tokens; query default
+    its last token) and are drawn as the layer adds them for it."""
+    from .kinds import kind_of
+    from .loading import load_run
+
+    if query is not None and not 0 <= query <= MAX_PLOT_QUERY:
+        raise ValueError(f"--query must be a position in 0..{MAX_PLOT_QUERY}, got {query}.")
+    if out is not None and (Path(out).suffix.lower() != ".png" or Path(out).is_dir()):
+        raise ValueError(f"--out {str(out)!r} must be a PNG file path ending in .png.")
+    model, cfg = load_run(run)
+    mods = model.position_modules()
+    name = cfg["model"]["position"]
+    kind = kind_of(mods[0])
+    if kind.reads_input:
+        panels, query = _input_bias_panels(run, model, cfg, query, text)
+    else:
+        if text is not None:
+            raise ValueError(f"--text applies to data-dependent biases (fox, cope); run {run} uses {name!r}, "
+                             "whose bias depends on positions only: leave --text out.")
+        if not kind.draws_position_bias:
+            raise ValueError(f"run {run} uses {name!r}, which has no additive bias to plot.")
+        query = 128 if query is None else query
+        panels = {"all layers (shared)": mods[0]} if model.position_shared is not None else {
+            f"layer {i}": m for i, m in enumerate(mods)}
+    return bias_curves(panels, query_pos=query, path=out or Path(run) / f"bias_q{query}.png")
+
+
+def _input_bias_panels(run, model, cfg, query: int | None, text: str | None) -> tuple[dict, int]:
+    """Per layer, the bias of a data-dependent encoding for ``text``, row ``query`` (``[H, query + 1]``)."""
+    from .config import DataConfig, dataclass_from_dict
+    from .data import load_tokenizer
+
+    if text is None:
+        raise ValueError(f"run {run} uses {cfg['model']['position']!r}, whose bias depends on the input; "
+                         "pass --text TEXT to draw it for that text.")
+    if len(text) > 64 * MAX_PLOT_TEXT:  # before tokenizing: no tokenizer makes fewer tokens than this
+        raise ValueError(f"--text holds {len(text):,} characters; plot-bias draws the bias of at most "
+                         f"{MAX_PLOT_TEXT:,} tokens: cut the text to the part before the query.")
+    tok = load_tokenizer(Path(run), dataclass_from_dict(DataConfig, cfg["data"]), model.cfg.vocab_size)
+    ids = tok.encode(text)
+    if not ids:
+        raise ValueError("--text is empty; give at least one character.")
+    if len(ids) > MAX_PLOT_TEXT:
+        raise ValueError(f"--text is {len(ids):,} tokens; plot-bias draws the bias of at most {MAX_PLOT_TEXT:,} "
+                         "tokens: cut the text to the part before the query.")
+    last = len(ids) - 1
+    query = last if query is None else query
+    if query > last:
+        raise ValueError(f"--query {query} is past the text's last token (position {last}); pass --query 0..{last} "
+                         "or a longer --text.")
+    device = next(model.parameters()).device
+    biases = model.input_biases(torch.tensor([ids[: query + 1]], device=device))
+    return {f"layer {i}": b[0, :, query, :] for i, b in enumerate(biases)}, query

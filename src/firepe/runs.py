@@ -34,7 +34,7 @@ from typing import Any
 from .config import DataConfig, GPTConfig, TrainConfig, check_fields, dataclass_from_dict
 
 __all__ = ["RunFolder", "RunWriteError", "error_line", "write_json", "write_text", "read_json", "fsync_dir",
-           "MetricsLog", "STEP_DIR", "refuse_link", "refuse_links_below"]
+           "MetricsLog", "STEP_DIR", "refuse_link", "refuse_links_below", "locked_output"]
 
 STEP_DIR = re.compile(r"step-(\d{7,})")  # checkpoint folders: step-0000123 (7 digits or more)
 
@@ -84,6 +84,31 @@ def refuse_links_below(root: Path, path: Path) -> None:
     for part in path.relative_to(root).parts:
         current = current / part
         refuse_link(current)
+
+
+@contextmanager
+def locked_output(out: Path) -> Iterator[RunFolder]:
+    """An output folder (``score --out``) created if needed and locked as runs are (two commands never write one
+    folder at once) for the ``with`` block. A refused or failed command leaves no folder it created behind (only
+    its ``.lock`` was in it), nor a ``.lock`` it added to an existing folder."""
+    out = Path(out)
+    refuse_link(out)
+    created, had_lock = not out.exists(), (out / ".lock").exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(out)
+    try:
+        folder.lock()
+        yield folder
+    except BaseException:
+        folder.unlock()
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        elif not had_lock and not (out / ".lock").is_symlink():
+            (out / ".lock").unlink(missing_ok=True)
+        raise
+    finally:
+        folder.unlock()
 
 
 #: what firepe writes inside a run, fine-tune, score or eval folder (checked for links when it is locked)

@@ -325,3 +325,28 @@ def write_scores(out: str | Path, results: dict[str, Any], plot: bool = True, ta
         for label, path in heatmaps.items():
             paths.append(passkey_heatmap(results, label, path))
     return paths
+
+
+def generate_text(run: str | Path, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 40,
+                  seed: int = 0, device: str = "cpu", attention: str | None = None) -> str:
+    """``firepe generate``: ``prompt`` continued by a run (or export) with its KV cache, decoded to text."""
+    from .loading import load_run, resolve_device
+
+    for flag, value, lo in (("--max-new-tokens", max_new_tokens, 0), ("--seed", seed, 0), ("--top-k", top_k, 1)):
+        if value is not None and value < lo:
+            raise ValueError(f"{flag} must be >= {lo}, got {value}.")
+    check_at_most(max_new_tokens, "--max-new-tokens", MAX_LENGTH)
+    if temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}.")
+    dev = resolve_device(device)
+    model, cfg = load_run(run, device=dev)
+    if attention:
+        model.set_attention(attention)
+    tok = load_tokenizer(Path(run), dataclass_from_dict(DataConfig, cfg["data"]), model.cfg.vocab_size)
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("--prompt is empty; give at least one character.")
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out = model.generate(torch.tensor([ids], device=dev), max_new_tokens, temperature=temperature, top_k=top_k,
+                         generator=gen)
+    return tok.decode(out[0].tolist())

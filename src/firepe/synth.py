@@ -28,7 +28,7 @@ from .seeds import format_seed_table, seed_table
 from .synth_runs import SYNTH_DEFAULTS, SynthTrainer, eval_rows, score_synth_run, synth_section
 from .tasks.synthetic import SynthConfig, SynthTask
 
-__all__ = ["synth", "aggregate", "format_synth", "write_synth", "SYNTH_DEFAULTS"]
+__all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", "SYNTH_DEFAULTS"]
 
 
 def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig, task_cfg: SynthConfig,
@@ -87,6 +87,20 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
     log(text)
     write_synth(sweep.out, summary, text)
     return summary
+
+
+def synth_levels(task_cfg: SynthConfig, lengths: str | None) -> list[int] | None:
+    """``--lengths`` of ``synth``: scored lengths, or digit counts for addition (None: the task's default)."""
+    from .evaluate import parse_lengths
+
+    if not lengths:
+        return None
+    if task_cfg.task != "addition":
+        return parse_lengths(lengths)
+    try:
+        return [int(x) for x in lengths.split(",")]
+    except ValueError:
+        raise ValueError(f"--lengths of addition are digit counts like 8,16,32, got {lengths!r}.") from None
 
 
 def _level_name(task: SynthTask) -> str:

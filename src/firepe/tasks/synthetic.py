@@ -44,7 +44,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["SynthConfig", "SynthTask", "SYNTH_TASKS", "PAD", "SEP", "EOS", "rows_from", "score_batch", "distance_bins",
+__all__ = ["SynthConfig", "SynthTask", "SYNTH_TASKS", "TASK_OPTIONS",
+           "PAD", "SEP", "EOS", "rows_from", "score_batch", "distance_bins",
            "bin_of"]
 
 PAD, SEP, EOS = 0, 1, 2
@@ -55,6 +56,11 @@ FORMATS = ("fact", "split")
 
 def _help(text: str) -> dict[str, Any]:
     return {"help": text}
+
+
+#: the options some tasks read only (given another value for another task, they are refused)
+TASK_OPTIONS = {**{k: ("recall",) for k in ("pairs", "keys", "values", "queries", "format", "filler")},
+                "symbols": ("copy", "reverse"), "digits": ("addition",), "hints": ("addition",)}
 
 
 @dataclass
@@ -93,6 +99,9 @@ class SynthConfig:
             raise ValueError(f"hints must be true or false, got {self.hints!r}.")
         if not isinstance(self.eval_seed, int) or isinstance(self.eval_seed, bool) or self.eval_seed < 0:
             raise ValueError(f"--eval-seed must be an integer >= 0, got {self.eval_seed!r}.")
+        for name, tasks in TASK_OPTIONS.items():  # another task's option, set: refused, never ignored
+            if self.task not in tasks and getattr(self, name) != type(self).__dataclass_fields__[name].default:
+                raise ValueError(f"--{name} applies to {' and '.join(tasks)} only, not to --task {self.task}.")
 
 
 def _seed(*parts: int) -> int:
