@@ -20,19 +20,14 @@ from tqdm.auto import tqdm
 
 from .config import DataConfig, dataclass_from_dict
 from .data import load_tokenizer, split_tokens
-from .limits import MAX_LENGTH, check_at_most
+from .limits import MAX_LENGTH, check_at_most, split_list
 from .runs import write_json, write_text, writing
 
 __all__ = ["eval_tokens", "evaluate_lengths", "write_results", "evaluate_run", "parse_lengths", "lengths_up_to"]
 
 
 def parse_lengths(text: str) -> list[int]:
-    try:
-        lengths = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--lengths must be comma-separated integers, got {text!r}.") from None
-    if not lengths:
-        raise ValueError("--lengths is empty; pass e.g. 512,1024,2048.")
+    lengths = split_list(text, int, "--lengths", "integers", "512,1024,2048")
     bad = [n for n in lengths if n < 2]
     if bad:
         raise ValueError(f"evaluation lengths must be at least 2 tokens, got {bad[0]}.")

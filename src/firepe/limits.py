@@ -21,7 +21,8 @@ MAX_EXAMPLES = 10**6
 #: validation tokens and a training-token cap
 MAX_TOKENS = 2**40
 
-__all__ = ["MAX_LENGTH", "MAX_BATCH_TOKENS", "MAX_STEPS", "MAX_EXAMPLES", "MAX_TOKENS", "check_at_most"]
+__all__ = ["MAX_LENGTH", "MAX_BATCH_TOKENS", "MAX_STEPS", "MAX_EXAMPLES", "MAX_TOKENS", "check_at_most",
+           "split_list"]
 
 
 def check_at_most(value: Any, name: str, limit: int, unit: str = "") -> None:
@@ -29,3 +30,15 @@ def check_at_most(value: Any, name: str, limit: int, unit: str = "") -> None:
     own them)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
         raise ValueError(f"{name} must be at most {limit:,}{unit} (firepe.limits), got {value:,}.")
+
+
+def split_list(text: Any, convert, flag: str, items: str, example: str) -> list:
+    """A comma-separated option (``--lengths``, ``--depths``) -> its items through ``convert``; ValueError naming
+    ``flag`` when an item does not convert (``must be comma-separated {items}``) or there is none."""
+    try:
+        values = [convert(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated {items}, got {text!r}.") from None
+    if not values:
+        raise ValueError(f"{flag} is empty; pass e.g. {example}.")
+    return values

@@ -85,14 +85,13 @@ class _TableLookup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        lib = _load()
         table, psi_d, inv_norm, q_pos, k_pos, long_row = ctx.saved_tensors
-        grad = grad.to(table.dtype).contiguous()
-        heads, width = table.shape
         g_table, g_psi, g_inv = torch.zeros_like(table), torch.zeros_like(psi_d), torch.zeros_like(inv_norm)
-        lib.fire_table_backward(_ptr(grad), _ptr(table), heads, width, _ptr(psi_d), len(psi_d), _ptr(inv_norm),
-                                _ptr(q_pos), len(q_pos), _ptr(k_pos), len(k_pos), _ptr(long_row), ctx.base,
-                                ctx.grid, _ptr(g_table), _ptr(g_psi), _ptr(g_inv), torch.get_num_threads())
+        grad = grad.to(table.dtype).contiguous()  # kept alive through the call (the kernel reads its pointer)
+        _load().fire_table_backward(_ptr(grad), _ptr(table), table.shape[0],
+                                    table.shape[1], _ptr(psi_d), len(psi_d), _ptr(inv_norm), _ptr(q_pos), len(q_pos),
+                                    _ptr(k_pos), len(k_pos), _ptr(long_row), ctx.base, ctx.grid, _ptr(g_table),
+                                    _ptr(g_psi), _ptr(g_inv), torch.get_num_threads())
         return g_table, g_psi, g_inv, None, None, None, None, None
 
 

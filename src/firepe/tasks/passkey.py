@@ -25,6 +25,7 @@ import random
 import re
 from collections.abc import Sequence
 
+from ..limits import split_list
 from .base import Prepared
 
 __all__ = ["CLASSIC_FILLER", "QUESTION", "key_sentence", "PasskeyTask", "parse_depths", "DEFAULT_DEPTHS",
@@ -42,12 +43,7 @@ def key_sentence(key: str) -> str:
 
 def parse_depths(text: str) -> list[float]:
     """``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``: fractions of the filler before the key, each in [0, 1]."""
-    try:
-        depths = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--depths must be comma-separated numbers in [0, 1], got {text!r}.") from None
-    if not depths:
-        raise ValueError("--depths is empty; pass e.g. 0,0.25,0.5,0.75,1.")
+    depths = split_list(text, float, "--depths", "numbers in [0, 1]", "0,0.25,0.5,0.75,1")
     bad = [d for d in depths if not 0 <= d <= 1]  # NaN fails too
     if bad:
         raise ValueError(f"--depths must be numbers in [0, 1] (fractions of the context), got {bad[0]}.")
