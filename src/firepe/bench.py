@@ -280,7 +280,7 @@ def bench_speed(out: str | Path, encodings: str | None = None, lengths: str = "5
     """``firepe bench-speed``: every row (:data:`ROWS`, or ``encodings``) at every length and scope, each in a
     subprocess; every option checked before anything runs (rows built at ``heads`` x ``head_dim`` on
     ``attention``)."""
-    from .config import PRESETS
+    from .config import check_preset
     from .evaluate import parse_lengths
     from .experiment import split_specs
     from .loading import resolve_device
@@ -295,8 +295,7 @@ def bench_speed(out: str | Path, encodings: str | None = None, lengths: str = "5
     check_rows(rows, heads, head_dim, attention, fire_mlp_layers)
     dev = resolve_device(device)
     dtype = dtype if dtype != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; valid: {', '.join(PRESETS)}.")
+    check_preset(preset)
     scopes = ["layer", "model"] if scope == "both" else [scope]
     settings = {"device": device, "dtype": dtype, "tf32": dev.type == "cuda" and not no_tf32,
                 "job_timeout": job_timeout, "batch": batch, "heads": heads, "head_dim": head_dim, "preset": preset,

@@ -29,9 +29,8 @@ from typing import Any
 from .hints import describe, fits
 from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
 
-__all__ = ["GPTConfig", "PRESETS", "preset", "TrainConfig", "DataConfig", "PrepareConfig", "RESUMABLE", "TRACKERS",
-           "BACKENDS", "MODEL_CHECKS",
-           "parse_log_to", "check_fields", "dataclass_from_dict", "config_diff", "resume_changes", "field_help",
+__all__ = ["GPTConfig", "PRESETS", "preset", "check_preset", "TrainConfig", "DataConfig", "PrepareConfig", "RESUMABLE",
+           "TRACKERS", "BACKENDS", "MODEL_CHECKS", "parse_log_to", "check_fields", "dataclass_from_dict", "config_diff", "resume_changes", "field_help",
            "is_int", "is_real", "corpus_items", "HF_FILE_BUILDERS", "CORPUS_HINT"]
 
 
@@ -135,9 +134,14 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def preset(name: str, **overrides: Any) -> GPTConfig:
+def check_preset(name: str) -> None:
+    """ValueError unless ``name`` is one of :data:`PRESETS`."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}.")
+
+
+def preset(name: str, **overrides: Any) -> GPTConfig:
+    check_preset(name)
     return GPTConfig(**{**PRESETS[name], **overrides})
 
 
