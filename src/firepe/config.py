@@ -29,9 +29,10 @@ from typing import Any
 from .hints import describe, fits
 from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
 
-__all__ = ["GPTConfig", "PRESETS", "preset", "check_preset", "TrainConfig", "DataConfig", "PrepareConfig", "RESUMABLE",
-           "TRACKERS", "BACKENDS", "MODEL_CHECKS", "parse_log_to", "check_fields", "dataclass_from_dict", "config_diff", "resume_changes", "field_help",
-           "is_int", "is_real", "corpus_items", "HF_FILE_BUILDERS", "CORPUS_HINT"]
+__all__ = ["GPTConfig", "PRESETS", "preset", "check_preset", "TrainConfig", "DataConfig", "PrepareConfig",
+           "RESUMABLE", "TRACKERS", "BACKENDS", "MODEL_CHECKS", "parse_log_to", "check_fields",
+           "dataclass_from_dict", "config_diff", "resume_changes", "field_help", "is_int", "is_real", "corpus_items",
+           "HF_FILE_BUILDERS", "CORPUS_HINT"]
 
 
 def is_int(value: Any) -> bool:
