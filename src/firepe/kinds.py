@@ -28,6 +28,7 @@ import torch
 from . import config, positions
 from .attention import (
     AttentionInputs,
+    RowPositions,
     attend_backend,
     attend_context,
     attend_data,
@@ -38,7 +39,7 @@ from .attention import (
 )
 from .positions.rope import apply_rotary_one
 
-__all__ = ["Kind", "KINDS", "kind_of", "check_model", "check_backend"]
+__all__ = ["Kind", "KINDS", "kind_of", "check_model", "check_backend", "attend"]
 
 
 class Kind:
@@ -64,8 +65,15 @@ class Kind:
 
     def attend(self, enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x: torch.Tensor,
                inputs: AttentionInputs, layer: int, cache) -> torch.Tensor:
+        """The model's layer: ``q, k, v`` of the new tokens (``x`` their layer input), then ``cache.update``."""
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        return self.attend_keys(enc, q, k, v, inputs)
+
+    def attend_keys(self, enc, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs,
+                    log_forget: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention over every key at once (:func:`attend`): ``k, v`` ``[B, H, K, D]`` unrotated, the queries
+        the last ``Q`` of them; ``log_forget`` ``[B, H, K]`` for the data kind."""
         bias = self.bias_module(enc)
         if inputs.rows is not None:
             return attend_rows(q, k, v, bias, inputs.rows, inputs.biases)
@@ -111,8 +119,16 @@ class RotaryKind(Kind):
         return apply_rotary_one(q, cos, sin), apply_rotary_one(k, cos, sin)
 
     def attend(self, enc, q, k, v, x, inputs, layer, cache):
-        q, k = self._rotate(enc, q, k, inputs.angles)
-        return super().attend(enc, q, k, v, x, inputs, layer, cache)
+        q, k = self._rotate(enc, q, k, inputs.angles)  # the new tokens: the cache keeps rotated keys
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        return Kind.attend_keys(self, enc, q, k, v, inputs)
+
+    def attend_keys(self, enc, q, k, v, inputs, log_forget=None):
+        cos, sin = inputs.angles if inputs.angles is not None else self.angles(enc, inputs.k_pos, None, 1, 1)
+        t = q.shape[2]
+        q = apply_rotary_one(q, cos[..., -t:, :], sin[..., -t:, :])
+        return super().attend_keys(enc, q, apply_rotary_one(k, cos, sin), v, inputs)
 
     def bench(self, enc, q, k, v, layer_input, pos, backend, block):
         def run():
@@ -144,8 +160,15 @@ class DataKind(Kind):
             k, v = cache.update(layer, torch.cat([k, hi[..., None], lo[..., None]], dim=-1), v)
             log_f = k[..., -2].float() + k[..., -1].float()
             k = k[..., :-2]
-        c = log_f.cumsum(-1)
-        cq = c[..., c.shape[-1] - t:]
+        return self.attend_keys(enc, q, k, v, inputs, log_f)
+
+    def attend_keys(self, enc, q, k, v, inputs, log_forget=None):
+        if log_forget is None:
+            raise ValueError(f"{enc.name!r} reads the layer input: pass x (every key's) or log_forget [B, H, K].")
+        if inputs.rows is not None:
+            log_forget = log_forget.masked_fill(~inputs.rows.valid[:, None, :], 0.0)
+        c = log_forget.cumsum(-1)
+        cq = c[..., c.shape[-1] - q.shape[2]:]
         if inputs.rows is not None:
             return attend_rows(q, k, v, (cq, c), inputs.rows)
         return attend_data(inputs.backend, q, k, v, cq, c, inputs.q_pos, inputs.k_pos, inputs.block)
@@ -176,9 +199,7 @@ class ContextKind(Kind):
             raise ValueError(f"{position} runs on a dense path of its own (it reads every query-key logit); "
                              f"attention {backend!r} is refused for it: use auto, dense or blocked.")
 
-    def attend(self, enc, q, k, v, x, inputs, layer, cache):
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
+    def attend_keys(self, enc, q, k, v, inputs, log_forget=None):
         t = q.shape[2]
         allowed = rows_allowed(inputs.rows, t) if inputs.rows is not None else causal_mask(inputs.q_pos,
                                                                                           inputs.k_pos)
@@ -207,6 +228,61 @@ def kind_of(enc) -> Kind:
         what = enc.__name__ if isinstance(enc, type) else type(enc).__name__
         raise ValueError(f"position encoding {what} has kind {name!r}; valid: {', '.join(KINDS)}.")
     return KINDS[name]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding=None, *, q_pos: torch.Tensor | None = None,
+           k_pos: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
+           x: torch.Tensor | None = None, log_forget: torch.Tensor | None = None, backend: str = "auto",
+           block: int = 1024) -> torch.Tensor:
+    """Causal attention of ``q`` over ``k, v`` with any firepe encoding: the function for a model of your own.
+
+    Args:
+        q: ``[B, H, Q, D]`` queries; k, v: ``[B, H, K, D]`` keys and values, ``K >= Q``: the queries are the
+            last ``Q`` keys (the KV-cache rule: pass every cached key and value, unrotated, plus the new ones).
+        encoding: a module from :func:`firepe.positions.build` (None: no position signal, NoPE). Its parameters
+            get gradients; a rotary encoding rotates ``q`` and ``k`` here.
+        q_pos, k_pos: ``[Q]`` / ``[K]`` positions (default ``arange(K)``, the queries its last ``Q``).
+        key_padding_mask: ``[B, K]``, true (1) for real tokens, false (0) for padding: each row gets the
+            positions it would have alone (left padding for generation) and never attends to padding.
+        x, log_forget: FoX (``kind == "data"``) reads the layer input of every key, ``x`` ``[B, K, H * D]``, or
+            its ``log_forget`` ``[B, H, K]`` if you keep it (e.g. beside your KV cache).
+        backend: ``auto`` (the fastest correct path firepe has for the encoding and device: the fused CPU kernel
+            for biases, ``chunked`` for long inputs, SDPA otherwise), ``dense``, ``blocked``, ``chunked``, ``flex``.
+        block: query rows per block of ``chunked``.
+
+    Returns ``[B, H, Q, D]``, ``softmax(q k^T / sqrt(D) + bias) v`` as firepe's own GPT computes it.
+    """
+    kind = kind_of(encoding)
+    kind.check_backend(getattr(encoding, "name", "nope"), backend)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
+            raise ValueError(f"{name} must be a [B, H, T, D] floating-point tensor, got "
+                             f"{getattr(t, 'shape', type(t).__name__)}.")
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    if k.shape != (b, h, nk, d) or v.shape[:3] != (b, h, nk) or nq > nk or nq < 1:
+        raise ValueError(f"k and v must be [B, H, K, D] with the queries' B, H, D and K >= Q; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}.")
+    if encoding is not None and (encoding.num_heads != h or encoding.head_dim != d):
+        raise ValueError(f"the encoding was built for {encoding.num_heads} heads of {encoding.head_dim}; the tensors "
+                         f"have {h} heads of {d}.")
+    rows = None
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (b, nk):
+            raise ValueError(f"key_padding_mask must be [B, K] = {(b, nk)}, got {tuple(key_padding_mask.shape)}.")
+        if not bool(key_padding_mask.bool().all()):
+            rows = RowPositions.from_mask(key_padding_mask.to(q.device), nq)
+    if k_pos is None:
+        k_pos = torch.arange(nk, device=q.device)
+    if q_pos is None:
+        q_pos = k_pos[nk - nq:]
+    if x is not None and log_forget is None and kind.reads_input and hasattr(encoding, "log_forget"):
+        log_forget = encoding.log_forget(x)
+    angles = kind.angles(encoding, k_pos, rows, b, nk)
+    same = nq == nk and bool(torch.equal(q_pos, k_pos))
+    inputs = AttentionInputs(q_pos=q_pos, k_pos=k_pos, same_positions=same, backend=backend, block=block,
+                             angles=angles, rows=rows)
+    return kind.attend_keys(encoding, q, k, v, inputs, log_forget)
 
 
 def check_backend(position: str, backend: str) -> None:
