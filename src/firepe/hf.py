@@ -419,3 +419,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+from .hf_position import with_position  # noqa: E402  (registers firepe's Llama-family classes)
+
+__all__ += ["with_position"]

@@ -48,6 +48,7 @@ class Kind:
     name = "none"
     backends: tuple[str, ...] = config.BACKENDS
     reads_input = False           # its bias depends on the input (plot-bias --text)
+    needs_layer_input = False     # it reads each key's layer input x (FoX's gates), kept beside the KV cache
     draws_position_bias = False   # it adds a bias of positions alone (plot-bias draws it)
 
     def check_backend(self, position: str, backend: str) -> None:
@@ -148,6 +149,7 @@ class DataKind(Kind):
 
     name = "data"
     reads_input = True
+    needs_layer_input = True
 
     def attend(self, enc, q, k, v, x, inputs, layer, cache):
         t = x.shape[1]
@@ -276,7 +278,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding=None, *, 
         k_pos = torch.arange(nk, device=q.device)
     if q_pos is None:
         q_pos = k_pos[nk - nq:]
-    if x is not None and log_forget is None and kind.reads_input and hasattr(encoding, "log_forget"):
+    if x is not None and log_forget is None and kind.needs_layer_input:
         log_forget = encoding.log_forget(x)
     angles = kind.angles(encoding, k_pos, rows, b, nk)
     same = nq == nk and bool(torch.equal(q_pos, k_pos))

@@ -1,0 +1,317 @@
+"""firepe encodings inside stock transformers Llama-family models (firepe.hf.with_position), offline, tiny configs."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("firepe.hf", exc_type=ImportError)  # a missing or too old transformers: skipped, with the reason
+
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+from transformers.modeling_utils import AttentionInterface  # noqa: E402
+
+from firepe.hf import with_position  # noqa: E402
+from firepe.hf_position import SHIM_NAME  # noqa: E402
+
+V = f"transformers {transformers.__version__}"
+VOCAB = 61
+SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 8}),
+}
+
+
+def tiny(family="llama", seed=0, **extra):
+    cfg_cls, model_cls, defaults = FAMILIES[family]
+    torch.manual_seed(seed)
+    cfg = cfg_cls(**{**SMALL, **defaults, **extra}, attn_implementation="sdpa")
+    return model_cls(cfg).eval()
+
+
+def rotary_off(model):
+    """The model with its rotary turned off by hand: every frequency 0, so cos = 1 and sin = 0."""
+    with torch.no_grad():
+        model.model.rotary_emb.inv_freq.zero_()
+    return model
+
+
+def tokens(batch=2, n=11, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, n), generator=g)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_nope_equals_the_model_with_its_rotary_turned_off(family):
+    ids = tokens()
+    want = rotary_off(tiny(family))(input_ids=ids).logits
+    got = with_position(tiny(family), "nope")(input_ids=ids).logits
+    assert type(with_position(tiny(family), "nope")).__name__.startswith("FirePE"), V
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _alibi_reference(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """ALiBi written here from its definition: ``softmax(q k^T / sqrt(d) - m_h (i - j))`` over ``j <= i``."""
+    h, n = query.shape[1], query.shape[2]
+    key = key.repeat_interleave(h // key.shape[1], 1)
+    value = value.repeat_interleave(h // value.shape[1], 1)
+    slopes = torch.tensor([2.0 ** (-8.0 * (k + 1) / h) for k in range(h)])
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1]) - slopes[:, None, None] * (i - j)
+    scores = scores.masked_fill(j > i, float("-inf"))
+    return (scores.softmax(-1) @ value).transpose(1, 2).contiguous(), None
+
+
+def test_alibi_equals_an_independent_alibi():
+    AttentionInterface.register("alibi_reference", _alibi_reference)
+    ids = tokens()
+    ref = rotary_off(tiny())
+    ref.config._attn_implementation = "alibi_reference"
+    want = ref(input_ids=ids).logits
+    got = with_position(tiny(), "alibi")(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_are_kept_and_the_encoding_is_a_parameter_of_the_model():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    same = with_position(model, "fire")
+    assert same is model
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "rotary" not in k)
+    fire = [n for n, _ in model.named_parameters() if "firepe_position" in n]
+    assert len(fire) > 0 and all(".self_attn.firepe_position." in n for n in fire)
+    loss = model(input_ids=tokens(), labels=tokens()).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "firepe_position" in n]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_per_layer_encodings():
+    model = with_position(tiny(num_hidden_layers=4), ["fire", "fire", "fire", "nope"])
+    assert [layer.self_attn.firepe_position.name for layer in model.model.layers] == ["fire", "fire", "fire", "nope"]
+    assert model(input_ids=tokens()).logits.isfinite().all()
+    model = with_position(tiny(), ["t5", "kerple_log"], [{"num_buckets": 8}, {}])
+    assert model.model.layers[0].self_attn.firepe_position.name == "t5"
+
+
+def greedy_without_cache(model, ids, mask, n):
+    out = ids
+    for _ in range(n):
+        logits = model(input_ids=out, attention_mask=mask, use_cache=False).logits[:, -1]
+        out = torch.cat([out, logits.argmax(-1, keepdim=True)], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return out
+
+
+@pytest.mark.parametrize("name", ["fire", "alibi", "rope", "cope", "nope"])
+def test_generate_with_the_cache_equals_full_recomputation_left_padded(name):
+    model = with_position(tiny(seed=3), name)
+    ids = tokens(n=9)
+    mask = torch.ones_like(ids)
+    ids[1, :4], mask[1, :4] = 0, 0  # left padding
+    got = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    want = greedy_without_cache(model, ids, mask, 6)
+    assert torch.equal(got, want), f"{V}: {name}"
+    # the padded row gets what it gets alone
+    alone = model.generate(input_ids=ids[1:, 4:], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(got[1, 4:], alone[0]), f"{V}: {name}"
+
+
+def test_fox_runs_without_a_cache_and_refuses_one():
+    model = with_position(tiny(), "fox")
+    ids = tokens(n=8)
+    mask = torch.ones_like(ids)
+    got = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert torch.equal(got, greedy_without_cache(model, ids, mask, 3))
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+
+
+@pytest.mark.parametrize("name", ["fire", "rope", "kerple_log"])
+def test_save_and_from_pretrained_round_trip_bit_identically(tmp_path, name):
+    model = with_position(tiny(family="qwen3"), name)
+    ids = tokens()
+    want = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / SHIM_NAME).is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "firepe_qwen3" and config["firepe_position"] == [name, name]
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(loaded(input_ids=ids).logits, want)
+
+
+def test_a_saved_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_path):
+    model = with_position(tiny(), "fire")
+    ids = tokens()
+    torch.save(model(input_ids=ids).logits, tmp_path / "want.pt")
+    model.save_pretrained(tmp_path / "m")
+    code = ("import sys, torch\nfrom transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True).eval()\n"
+            "assert 'firepe' not in sys.modules.get('__main__').__dict__\n"
+            f"got = m(input_ids=torch.tensor({ids.tolist()})).logits\n"
+            f"assert torch.equal(got, torch.load({str(tmp_path / 'want.pt')!r})), 'logits differ'\n"
+            "print(type(m).__name__)")
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "FirePELlamaForCausalLM" in res.stdout
+
+
+def test_bf16_model_keeps_its_encodings_float32(tmp_path):
+    with_position(tiny(), "fire").save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    enc = model.model.layers[0].self_attn.firepe_position
+    assert all(p.dtype == torch.float32 for p in enc.parameters())
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert model(input_ids=tokens()).logits.isfinite().all()
+
+
+def test_a_config_converts_and_builds():
+    cfg = with_position(LlamaConfig(**SMALL), "kerple_log")
+    assert cfg.model_type == "firepe_llama"
+    model = AutoModelForCausalLM.from_config(cfg)
+    assert type(model).__name__ == "FirePELlamaForCausalLM" and model.config._attn_implementation == "firepe"
+    assert model(input_ids=tokens()).logits.isfinite().all()
+
+
+# -- errors: one ValueError naming the bad value ------------------------------------------------------------------
+
+
+def test_unsupported_architecture():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with pytest.raises(ValueError, match="'gpt2' is not supported.*llama"):
+        with_position(GPT2Config(n_layer=1, n_embd=16, n_head=2), "fire")
+    with pytest.raises(ValueError, match="causal LM of the llama, mistral, qwen2, qwen3 families"):
+        with_position(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2)), "fire")
+    with pytest.raises(ValueError, match="causal LM"):
+        with_position(torch.nn.Linear(2, 2), "fire")
+
+
+@pytest.mark.parametrize("position, options, match", [
+    ("firee", None, "unknown position encoding 'firee'"),
+    ("p_rope", {"fraction": 1.5}, "fraction"),
+    ("t5", {"num_buckets": 0}, "num_buckets"),
+    ("alibi", {"slopes": [0.5, 0.25]}, "4 finite positive"),
+    ("fire", {"mlp_width": 0}, "mlp_width"),
+    (["fire"], None, "1 entries; the model has 2 layers"),
+])
+def test_options_that_do_not_fit_are_refused(position, options, match):
+    with pytest.raises(ValueError, match=match):
+        with_position(tiny(), position, options)
+
+
+def test_sliding_window_and_dropout_are_refused():
+    with pytest.raises(ValueError, match="sliding_window=4096"):
+        with_position(MistralConfig(**SMALL), "fire")
+    with pytest.raises(ValueError, match="attention_dropout"):
+        with_position(tiny(attention_dropout=0.1), "fire")
+
+
+def test_fox_needs_hidden_size_equal_to_heads_times_head_dim():
+    with pytest.raises(ValueError, match="hidden_size is 32"):
+        with_position(tiny(family="qwen3", head_dim=16), "fox")
+
+
+def test_a_checkpoint_without_the_firepe_fields_is_refused(tmp_path):
+    with_position(tiny(), "fire").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["firepe_position"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="needs the firepe fields"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_another_attn_implementation_is_refused(tmp_path):
+    model = with_position(tiny(), "fire")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        model.set_attn_implementation("eager")
+    model.config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match="set it back to 'firepe'"):
+        model(input_ids=tokens())
+
+
+def test_packed_position_ids_are_refused():
+    model = with_position(tiny(), "fire")
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6]])
+    with pytest.raises(ValueError, match="packed sequences"):
+        model(input_ids=tokens(batch=1), position_ids=pos)
+    ok = torch.arange(11)[None]
+    torch.testing.assert_close(model(input_ids=tokens(batch=1), position_ids=ok).logits,
+                               model(input_ids=tokens(batch=1)).logits)
+
+
+# -- training: Trainer alone and under torchrun (DDP, gloo), FSDP2 on CPU ------------------------------------------
+
+SCRIPT = __import__("pathlib").Path(__file__).with_name("hf_train_script.py")
+
+
+def _train(tmp_path, world, mode=""):
+    import os
+
+    from tests.helpers import free_port
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if world == 1:
+        cmd = [sys.executable, str(SCRIPT), str(out), mode]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+               "--master_port", str(free_port()), str(SCRIPT), str(out), mode]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
+                         cwd=SCRIPT.parent.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    ranks = [torch.load(out / f"rank{r}.pt") for r in range(world)]
+    return result, ranks
+
+
+def _falls(losses):
+    head, tail = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
+    return tail < head - 0.5
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_trainer_trains_the_converted_model_alone_and_under_torchrun(tmp_path, world):
+    result, ranks = _train(tmp_path, world)
+    assert result["world"] == world and result["class"] == "FirePELlamaForCausalLM"
+    assert _falls(result["losses"]), result["losses"]
+    assert result["fire_moved"] > 0  # the encoding's parameters are trained
+    if world == 2:
+        assert result["wrapped"] == "DistributedDataParallel"
+        assert all(torch.equal(ranks[0][n], ranks[1][n]) for n in ranks[0])  # DDP kept the ranks in step
+
+
+def test_fsdp2_fully_shard_trains_the_converted_model_on_cpu(tmp_path):
+    """accelerate's FSDP plugin is GPU-only (on CPU, Trainer silently uses DDP); PyTorch's ``fully_shard`` runs
+    on CPU with gloo, and refuses 0-dim parameters: the integration stores FIRE's c and L as [1]."""
+    result, ranks = _train(tmp_path, 2, "fsdp2")
+    assert result["sharded"] and _falls(result["losses"]), result
+    assert result["fire_moved"] > 0
+    assert all(torch.equal(ranks[0][n], ranks[1][n]) for n in ranks[0])
