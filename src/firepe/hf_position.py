@@ -375,7 +375,7 @@ def with_position(model_or_config, position="fire", options: dict | list[dict] |
     model = model_or_config
     config = getattr(model, "config", None)
     if not isinstance(config, PreTrainedConfig) or not hasattr(model, "model") \
-            or not hasattr(getattr(model, "model"), "layers"):
+            or not hasattr(model.model, "layers"):
         raise ValueError(f"with_position takes a transformers causal LM of the {', '.join(FAMILIES)} families "
                          f"or its config, got {type(model).__name__}.")
     family = _family_of(config)
