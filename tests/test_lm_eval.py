@@ -106,3 +106,38 @@ def test_lm_eval_refuses_a_damaged_export(tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode != 0 and "non-finite" in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "results").exists()
+
+
+def test_lm_eval_scores_a_llama_converted_to_fire(tmp_path):
+    """A stock Llama turned into FIRE by firepe.hf.with_position, saved with a tokenizer: ``--model hf`` loads it
+    through the folder's auto_map (trust_remote_code) and its log-likelihoods are the model's own."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from firepe.hf import byte_tokenizer, with_position
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=4 * SEQ, bos_token_id=256, eos_token_id=256,
+                      pad_token_id=256)
+    model = with_position(LlamaForCausalLM(cfg), "fire").eval()
+    out = tmp_path / "llama_fire"
+    model.save_pretrained(out)
+    byte_tokenizer().save_pretrained(out)
+    lm_eval = shutil.which("lm_eval") or pytest.skip("no lm_eval command")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    cmd = [lm_eval, "--model", "hf", "--model_args", f"pretrained={out},trust_remote_code=True",
+           "--tasks", "firepe_mc,firepe_gen", "--include_path", str(TASKS), "--device", "cpu",
+           "--batch_size", "2", "--output_path", str(tmp_path / "results"), "--log_samples"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    tok = ByteTokenizer()
+    rows = sorted(_rows(next((tmp_path / "results").rglob("samples_firepe_mc_*.jsonl"))), key=lambda r: r["doc_id"])
+    for sample in rows:
+        doc = sample["doc"]
+        for choice, resp in zip(doc["choices"], sample["resps"]):
+            ctx, cont = tok.encode(doc["question"]), tok.encode(choice)
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([ctx + cont])).logits[0, :-1].log_softmax(-1)
+            expected = logp[torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1), torch.tensor(cont)].sum().item()
+            assert float(resp[0][0]) == pytest.approx(expected, abs=1e-4)
