@@ -315,3 +315,12 @@ def test_fsdp2_fully_shard_trains_the_converted_model_on_cpu(tmp_path):
     assert result["sharded"] and _falls(result["losses"]), result
     assert result["fire_moved"] > 0
     assert all(torch.equal(ranks[0][n], ranks[1][n]) for n in ranks[0])
+
+
+def test_beam_search_with_the_cache_equals_beam_search_without():
+    """The cache holds plain unrotated keys, so transformers' beam reordering applies to firepe encodings too."""
+    model = with_position(tiny(seed=4), "fire")
+    ids = tokens(n=7)
+    mask = torch.ones_like(ids)
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, num_beams=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(**kw), model.generate(**kw, use_cache=False))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -440,6 +441,8 @@ class KVCache:
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
     length: int = 0
+    #: a model's own cache when it keeps one (transformers' DynamicCache for ``arch="llama"``)
+    extra: Any = None
 
     @classmethod
     def empty(cls, n_layer: int) -> KVCache:

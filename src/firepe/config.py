@@ -30,7 +30,7 @@ from .hints import describe, fits
 from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
 
 __all__ = ["GPTConfig", "PRESETS", "preset", "check_preset", "TrainConfig", "DataConfig", "PrepareConfig",
-           "RESUMABLE", "TRACKERS", "BACKENDS", "MODEL_CHECKS", "parse_log_to", "check_fields",
+           "RESUMABLE", "TRACKERS", "BACKENDS", "ARCHS", "MODEL_CHECKS", "parse_log_to", "check_fields",
            "dataclass_from_dict", "config_diff", "resume_changes", "field_help", "is_int", "is_real", "corpus_items",
            "HF_FILE_BUILDERS", "CORPUS_HINT"]
 
@@ -58,6 +58,8 @@ _help = field_help
 
 #: the attention backends (:mod:`firepe.attention`): ``auto`` picks per encoding, device and size
 BACKENDS = ("auto", "dense", "blocked", "chunked", "flex")
+#: model architectures: firepe's GPT, or transformers' LlamaForCausalLM with the encoding (firepe.arch)
+ARCHS = ("gpt", "llama")
 
 #: checks every new :class:`GPTConfig` runs (``check(cfg)``, ValueError to refuse it): the encoding's options
 #: and backend, registered by :mod:`firepe.kinds` when firepe is imported -- this module imports nothing of
@@ -84,6 +86,9 @@ class GPTConfig:
     attention: str = field(default="auto", metadata=_help("attention backend for training (see firepe.attention)",
                                                           choices=BACKENDS))
     attention_block: int = field(default=1024, metadata=_help("query block of the chunked backend"))
+    arch: str = field(default="gpt", metadata=_help(
+        "architecture: gpt (firepe's GPT-2-style model) or llama (transformers' LlamaForCausalLM, RMSNorm and "
+        "SwiGLU, with the encoding in its attention: firepe.hf.with_position; needs firepe[hf])", choices=ARCHS))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "attention_block"):
@@ -107,6 +112,10 @@ class GPTConfig:
             raise ValueError(f"position must be the name of a position encoding, got {self.position!r}.")
         if self.attention not in BACKENDS:
             raise ValueError(f"unknown attention backend {self.attention!r}; valid: {', '.join(BACKENDS)}.")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; valid: {', '.join(ARCHS)}.")
+        if self.arch == "llama" and self.dropout:
+            raise ValueError(f"dropout={self.dropout}: the llama architecture has no dropout; use --dropout 0.")
         for check in MODEL_CHECKS:
             check(self)
 

@@ -35,6 +35,8 @@ AUTO_MAP = {"AutoConfig": "modeling_firepe.FirePEConfig",
 EOS = "<|endoftext|>"            # end of document, also BOS and padding of exported tokenizers
 #: GPTConfig fields renamed in the Hugging Face config (transformers reads ``tie_word_embeddings``)
 RENAMED = {"tie_embeddings": "tie_word_embeddings"}
+#: GPTConfig fields added after exports were first written: a folder without them has the default
+ADDED_LATER = {"arch"}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -92,9 +94,14 @@ def gpt_config(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
     data = {}
     for f in fields(GPTConfig):
         key = RENAMED.get(f.name, f.name)
+        if key not in hf and key in ADDED_LATER:
+            continue
         if key not in hf:
             raise ValueError(f"{where} has no {key!r}; it is not a firepe export or it is damaged.")
         data[f.name] = hf[key]
+    if data.get("arch", "gpt") != "gpt":
+        raise ValueError(f"{where}: arch {data['arch']!r}; a model_type 'firepe' folder holds firepe's GPT (a llama "
+                         "run is exported as model_type 'firepe_llama').")
     try:
         return dataclass_from_dict(GPTConfig, data, where)
     except ValueError as e:  # GPTConfig's own checks (encoding options ...) do not know the file

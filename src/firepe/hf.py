@@ -392,13 +392,18 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     if len(tok) != model.cfg.vocab_size:
         raise ValueError(f"the run's tokenizer has {len(tok)} tokens but its model {model.cfg.vocab_size}.")
     eos = tok.convert_tokens_to_ids(EOS)
-    hf_cfg = FirePEConfig.from_gpt(
-        model.cfg, max_position_embeddings=cfg["train"]["seq_len"], bos_token_id=eos, eos_token_id=eos,
-        pad_token_id=eos, architectures=["FirePEForCausalLM"],
-        firepe={"train": cfg["train"], "data": cfg["data"], "run": str(run_dir), "step": step,
-                "version": __version__, **({"finetune": cfg["finetune"]} if "finetune" in cfg else {})})
-    hf_model = FirePEForCausalLM(hf_cfg)
-    hf_model.transformer.load_state_dict(model.state_dict())
+    source = {"train": cfg["train"], "data": cfg["data"], "run": str(run_dir), "step": step,
+              "version": __version__, **({"finetune": cfg["finetune"]} if "finetune" in cfg else {})}
+    if model.cfg.arch == "llama":  # transformers' model already: its own folder (model_type firepe_llama)
+        hf_model = model.llama_for_export()
+        hf_model.config.update({"max_position_embeddings": cfg["train"]["seq_len"], "bos_token_id": eos,
+                                "eos_token_id": eos, "pad_token_id": eos, "firepe": source})
+    else:
+        hf_cfg = FirePEConfig.from_gpt(
+            model.cfg, max_position_embeddings=cfg["train"]["seq_len"], bos_token_id=eos, eos_token_id=eos,
+            pad_token_id=eos, architectures=["FirePEForCausalLM"], firepe=source)
+        hf_model = FirePEForCausalLM(hf_cfg)
+        hf_model.transformer.load_state_dict(model.state_dict())
     hf_model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     tok.model_max_length = cfg["train"]["seq_len"]
     out.parent.mkdir(parents=True, exist_ok=True)

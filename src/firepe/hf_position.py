@@ -29,6 +29,7 @@ generate with ``use_cache=False``).
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from .config import BACKENDS
 from .kinds import attend, kind_of
 from .positions.base import PositionEncoding
 
-__all__ = ["with_position", "FAMILIES", "IMPLEMENTATION", "SHIM_NAME", "firepe_attention", "IdentityRotary"]
+__all__ = ["with_position", "FAMILIES", "CACHE_KEYWORD", "ATTRIBUTE", "CLASSES", "IMPLEMENTATION", "SHIM_NAME", "firepe_attention", "IdentityRotary"]
 
 IMPLEMENTATION = "firepe"           # the attn_implementation name
 ATTRIBUTE = "firepe_position"       # each attention module's encoding
@@ -69,6 +70,8 @@ def _families() -> dict[str, tuple[type, type]]:
 
 
 FAMILIES = _families()
+#: the keyword transformers' models take their cache under (``cache`` from 5.24, ``past_key_values`` before)
+CACHE_KEYWORD = "cache" if "cache" in inspect.signature(FAMILIES["llama"][1].forward).parameters else "past_key_values"
 
 
 class IdentityRotary(nn.Module):
@@ -123,6 +126,9 @@ def check_config(config) -> None:
                          "set attention_dropout=0.")
     if config.firepe_backend not in BACKENDS:
         raise ValueError(f"firepe_backend {config.firepe_backend!r}; valid: {', '.join(BACKENDS)}.")
+    block = config.firepe_block
+    if isinstance(block, bool) or not isinstance(block, int) or block <= 0:
+        raise ValueError(f"firepe_block must be a positive integer (query rows per chunk), got {block!r}.")
 
 
 def _make_classes(family: str, base_config: type, base_model: type) -> tuple[type, type]:
@@ -134,6 +140,7 @@ def _make_classes(family: str, base_config: type, base_model: type) -> tuple[typ
         firepe_position: list | None = None
         firepe_position_options: list | None = None
         firepe_backend: str = "auto"
+        firepe_block: int = 1024
 
         def __post_init__(self, **kwargs):
             super().__post_init__(**kwargs)
@@ -284,7 +291,8 @@ def firepe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     if kind_of(enc).needs_layer_input and nk != nq:
         raise ValueError(f"{enc.name!r} keeps a per-token gate beside each key, which transformers' caches do not "
                          "carry: run it without a cache (generate(..., use_cache=False)).")
-    out = attend(query, key, value, enc, key_padding_mask=padding, x=x, backend=module.config.firepe_backend)
+    out = attend(query, key, value, enc, key_padding_mask=padding, x=x, backend=module.config.firepe_backend,
+                 block=module.config.firepe_block)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -335,7 +343,8 @@ def _family_of(config) -> str:
     return kind
 
 
-def firepe_config(config: PreTrainedConfig, position, options=None, backend: str = "auto") -> PreTrainedConfig:
+def firepe_config(config: PreTrainedConfig, position, options=None, backend: str = "auto",
+                  block: int = 1024) -> PreTrainedConfig:
     """The firepe config of ``config``'s family with ``position`` (a name, or one per layer) and its options."""
     family = _family_of(config)
     n = config.num_hidden_layers
@@ -346,15 +355,15 @@ def firepe_config(config: PreTrainedConfig, position, options=None, backend: str
             raise ValueError(f"options for layer {layer} must be a dict of the encoding's options, got {o!r}.")
     fields = config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version", "firepe_position",
-                "firepe_position_options", "firepe_backend"):
+                "firepe_position_options", "firepe_backend", "firepe_block"):
         fields.pop(key, None)
     cls = _BY_FAMILY[family][0]
     return cls(**fields, firepe_position=names, firepe_position_options=[dict(o) for o in opts],
-               firepe_backend=backend)
+               firepe_backend=backend, firepe_block=block)
 
 
 def with_position(model_or_config, position="fire", options: dict | list[dict] | None = None, *,
-                  backend: str = "auto"):
+                  backend: str = "auto", block: int = 1024):
     """A Llama-family model (or config) with its rotary embedding replaced by firepe's ``position``.
 
     Args:
@@ -365,13 +374,14 @@ def with_position(model_or_config, position="fire", options: dict | list[dict] |
         position: a firepe encoding name (``firepe.positions.available()``), or a list of one per layer.
         options: the encoding's options (``{"mlp_width": 32}``), or a list of one dict per layer.
         backend: firepe's attention backend (``auto``: the fused CPU kernel for biases, chunked for long inputs).
+        block: query rows per chunk of the ``chunked`` backend.
 
     Each encoding is freshly initialized as :func:`firepe.positions.build` does (FIRE: Sec. 3.2's init), in
     float32, on the model's device. ``ValueError`` (one sentence) for an unsupported architecture, an unknown
     encoding, options that do not fit the head count or head size, sliding windows or attention dropout.
     """
     if isinstance(model_or_config, PreTrainedConfig):
-        return firepe_config(model_or_config, position, options, backend)
+        return firepe_config(model_or_config, position, options, backend, block)
     model = model_or_config
     config = getattr(model, "config", None)
     if not isinstance(config, PreTrainedConfig) or not hasattr(model, "model") \
@@ -382,7 +392,7 @@ def with_position(model_or_config, position="fire", options: dict | list[dict] |
     if not isinstance(model, FAMILIES[family][1]):
         raise ValueError(f"{type(model).__name__} is not a {FAMILIES[family][1].__name__}: with_position converts "
                          "causal-LM models.")
-    new_config = firepe_config(config, position, options, backend)
+    new_config = firepe_config(config, position, options, backend, block)
     new_config._attn_implementation = IMPLEMENTATION
     for m in model.modules():
         if getattr(m, "config", None) is config:

@@ -18,6 +18,7 @@ from .checkpoint import latest_checkpoint, load_model_weights, read_state
 from .config import GPTConfig, dataclass_from_dict
 from .devices import resolve_device
 from .exported import is_export, load_export
+from .arch import build_model
 from .model import GPT
 from .runs import RunFolder
 
@@ -37,7 +38,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[G
     ckpt = latest_checkpoint(run.path)
     if ckpt is None:
         raise ValueError(f"run folder {str(run.path)!r} has no checkpoint yet.")
-    model = GPT(model_cfg)
+    model = build_model(model_cfg)
     try:
         read_state(ckpt)
         load_model_weights(model, ckpt)

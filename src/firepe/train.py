@@ -30,6 +30,7 @@ from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_st
 from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, resume_changes
 from .data import epochs_line, resolve, training_data
 from .loading import resolve_device
+from .arch import build_model
 from .model import GPT
 from .runs import RunFolder, read_json, refuse_link
 from .tracking import TrackerRun, Trackers, check_installed, open_trackers
@@ -177,7 +178,7 @@ class Trainer:
         self._build_data(resume)
 
         torch.manual_seed(cfg.seed)
-        self.model = GPT(self.model_cfg).to(self.device)
+        self.model = build_model(self.model_cfg).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.step = 0
         try:

@@ -1,0 +1,109 @@
+"""The model of a :class:`~firepe.config.GPTConfig`: :func:`build_model` -- firepe's :class:`~firepe.model.GPT`
+(``arch="gpt"``) or :class:`LlamaGPT` (``arch="llama"``).
+
+:class:`LlamaGPT` is transformers' ``LlamaForCausalLM`` (RMSNorm, SwiGLU feed-forward, no biases, Llama's
+initialization) at the config's sizes -- ``d_model``, ``n_layer``, ``n_head`` (as many key/value heads),
+``d_ff`` (default ``4 d_model``), ``norm_eps``, tied embeddings -- turned into the config's encoding by
+:func:`firepe.hf.with_position`, behind the GPT's interface (``forward(idx, targets, cache)``, ``generate``,
+``position_for``, ``set_attention``), so ``train``, ``compare``, ``synth``, ``eval`` and ``score`` run it unchanged
+(``--arch llama``). Encodings shared across layers (FIRE-S, T5, the parameter-free ones) are one module for every
+layer, as in the GPT. Not available for it: randomized positions (``positions=``) and plotting FoX/CoPE biases for a
+text. ``firepe export`` writes the transformers model itself (``model_type: "firepe_llama"``; load it with firepe
+installed, or ``trust_remote_code=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import KVCache
+from .config import GPTConfig
+from .model import GPT
+
+__all__ = ["build_model", "LlamaGPT"]
+
+
+def build_model(cfg: GPTConfig) -> GPT:
+    """The model ``cfg.arch`` names, freshly initialized."""
+    return LlamaGPT(cfg) if cfg.arch == "llama" else GPT(cfg)
+
+
+def _transformers():
+    try:
+        from . import hf_position
+    except ImportError as e:  # transformers missing or too old (firepe.hf's check)
+        raise ValueError(f"arch 'llama' needs transformers: pip install 'firepe[hf]' ({e}).") from None
+    return hf_position
+
+
+class LlamaGPT(GPT):
+    """transformers' Llama with the config's encoding, called as firepe's :class:`GPT` is."""
+
+    def __init__(self, cfg: GPTConfig):
+        nn.Module.__init__(self)
+        hp = _transformers()
+        self.cfg = cfg
+        llama_config = hp.FAMILIES["llama"][0](
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff or 4 * cfg.d_model,
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+            rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, attention_dropout=0.0,
+            max_position_embeddings=1 << 20, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+            use_cache=False)
+        config = hp.with_position(llama_config, cfg.position, cfg.position_options, backend=cfg.attention,
+                                  block=cfg.attention_block)
+        self.llama = hp.CLASSES["FirePELlamaForCausalLM"](config)
+        layers = self.llama.model.layers
+        first = getattr(layers[0].self_attn, hp.ATTRIBUTE)
+        if first.layer_shared or not any(True for _ in first.parameters()):
+            for layer in layers[1:]:  # one module for every layer, as firepe's GPT shares it
+                setattr(layer.self_attn, hp.ATTRIBUTE, first)
+        self.lm_head = self.llama.lm_head
+        self.cache_keyword = hp.CACHE_KEYWORD
+        self.position_shared = None
+        self.position_layers = None
+
+    def position_for(self, layer: int):
+        return self.llama.model.layers[layer].self_attn.firepe_position
+
+    def set_attention(self, backend: str, block: int | None = None) -> GPT:
+        super().set_attention(backend, block)
+        self.llama.config.firepe_backend = self.cfg.attention
+        self.llama.config.firepe_block = self.cfg.attention_block
+        return self
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, attention_mask: torch.Tensor | None = None,
+               check: bool = True, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states ``[B, T, d_model]``; ``cache`` a :class:`KVCache` (transformers' own cache
+        is kept in its ``extra``), ``attention_mask`` ``[B, cache.length + T]`` as for the GPT."""
+        if positions is not None:
+            raise ValueError("randomized positions (positions=) are not available for the llama architecture.")
+        if check:
+            self._check_inputs(idx, None, cache)
+        hf_cache = None
+        if cache is not None:
+            if cache.extra is None:
+                from transformers import DynamicCache
+
+                cache.extra = DynamicCache(config=self.llama.config)
+            hf_cache = cache.extra
+        out = self.llama.model(input_ids=idx, attention_mask=attention_mask, use_cache=cache is not None,
+                               **{self.cache_keyword: hf_cache})
+        if cache is not None:
+            cache.length += idx.shape[1]
+        return out.last_hidden_state
+
+    def llama_for_export(self):
+        """A copy of the transformers model with one encoding module per layer (a shared one copied: the saved
+        folder loads as transformers builds it), for ``firepe export``."""
+        import copy
+
+        model = copy.deepcopy(self.llama).eval()
+        for layer in model.model.layers[1:]:
+            attn = layer.self_attn
+            attn.firepe_position = copy.deepcopy(attn.firepe_position)
+        model.config.use_cache = True
+        return model
+
+    def attention_inputs(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        raise ValueError("the llama architecture does not plot input-dependent biases (FoX, CoPE) for a text.")
