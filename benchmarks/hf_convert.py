@@ -101,7 +101,7 @@ def main() -> None:
         stream = split_tokens(data_cfg, tok, "validation", data_cfg.val_tokens + max(lengths) + 1)
         tokens = eval_tokens(stream, lengths, data_cfg.val_tokens)
 
-        def score(model):
+        def score(model, tokens=tokens):
             with torch.no_grad():
                 return [r["log_ppl"] for r in evaluate_lengths(model, tokens, lengths, progress=False)]
 

@@ -45,7 +45,8 @@ from .config import BACKENDS
 from .kinds import attend, kind_of
 from .positions.base import PositionEncoding
 
-__all__ = ["with_position", "FAMILIES", "CACHE_KEYWORD", "ATTRIBUTE", "CLASSES", "IMPLEMENTATION", "SHIM_NAME", "firepe_attention", "IdentityRotary"]
+__all__ = ["with_position", "FAMILIES", "CACHE_KEYWORD", "ATTRIBUTE", "CLASSES", "IMPLEMENTATION", "SHIM_NAME",
+           "firepe_attention", "IdentityRotary"]
 
 IMPLEMENTATION = "firepe"           # the attn_implementation name
 ATTRIBUTE = "firepe_position"       # each attention module's encoding

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
+from .arch import build_model
 from .checkpoint import latest_checkpoint, load_model_weights, read_state
 from .config import GPTConfig, dataclass_from_dict
 from .devices import resolve_device
 from .exported import is_export, load_export
-from .arch import build_model
 from .model import GPT
 from .runs import RunFolder
 

@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .arch import build_model
 from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
 from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, resume_changes
 from .data import epochs_line, resolve, training_data
 from .loading import resolve_device
-from .arch import build_model
 from .model import GPT
 from .runs import RunFolder, read_json, refuse_link
 from .tracking import TrackerRun, Trackers, check_installed, open_trackers
