@@ -364,9 +364,53 @@ def check_nccl(report: Report, device: torch.device) -> None:
     report.section("7. torchrun NCCL", ["```", " ".join(cmd[2:]), *tail, "```"])
 
 
+def check_hf(report: Report, device: torch.device, new: int = 8) -> None:
+    """firepe.hf.with_position on the device: a tiny Llama turned into each encoding, greedy generation with
+    transformers' cache equal to full recomputation, and a training step's gradients finite."""
+    missing = [m for m in ("transformers", "safetensors") if importlib.util.find_spec(m) is None]
+    if missing:
+        report.target("SKIP", "transformers Llama with firepe encodings",
+                      f"needs {', '.join(missing)}, not on this machine")
+        return
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from firepe.hf import with_position
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = ["| encoding | generate: rows equal to full recomputation | grads finite |", "|---|---|---|"]
+    bad = []
+    for name, opts in [("fire", {"init_L": 96.0}), ("alibi", {}), ("kerple_log", {}), ("rope", {}), ("nope", {})]:
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        model = with_position(LlamaForCausalLM(cfg), name, opts).to(device)
+        ids = torch.randint(3, 64, (2, 40), generator=torch.Generator().manual_seed(3)).to(device)
+        mask = torch.ones_like(ids)
+        ids[1, :5], mask[1, :5] = 0, 0
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+        model.eval()
+        with torch.no_grad():
+            cached = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False)
+            full, m = ids, mask
+            for _ in range(new):
+                nxt = model(input_ids=full, attention_mask=m, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                full, m = torch.cat([full, nxt], 1), torch.cat([m, torch.ones_like(nxt)], 1)
+        same = int((cached == full).all(1).sum())
+        if same != 2 or not finite:
+            bad.append(name)
+        rows.append(f"| {name} {_spec(opts)} | {same}/2 | {finite} |")
+    report.target("FAIL" if bad else "PASS", "transformers Llama with firepe encodings",
+                  f"{5 - len(bad)}/5 encodings decode as full recomputation with finite gradients"
+                  + (f"; differ: {', '.join(bad)}" if bad else ""))
+    report.section("8. firepe.hf.with_position on the device (fp32)", rows)
+
+
 CHECKS = [("flex", check_flex), ("bf16", check_bf16), ("generate", check_generate),
           ("attention", check_attention_speed), ("train", check_train_step), ("eval32k", check_eval_32k),
-          ("nccl", check_nccl)]
+          ("nccl", check_nccl), ("hf", check_hf)]
 
 
 def run(out: Path, only: list[str] | None, device: torch.device, budget: float = 450.0) -> int:

@@ -82,3 +82,10 @@ def test_checks_past_the_time_budget_are_skipped_by_name(tmp_path, monkeypatch, 
     monkeypatch.setattr(gpu_check, "CHECKS", [("a", lambda r, d: ran.append("a")), ("b", lambda r, d: ran.append("b"))])
     assert gpu_check.run(tmp_path / "r.md", None, CPU, budget=-1) == 0
     assert ran == [] and "SKIP a: the time budget of -1 s was spent (rerun with --only a)" in capsys.readouterr().out
+
+
+def test_hf_check_runs_on_cpu():
+    pytest.importorskip("firepe.hf", exc_type=ImportError)
+    report = gpu_check.Report()
+    gpu_check.check_hf(report, CPU, new=3)
+    assert report.failed == 0 and report.lines[0].startswith("PASS transformers Llama"), report.lines
