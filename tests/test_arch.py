@@ -65,6 +65,18 @@ def test_config_errors():
         llama()(torch.zeros(1, 4, dtype=torch.long), positions=torch.arange(4)[None])
 
 
+def test_a_model_transformers_refuses_is_one_line_and_nothing_is_written(tmp_path, text_corpus, capsys):
+    run = tmp_path / "run"
+    one_line_error(capsys, ["train", "--out", run, "--arch", "llama", "--d-model", "28", "--n-head", "4",
+                            "--steps", "2", "--corpus", text_corpus, *TINY], "arch 'llama'.*even")
+    assert not run.exists()
+    one_line_error(capsys, ["train", "--out", run, "--arch", "llama", "--dropout", "0.1", "--steps", "2",
+                            "--corpus", text_corpus, *TINY], "no dropout")
+    one_line_error(capsys, ["train", "--out", run, "--arch", "mamba", "--steps", "2", "--corpus", text_corpus,
+                            *TINY], "arch")
+    assert not run.exists()
+
+
 def test_train_eval_generate_resume_and_export(tmp_path, text_corpus, capsys):
     run = tmp_path / "run"
     assert run_cli(["train", "--out", run, "--arch", "llama", "--position", "fire", "--steps", "4",

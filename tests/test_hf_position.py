@@ -324,3 +324,17 @@ def test_beam_search_with_the_cache_equals_beam_search_without():
     mask = torch.ones_like(ids)
     kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, num_beams=3, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(**kw), model.generate(**kw, use_cache=False))
+
+
+def test_converting_again_replaces_the_encodings_and_keeps_the_weights():
+    model = with_position(tiny(), "fire")
+    q_before = model.model.layers[0].self_attn.q_proj.weight.clone()
+    hooks_before = len(model.model.layers[0].self_attn._forward_pre_hooks)
+    model = with_position(model, "alibi")
+    assert model.config.firepe_position == ["alibi", "alibi"] and model.config.model_type == "firepe_llama"
+    assert model.model.layers[0].self_attn.firepe_position.name == "alibi"
+    assert not any("firepe_position.mlp" in n for n, _ in model.named_parameters())
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, q_before)
+    assert len(model.model.layers[0].self_attn._forward_pre_hooks) == hooks_before
+    want = with_position(tiny(), "alibi")(input_ids=tokens()).logits
+    torch.testing.assert_close(model(input_ids=tokens()).logits, want)

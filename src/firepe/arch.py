@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import config
 from .attention import KVCache
 from .config import GPTConfig
 from .model import GPT
 
-__all__ = ["build_model", "LlamaGPT"]
+__all__ = ["build_model", "LlamaGPT", "check_arch"]
 
 
 def build_model(cfg: GPTConfig) -> GPT:
@@ -37,6 +38,36 @@ def _transformers():
     return hf_position
 
 
+def _llama_config(cfg: GPTConfig):
+    """The firepe Llama config of ``cfg`` (ValueError, one sentence, for sizes transformers refuses)."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    hp = _transformers()
+    try:
+        llama_config = hp.FAMILIES["llama"][0](
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff or 4 * cfg.d_model,
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+            rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, attention_dropout=0.0,
+            max_position_embeddings=1 << 20, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+            use_cache=False)
+    except StrictDataclassError as e:
+        last = str(e).splitlines()[-1].strip().removeprefix("ValueError: ")
+        raise ValueError(f"arch 'llama' (transformers' LlamaConfig) refuses this model: {last}") from None
+    return hp.with_position(llama_config, cfg.position, cfg.position_options, backend=cfg.attention,
+                            block=cfg.attention_block)
+
+
+def check_arch(cfg: GPTConfig) -> None:
+    """Every :class:`GPTConfig`'s architecture check (registered in :data:`firepe.config.MODEL_CHECKS`): a llama
+    config is built once, so a missing transformers or sizes it refuses fail before anything is written."""
+    if cfg.arch == "llama":
+        _llama_config(cfg)
+
+
+if check_arch not in config.MODEL_CHECKS:
+    config.MODEL_CHECKS.append(check_arch)
+
+
 class LlamaGPT(GPT):
     """transformers' Llama with the config's encoding, called as firepe's :class:`GPT` is."""
 
@@ -44,15 +75,7 @@ class LlamaGPT(GPT):
         nn.Module.__init__(self)
         hp = _transformers()
         self.cfg = cfg
-        llama_config = hp.FAMILIES["llama"][0](
-            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff or 4 * cfg.d_model,
-            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
-            rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, attention_dropout=0.0,
-            max_position_embeddings=1 << 20, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-            use_cache=False)
-        config = hp.with_position(llama_config, cfg.position, cfg.position_options, backend=cfg.attention,
-                                  block=cfg.attention_block)
-        self.llama = hp.CLASSES["FirePELlamaForCausalLM"](config)
+        self.llama = hp.CLASSES["FirePELlamaForCausalLM"](_llama_config(cfg))
         layers = self.llama.model.layers
         first = getattr(layers[0].self_attn, hp.ATTRIBUTE)
         if first.layer_shared or not any(True for _ in first.parameters()):
