@@ -372,9 +372,12 @@ def check_hf(report: Report, device: torch.device, new: int = 8) -> None:
         report.target("SKIP", "transformers Llama with firepe encodings",
                       f"needs {', '.join(missing)}, not on this machine")
         return
+    try:
+        from firepe.hf import with_position  # refuses a transformers older than firepe's lower bound
+    except ImportError as e:
+        report.target("SKIP", "transformers Llama with firepe encodings", str(e))
+        return
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from firepe.hf import with_position
 
     torch.backends.cuda.matmul.allow_tf32 = False
     rows = ["| encoding | generate: rows equal to full recomputation | grads finite |", "|---|---|---|"]
