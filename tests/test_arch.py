@@ -109,3 +109,15 @@ def test_compare_with_the_llama_architecture(tmp_path, text_corpus, capsys):
     summary = json.loads((out_dir / "results.json").read_text())
     assert len(summary["runs"]) == 2
     assert json.loads((out_dir / "fire" / "config.json").read_text())["model"]["arch"] == "llama"
+
+
+def test_synth_with_the_llama_architecture_and_random_positions_refused(tmp_path, capsys):
+    out = tmp_path / "synth"
+    base = ["synth", "--out", out, "--encodings", "fire", "--seeds", "1", "--batch-size", "4", "--no-progress",
+            "--max-factor", "2", "--examples", "8", "--steps", "3", "--arch", "llama"]
+    assert run_cli(base) == 0, capsys.readouterr().err
+    assert json.loads((out / "fire" / "config.json").read_text())["model"]["arch"] == "llama"
+    bad = tmp_path / "bad"
+    one_line_error(capsys, ["train", "--out", bad, "--arch", "llama", "--random-positions", "512", "--steps", "2",
+                            "--preset", "tiny", "--no-progress"], "random-positions")
+    assert not bad.exists()

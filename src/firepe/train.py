@@ -172,6 +172,9 @@ class Trainer:
         _rank0_decides(self.world, self.rank, lambda: check_installed(cfg.log_to))
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
+        if self.model_cfg.arch == "llama" and cfg.random_positions is not None:
+            raise ValueError("--random-positions is not available with --arch llama (transformers' attention takes "
+                             "each row's positions from the mask); drop one of them.")
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
 
