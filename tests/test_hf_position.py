@@ -338,3 +338,37 @@ def test_converting_again_replaces_the_encodings_and_keeps_the_weights():
     assert len(model.model.layers[0].self_attn._forward_pre_hooks) == hooks_before
     want = with_position(tiny(), "alibi")(input_ids=tokens()).logits
     torch.testing.assert_close(model(input_ids=tokens()).logits, want)
+
+
+def test_a_folder_with_weights_of_another_encoding_or_non_finite_ones_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    with_position(tiny(), "fire").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    good = config["firepe_position"]
+    config["firepe_position"] = ["kerple_log", "kerple_log"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not match firepe_position"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    config["firepe_position"] = good
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    weights = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in weights if "firepe_position.mlp" in k)
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="non-finite encoding weights"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"position": 5}, "must be a name"),
+    ({"backend": "fast"}, "unknown attention backend 'fast'"),
+    ({"block": 0}, "firepe_block must be a positive integer"),
+    ({"options": {"init_L": float("nan")}}, "init_L"),
+    ({"options": ["x", {}]}, "must be a dict"),
+])
+def test_bad_arguments_are_one_value_error(kwargs, match):
+    args = {"position": "fire", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        with_position(tiny(), args.pop("position"), **args)
