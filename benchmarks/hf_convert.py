@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from firepe.arch import LlamaGPT
+from firepe.checkpoint import latest_checkpoint, read_state
 from firepe.config import DataConfig, TrainConfig, dataclass_from_dict
 from firepe.data import split_tokens, training_data
 from firepe.evaluate import eval_tokens, evaluate_lengths
@@ -39,7 +40,7 @@ from firepe.positions import training_options
 from firepe.train import build_optimizer
 
 SETTINGS = ["--preset", "cpu", "--seq-len", "256", "--batch-size", "8", "--lr", "2e-3", "--warmup-steps", "50",
-            "--max-train-tokens", "4000000", "--val-tokens", "32768", "--no-progress"]
+            "--max-train-tokens", "4000000", "--val-tokens", "32768"]
 
 
 def positive(text: str) -> int:
@@ -91,9 +92,12 @@ def main() -> None:
     started = time.time()
     for seed in seeds:
         run = out / f"base-{seed}"
-        if not (run / "config.json").exists():
-            subprocess.run(["firepe", "train", "--arch", "llama", "--position", "rope", "--steps", str(args.base_steps),
-                            "--seed", str(seed), "--out", str(run), *SETTINGS], check=True)
+        ckpt = latest_checkpoint(run) if (run / "config.json").exists() else None
+        if ckpt is None or read_state(ckpt)["step"] < args.base_steps:  # a new base, or one a kill interrupted
+            again = ["--resume"] if (run / "config.json").exists() else ["--arch", "llama", "--position", "rope",
+                                                                          "--seed", str(seed), *SETTINGS]
+            subprocess.run(["firepe", "train", "--steps", str(args.base_steps), "--out", str(run), *again,
+                            "--no-progress"], check=True)
         base, cfg = load_run(run)
         data_cfg = dataclass_from_dict(DataConfig, cfg["data"])
         seq_len, batch = cfg["train"]["seq_len"], cfg["train"]["batch_size"]
