@@ -121,3 +121,23 @@ def test_synth_with_the_llama_architecture_and_random_positions_refused(tmp_path
     one_line_error(capsys, ["train", "--out", bad, "--arch", "llama", "--random-positions", "512", "--steps", "2",
                             "--preset", "tiny", "--no-progress"], "random-positions")
     assert not bad.exists()
+
+
+def test_fox_decodes_with_a_cache_by_recomputing(tmp_path):
+    model = llama("fox").eval()
+    idx = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(decode(model, idx, 4), decode(model, idx, 4, use_cache=False))
+
+
+def test_a_llama_export_reads_like_a_run(tmp_path, text_corpus):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--out", run, "--arch", "llama", "--position", "fire_s", "--steps", "2",
+                    "--corpus", text_corpus, *TINY]) == 0
+    out = tmp_path / "exported"
+    assert run_cli(["export", run, "--out", out]) == 0
+    exported, cfg = load_run(out)
+    model, _ = load_run(run)
+    assert isinstance(exported, LlamaGPT) and cfg["model"]["arch"] == "llama"
+    idx = torch.randint(0, 200, (1, 12), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(exported(idx)[0], model(idx)[0])
+    assert run_cli(["eval", out, "--lengths", "16"]) == 0

@@ -159,6 +159,68 @@ def test_attend_equals_firepe_gpts_attention_layer(name, opts):
 # -- errors ---------------------------------------------------------------------------------------------------
 
 
+def _q(n=5, dtype=torch.float32):
+    return torch.zeros(1, 4, n, 8, dtype=dtype)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"k_pos": torch.arange(4)}, "k_pos must be a 1-D integer tensor of 5"),
+    ({"k_pos": [0, 1, 2, 3, 4]}, "k_pos must be a 1-D integer tensor"),
+    ({"k_pos": torch.arange(5)[None]}, "k_pos must be a 1-D"),
+    ({"k_pos": torch.tensor([0, 0, 1, 1, 2])}, "strictly increasing"),
+    ({"k_pos": torch.arange(5.0)}, "integer tensor"),
+    ({"q_pos": torch.arange(3)}, "q_pos must be a 1-D integer tensor of 5"),
+    ({"q_pos": torch.arange(5) + 3}, "last Q entries of k_pos"),
+    ({"key_padding_mask": torch.tensor([[0, 1, 1, 1, 1]]), "k_pos": torch.arange(5)}, "not both"),
+    ({"key_padding_mask": torch.zeros(1, 5)}, "bool or 0/1 integers"),
+    ({"block": 0}, "block must be a positive integer"),
+    ({"block": 2.5}, "block must be a positive integer"),
+    ({"encoding": "class"}, "module from firepe.positions.build"),
+    ({"encoding": "fox", "x": torch.zeros(1, 3, 32)}, r"x must be every key's layer input \[B, K, H \* D\]"),
+    ({"encoding": "fox", "log_forget": torch.zeros(1, 1, 5)}, r"log_forget must be \[B, H, K\]"),
+])
+def test_bad_positions_and_inputs_are_refused(kwargs, match):
+    if kwargs.get("encoding") == "class":
+        kwargs["encoding"] = positions.get("fire")
+    elif isinstance(kwargs.get("encoding"), str):
+        kwargs["encoding"] = enc(kwargs["encoding"], {})
+    with pytest.raises(ValueError, match=match):
+        firepe.attend(_q(), _q(), _q(), **kwargs)
+
+
+def test_mixed_dtypes_are_refused():
+    with pytest.raises(ValueError, match="share one dtype"):
+        firepe.attend(_q(), _q(dtype=torch.float64), _q())
+
+
+def test_explicit_increasing_positions_are_used_by_every_kind():
+    """Gaps between positions matter for every encoding with a position signal (the bias or the rotation)."""
+    q, k, v = qkv(b=1, n=6)
+    gaps = torch.tensor([0, 3, 4, 10, 11, 20])
+    for name, opts in (("alibi", {}), ("rope", {}), ("fire", {"init_L": 8.0})):
+        e = enc(name, opts)
+        dense = firepe.attend(q, k, v, e, k_pos=gaps, backend="dense")
+        assert not torch.allclose(dense, firepe.attend(q, k, v, e, backend="dense")), name
+        for backend in ("auto", "blocked", "chunked"):
+            torch.testing.assert_close(firepe.attend(q, k, v, e, k_pos=gaps, backend=backend, block=2), dense,
+                                       rtol=2e-5, atol=2e-5)
+
+
+def test_flex_on_cpu_with_only_the_encoding_trainable():
+    """A frozen backbone (q, k, v without gradients) training only the encoding: flex has no CPU backward, so
+    the call takes the chunked path, and the encoding gets its gradients."""
+    import warnings
+
+    e = enc("fire", {"init_L": 8.0})
+    q, k, v = (t.detach() for t in qkv(b=1, n=20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = firepe.attend(q, k, v, e, backend="flex")
+    out.sum().backward()
+    assert e.mlp[0].weight.grad is not None and torch.isfinite(e.mlp[0].weight.grad).all()
+    torch.testing.assert_close(out, firepe.attend(q, k, v, e, backend="dense"), rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("args, kwargs, match", [
     ((torch.zeros(2, 4, 5),) * 3, {}, "q must be a .B, H, T, D. floating-point tensor"),
     ((torch.zeros(1, 4, 5, 8), torch.zeros(1, 4, 3, 8), torch.zeros(1, 4, 3, 8)), {}, "K >= Q"),

@@ -372,3 +372,44 @@ def test_bad_arguments_are_one_value_error(kwargs, match):
     args = {"position": "fire", **kwargs}
     with pytest.raises(ValueError, match=match):
         with_position(tiny(), args.pop("position"), **args)
+
+
+def test_a_static_cache_and_a_custom_4d_mask_are_refused():
+    model = with_position(tiny(), "fire")
+    ids = tokens(n=8)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    with pytest.raises(ValueError, match="static cache"):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                       cache_implementation="static")
+    block = torch.zeros(1, 1, 8, 8, dtype=torch.bool)  # two packed documents of 4 tokens
+    block[..., :4, :4] = torch.ones(4, 4, dtype=torch.bool).tril()
+    block[..., 4:, 4:] = torch.ones(4, 4, dtype=torch.bool).tril()
+    with pytest.raises(ValueError, match="custom 4-D mask"):
+        model(input_ids=ids[:1], attention_mask=block)
+
+
+def test_layer_shared_encodings_are_one_module_and_round_trip(tmp_path):
+    model = with_position(tiny(), "fire_s")
+    first, second = (layer.self_attn.firepe_position for layer in model.model.layers)
+    assert first is second
+    ids = tokens()
+    want = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    a, b = (layer.self_attn.firepe_position for layer in loaded.model.layers)
+    assert a is b and torch.equal(loaded(input_ids=ids).logits, want)
+
+
+def test_bf16_autocast_training_step():
+    model = with_position(tiny(), "fire").train()
+    ids = tokens()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.model.layers[0].self_attn.firepe_position.mlp[0].weight.grad is not None
+
+
+def test_key_value_heads_must_divide_the_heads():
+    with pytest.raises(ValueError, match="not a multiple of num_key_value_heads=3"):
+        with_position(LlamaConfig(**{**SMALL, "num_key_value_heads": 3}), "fire")

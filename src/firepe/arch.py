@@ -20,6 +20,7 @@ from torch import nn
 from . import config
 from .attention import KVCache
 from .config import GPTConfig
+from .kinds import kind_of
 from .model import GPT
 
 __all__ = ["build_model", "LlamaGPT", "check_arch"]
@@ -103,6 +104,13 @@ class LlamaGPT(GPT):
             raise ValueError("randomized positions (positions=) are not available for the llama architecture.")
         if check:
             self._check_inputs(idx, None, cache)
+        if cache is not None and any(kind_of(self.position_for(i)).needs_layer_input for i in range(self.cfg.n_layer)):
+            # FoX's gates are not in transformers' cache: keep the ids and recompute (decoding stays correct)
+            ids = idx if cache.extra is None else torch.cat([cache.extra, idx], 1)
+            cache.extra = ids
+            out = self.llama.model(input_ids=ids, attention_mask=attention_mask, use_cache=False)
+            cache.length += idx.shape[1]
+            return out.last_hidden_state[:, -idx.shape[1]:]
         hf_cache = None
         if cache is not None:
             if cache.extra is None:

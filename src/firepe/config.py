@@ -30,7 +30,8 @@ from .hints import describe, fits
 from .limits import MAX_BATCH_TOKENS, MAX_LENGTH, MAX_STEPS, MAX_TOKENS, check_at_most
 
 __all__ = ["GPTConfig", "PRESETS", "preset", "check_preset", "TrainConfig", "DataConfig", "PrepareConfig",
-           "RESUMABLE", "TRACKERS", "BACKENDS", "ARCHS", "MODEL_CHECKS", "parse_log_to", "check_fields",
+           "RESUMABLE", "TRACKERS", "BACKENDS", "ARCHS", "check_model_training", "MODEL_CHECKS", "parse_log_to",
+           "check_fields",
            "dataclass_from_dict", "config_diff", "resume_changes", "field_help", "is_int", "is_real", "corpus_items",
            "HF_FILE_BUILDERS", "CORPUS_HINT"]
 
@@ -442,6 +443,14 @@ def check_fields(cls, data: Any, where: str) -> None:
             continue
         if not fits(data[name], hints[name], finite=True):
             raise ValueError(f"{where}: {name} must be {describe(hints[name])}, got {data[name]!r}.")
+
+
+def check_model_training(model: GPTConfig, train: TrainConfig) -> None:
+    """``ValueError`` for a model and training settings that cannot go together (checked before a run or a sweep
+    writes anything)."""
+    if model.arch == "llama" and train.random_positions is not None:
+        raise ValueError("--random-positions is not available with --arch llama (transformers' attention takes "
+                         "each row's positions from the mask); drop one of them.")
 
 
 def dataclass_from_dict(cls, data: Any, where: str | None = None):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import latest_checkpoint, read_state
-from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, config_diff, resume_changes
+from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, check_model_training, config_diff, resume_changes
 from .positions import Spec, parse_spec, training_options
 from .runs import RunFolder, refuse_links_below, write_json, write_text, writing
 from .tracking import check_installed
@@ -189,6 +189,7 @@ class Sweep:
         for spec in self.specs:
             opts = training_options(spec.position, spec.options, train_cfg.seq_len)
             mcfg = replace(model, position=spec.position, position_options=opts, **model_changes)
+            check_model_training(mcfg, train_cfg)
             for seed in self.seeds:
                 cell = Cell(spec, seed, self.folder(spec.label, seed), mcfg, replace(train_cfg, seed=seed),
                             self.name(spec.label, seed))

@@ -19,15 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from .arch import build_model
 from .checkpoint import load_model_weights
 from .config import DataConfig, GPTConfig, TrainConfig, check_fields, dataclass_from_dict
 from .devices import resolve_device
 from .model import GPT
 from .runs import read_json
 
-__all__ = ["MODEL_TYPE", "PREFIX", "SHIM", "AUTO_MAP", "is_export", "hf_fields", "gpt_config", "load_export"]
+__all__ = ["MODEL_TYPE", "LLAMA_TYPE", "llama_gpt_config", "PREFIX", "SHIM", "AUTO_MAP", "is_export", "hf_fields",
+           "gpt_config", "load_export"]
 
 MODEL_TYPE = "firepe"
+LLAMA_TYPE = "firepe_llama"      # firepe.hf.with_position's Llama: what `firepe export` writes for --arch llama
 PREFIX = "transformer"           # attribute of the GPT inside FirePEForCausalLM, so tensors are "transformer.*"
 SHIM = "modeling_firepe.py"      # the module auto_map names; it imports firepe.hf
 AUTO_MAP = {"AutoConfig": "modeling_firepe.FirePEConfig",
@@ -72,7 +75,8 @@ def check_byte_tokenizer(file: Path) -> None:
 
 
 def is_export(path: str | Path) -> bool:
-    """True when ``path/config.json`` is a JSON object with ``"model_type": "firepe"``."""
+    """True when ``path/config.json`` is a JSON object with ``"model_type": "firepe"`` (or ``"firepe_llama"``,
+    the export of an ``--arch llama`` run)."""
     file = Path(path) / "config.json"
     if not file.is_file():
         return False
@@ -80,7 +84,7 @@ def is_export(path: str | Path) -> bool:
         cfg = read_json(file)
     except ValueError:
         return False
-    return isinstance(cfg, dict) and cfg.get("model_type") == MODEL_TYPE
+    return isinstance(cfg, dict) and cfg.get("model_type") in (MODEL_TYPE, LLAMA_TYPE)
 
 
 def hf_fields(cfg: GPTConfig) -> dict[str, Any]:
@@ -108,6 +112,45 @@ def gpt_config(hf: dict[str, Any], where: str = "config.json") -> GPTConfig:
         raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
 
+def llama_gpt_config(hf: dict[str, Any], where: str) -> GPTConfig:
+    """The :class:`GPTConfig` (``arch="llama"``) of a ``firepe_llama`` folder that ``firepe export`` wrote: one
+    encoding for every layer, as many key/value heads as heads; ``ValueError`` naming ``where`` otherwise (such a
+    folder -- e.g. a converted pretrained model -- loads with transformers, not as a firepe run)."""
+    names, opts = hf.get("firepe_position"), hf.get("firepe_position_options")
+    heads = hf.get("num_attention_heads")
+    if not isinstance(names, list) or not names or not isinstance(opts, list) or len(opts) != len(names) \
+            or any(n != names[0] for n in names) or any(o != opts[0] for o in opts) \
+            or hf.get("num_key_value_heads", heads) != heads or not isinstance(hf.get("firepe"), dict):
+        raise ValueError(f"{where}: a {LLAMA_TYPE!r} folder that firepe export did not write (per-layer encodings, "
+                         "grouped-query attention or no firepe section); load it with transformers' "
+                         "AutoModelForCausalLM.")
+    try:
+        return GPTConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=heads,
+                         d_model=hf["hidden_size"], d_ff=hf["intermediate_size"], position=names[0],
+                         position_options=opts[0], tie_embeddings=hf.get("tie_word_embeddings", True),
+                         norm_eps=hf["rms_norm_eps"], attention=hf.get("firepe_backend", "auto"),
+                         attention_block=hf.get("firepe_block", 1024), arch="llama")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _load_llama_weights(model, file: Path) -> None:
+    """The transformers model's tensors of a ``firepe_llama`` export (an encoding shared by several layers is
+    stored once per layer) into ``model.llama``; ``ValueError`` for a damaged file or other names and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(file))
+        missing, unexpected = model.llama.load_state_dict(tensors, strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{file} is corrupt, truncated or of another model ({str(e).splitlines()[0]}).") from None
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.cfg.tie_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"{file} does not hold this model's tensors (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}); export the run again.")
+
+
 class _Holder(nn.Module):
     def __init__(self, model: GPT):
         super().__init__()
@@ -120,9 +163,10 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[G
     path = Path(path)
     file = path / "config.json"
     hf = read_json(file)
-    if not isinstance(hf, dict) or hf.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{file} is not a firepe export (model_type must be {MODEL_TYPE!r}).")
-    model_cfg = gpt_config(hf, str(file))
+    if not isinstance(hf, dict) or hf.get("model_type") not in (MODEL_TYPE, LLAMA_TYPE):
+        raise ValueError(f"{file} is not a firepe export (model_type must be {MODEL_TYPE!r} or {LLAMA_TYPE!r}).")
+    llama = hf["model_type"] == LLAMA_TYPE
+    model_cfg = llama_gpt_config(hf, str(file)) if llama else gpt_config(hf, str(file))
     extra = hf.get("firepe")
     if not isinstance(extra, dict) or not isinstance(extra.get("train"), dict) or not isinstance(extra.get("data"),
                                                                                                   dict):
@@ -130,12 +174,15 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[G
     check_fields(TrainConfig, extra["train"], f"{file} [firepe.train]")
     check_fields(DataConfig, extra["data"], f"{file} [firepe.data]")
     try:
-        model = GPT(model_cfg)  # an encoding checks its option values when built
+        model = build_model(model_cfg)  # an encoding checks its option values when built
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
     if extra["data"].get("tokenizer", "byte") == "byte":
         check_byte_tokenizer(path / "tokenizer.json")
-    load_model_weights(_Holder(model), path)
+    if llama:
+        _load_llama_weights(model, path / "model.safetensors")
+    else:
+        load_model_weights(_Holder(model), path)
     try:
         model.check_finite()
     except ValueError as e:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,9 @@ def check_config(config) -> None:
     if float(getattr(config, "attention_dropout", 0.0) or 0.0) != 0.0:
         raise ValueError(f"attention_dropout={config.attention_dropout}: firepe's attention has no dropout; "
                          "set attention_dropout=0.")
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    if heads % kv:
+        raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}.")
     if config.firepe_backend not in BACKENDS:
         raise ValueError(f"firepe_backend {config.firepe_backend!r}; valid: {', '.join(BACKENDS)}.")
     block = config.firepe_block
@@ -204,7 +208,17 @@ def _make_classes(family: str, base_config: type, base_model: type) -> tuple[typ
             return base_model.forward(self, *args, **kwargs)
 
         def save_pretrained(self, save_directory, *args, **kwargs):
-            """transformers' ``save_pretrained``, plus the ``auto_map`` module (it imports firepe)."""
+            """transformers' ``save_pretrained``, plus the ``auto_map`` module (it imports firepe). An encoding
+            shared by several layers (FIRE-S, T5) is written under each layer's names (copies of one tensor);
+            loading shares it again."""
+            if kwargs.get("state_dict") is None:
+                state, seen = self.state_dict(), set()
+                for name, t in state.items():
+                    if ATTRIBUTE in name:
+                        if t.data_ptr() in seen:
+                            state[name] = t.clone()
+                        seen.add(t.data_ptr())
+                kwargs["state_dict"] = state
             out = super().save_pretrained(save_directory, *args, **kwargs)
             (Path(save_directory) / SHIM_NAME).write_text(SHIM_TEXT)
             return out
@@ -231,10 +245,18 @@ def install(model: nn.Module) -> None:
     inner = model.model
     params = next(iter(inner.layers[0].self_attn.q_proj.parameters()))
     device = params.device
+    shared: dict[str, PositionEncoding] = {}
     for layer, name, opts in zip(inner.layers, config.firepe_position, config.firepe_position_options):
         attn = layer.self_attn
+        key = json.dumps([name, opts], sort_keys=True, default=str)
+        if key in shared:  # FIRE-S, T5: one module for every layer with this spec, as in firepe's GPT
+            setattr(attn, ATTRIBUTE, shared[key])
+            _hook(attn)
+            continue
         with torch.device(device):
             enc = positions.build(name, config.num_attention_heads, _head_dim(config), **opts)
+        if enc.layer_shared:
+            shared[key] = enc
         enc.firepe_options = dict(opts)
         for m in enc.modules():
             m.firepe_owned = True
@@ -242,10 +264,14 @@ def install(model: nn.Module) -> None:
                 if p.dim() == 0:  # FSDP2's fully_shard refuses 0-dim parameters (FIRE's c and L): the same as [1]
                     setattr(m, pname, nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad))
         setattr(attn, ATTRIBUTE, enc)
-        if not getattr(attn, "firepe_hooked", False):
-            attn.register_forward_pre_hook(_keep_input, with_kwargs=True)
-            attn.firepe_hooked = True
+        _hook(attn)
     inner.rotary_emb = IdentityRotary(_head_dim(config))
+
+
+def _hook(attn: nn.Module) -> None:
+    if not getattr(attn, "firepe_hooked", False):
+        attn.register_forward_pre_hook(_keep_input, with_kwargs=True)
+        attn.firepe_hooked = True
 
 
 def _keep_input(module, args, kwargs):
@@ -274,6 +300,8 @@ def firepe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
         raise ValueError(f"sliding_window={sliding_window}: firepe's attention has no sliding window.")
     b, h, nq, d = query.shape
     nk = key.shape[2]
+    # under autocast the identity rotary's float32 cos/sin promote q and k (exactly: q * 1 + r * 0 == q)
+    query, key = query.to(value.dtype), key.to(value.dtype)
     if key.shape[1] != h:
         groups = h // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
@@ -285,6 +313,7 @@ def firepe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
             raise ValueError(f"firepe attention takes transformers' boolean [B, 1, Q, K] mask; got "
                              f"{attention_mask.dtype} {tuple(attention_mask.shape)}.")
         padding = attention_mask[:, 0, -1, :].expand(b, nk)  # the last query sees every real key
+        _check_mask(attention_mask, padding, nq, nk)
     if position_ids is not None:
         _check_positions(position_ids, padding, b, nq, nk)
     x = getattr(module, "firepe_input", None)
@@ -295,6 +324,22 @@ def firepe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     out = attend(query, key, value, enc, key_padding_mask=padding, x=x, backend=module.config.firepe_backend,
                  block=module.config.firepe_block)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _check_mask(mask: torch.Tensor, padding: torch.Tensor, nq: int, nk: int) -> None:
+    """``ValueError`` unless every real query's row of ``mask`` is ``causal & key padding`` with the queries at the
+    end of the keys: what a dynamic cache and padding give. A static cache (queries in its first slots),
+    packed sequences or a hand-made 4-D mask would otherwise be reduced to their last row."""
+    idx = torch.arange(nk, device=mask.device)
+    causal = idx[None, :] <= idx[nk - nq:, None]                          # [Q, K]
+    want = causal[None] & padding[:, None, :]                             # [B, Q, K]
+    got = mask[:, 0].expand_as(want)
+    # a padding query that sees no real key may also see every key (some releases unmask such rows for softmax)
+    free = ~padding[:, nk - nq:] & (~want.any(-1)) & got.all(-1)
+    if not torch.equal(got[~free], want[~free]):
+        raise ValueError("firepe attention takes transformers' causal mask with key padding only (the queries at "
+                         "the end of the keys, as DynamicCache gives them); a static cache, packed sequences or a "
+                         "custom 4-D mask are not supported.")
 
 
 def _check_positions(position_ids: torch.Tensor, padding: torch.Tensor | None, b: int, nq: int, nk: int) -> None:

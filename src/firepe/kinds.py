@@ -37,6 +37,7 @@ from .attention import (
     masked_logits,
     rows_allowed,
 )
+from .positions.base import PositionEncoding
 from .positions.rope import apply_rotary_one
 
 __all__ = ["Kind", "KINDS", "kind_of", "check_model", "check_backend", "attend"]
@@ -254,12 +255,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding=None, *, 
 
     Returns ``[B, H, Q, D]``, ``softmax(q k^T / sqrt(D) + bias) v`` as firepe's own GPT computes it.
     """
+    if encoding is not None and not isinstance(encoding, PositionEncoding):
+        raise ValueError(f"encoding must be a module from firepe.positions.build (or None), got "
+                         f"{encoding.__name__ if isinstance(encoding, type) else type(encoding).__name__}.")
     kind = kind_of(encoding)
     kind.check_backend(getattr(encoding, "name", "nope"), backend)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive integer (query rows per chunk), got {block!r}.")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
             raise ValueError(f"{name} must be a [B, H, T, D] floating-point tensor, got "
                              f"{getattr(t, 'shape', type(t).__name__)}.")
+    if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must share one dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} on "
+                         f"{q.device}/{k.device}/{v.device}.")
     b, h, nq, d = q.shape
     nk = k.shape[2]
     if k.shape != (b, h, nk, d) or v.shape[:3] != (b, h, nk) or nq > nk or nq < 1:
@@ -270,21 +279,54 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding=None, *, 
                          f"have {h} heads of {d}.")
     rows = None
     if key_padding_mask is not None:
-        if tuple(key_padding_mask.shape) != (b, nk):
-            raise ValueError(f"key_padding_mask must be [B, K] = {(b, nk)}, got {tuple(key_padding_mask.shape)}.")
+        if not isinstance(key_padding_mask, torch.Tensor) or tuple(key_padding_mask.shape) != (b, nk):
+            raise ValueError(f"key_padding_mask must be [B, K] = {(b, nk)}, got "
+                             f"{tuple(getattr(key_padding_mask, 'shape', ())) or type(key_padding_mask).__name__}.")
+        if key_padding_mask.is_floating_point() or key_padding_mask.is_complex():
+            raise ValueError(f"key_padding_mask must be bool or 0/1 integers (true = token), got "
+                             f"{key_padding_mask.dtype}; an additive float mask is not a padding mask.")
         if not bool(key_padding_mask.bool().all()):
+            if q_pos is not None or k_pos is not None:
+                raise ValueError("give key_padding_mask or q_pos/k_pos, not both: with padding, each row's positions "
+                                 "count its real tokens.")
             rows = RowPositions.from_mask(key_padding_mask.to(q.device), nq)
+    k_pos = _positions(k_pos, "k_pos", nk, q.device)
     if k_pos is None:
         k_pos = torch.arange(nk, device=q.device)
+    q_pos = _positions(q_pos, "q_pos", nq, q.device)
     if q_pos is None:
         q_pos = k_pos[nk - nq:]
+    elif not torch.equal(q_pos, k_pos[nk - nq:]):
+        raise ValueError("q_pos must be the last Q entries of k_pos (the queries are the last keys); leave it out.")
+    if log_forget is not None and (not isinstance(log_forget, torch.Tensor)
+                                   or tuple(log_forget.shape) != (b, h, nk)):
+        raise ValueError(f"log_forget must be [B, H, K] = {(b, h, nk)}, got "
+                         f"{tuple(getattr(log_forget, 'shape', ())) or type(log_forget).__name__}.")
     if x is not None and log_forget is None and kind.needs_layer_input:
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != (b, nk, h * d):
+            raise ValueError(f"x must be every key's layer input [B, K, H * D] = {(b, nk, h * d)}, got "
+                             f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}.")
         log_forget = encoding.log_forget(x)
     angles = kind.angles(encoding, k_pos, rows, b, nk)
     same = nq == nk and bool(torch.equal(q_pos, k_pos))
     inputs = AttentionInputs(q_pos=q_pos, k_pos=k_pos, same_positions=same, backend=backend, block=block,
                              angles=angles, rows=rows)
     return kind.attend_keys(encoding, q, k, v, inputs, log_forget)
+
+
+def _positions(pos, name: str, n: int, device) -> torch.Tensor | None:
+    """``pos`` as a 1-D integer tensor of ``n`` strictly increasing positions (None stays None)."""
+    if pos is None:
+        return None
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 1 or len(pos) != n or pos.is_floating_point() \
+            or pos.dtype == torch.bool:
+        raise ValueError(f"{name} must be a 1-D integer tensor of {n} positions, got "
+                         f"{tuple(getattr(pos, 'shape', ())) or type(pos).__name__} "
+                         f"{getattr(pos, 'dtype', '')}.".replace(" .", "."))
+    pos = pos.to(device)
+    if n > 1 and not bool((pos[1:] > pos[:-1]).all()):
+        raise ValueError(f"{name} must be strictly increasing (causal attention follows the positions).")
+    return pos
 
 
 def check_backend(position: str, backend: str) -> None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .arch import build_model
 from .checkpoint import latest_checkpoint, load_model_weights, load_optimizer_state, read_state, save_checkpoint
-from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, resume_changes
+from .config import RESUMABLE, DataConfig, GPTConfig, TrainConfig, check_model_training, resume_changes
 from .data import epochs_line, resolve, training_data
 from .loading import resolve_device
 from .model import GPT
@@ -172,9 +172,7 @@ class Trainer:
         _rank0_decides(self.world, self.rank, lambda: check_installed(cfg.log_to))
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
-        if self.model_cfg.arch == "llama" and cfg.random_positions is not None:
-            raise ValueError("--random-positions is not available with --arch llama (transformers' attention takes "
-                             "each row's positions from the mask); drop one of them.")
+        check_model_training(self.model_cfg, cfg)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
 
