@@ -253,9 +253,11 @@ def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod, q_
     :data:`FLEX_MIN_QUERIES` queries (KV-cache decoding) take :func:`attend` with the bias of ``bias_fn``
     instead, so a decoding loop compiles nothing per step.
     """
-    # on CPU any grad-mode call takes the chunked path: the encoding's own parameters may need gradients even
-    # when q, k, v do not (a frozen backbone), and flex has no CPU backward
-    needs_grad = torch.is_grad_enabled()
+    # the encoding's own parameters may need gradients when q, k, v do not (a frozen backbone); flex has no CPU
+    # backward, so either takes the chunked path on CPU
+    owner = getattr(bias_fn, "__self__", None)
+    trainable = isinstance(owner, torch.nn.Module) and any(p.requires_grad for p in owner.parameters())
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or trainable)
     if q.device.type == "cpu" and needs_grad:
         _warn_cpu_backward()
         return attend_chunked(q, k, v, bias_fn, q_pos, k_pos, block)
