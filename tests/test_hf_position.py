@@ -26,6 +26,7 @@ from transformers.modeling_utils import AttentionInterface  # noqa: E402
 
 from firepe.hf import with_position  # noqa: E402
 from firepe.hf_position import SHIM_NAME  # noqa: E402
+from tests.test_hf_contract import greedy_without_cache  # noqa: E402
 
 V = f"transformers {transformers.__version__}"
 VOCAB = 61
@@ -111,15 +112,6 @@ def test_per_layer_encodings():
     assert model(input_ids=tokens()).logits.isfinite().all()
     model = with_position(tiny(), ["t5", "kerple_log"], [{"num_buckets": 8}, {}])
     assert model.model.layers[0].self_attn.firepe_position.name == "t5"
-
-
-def greedy_without_cache(model, ids, mask, n):
-    out = ids
-    for _ in range(n):
-        logits = model(input_ids=out, attention_mask=mask, use_cache=False).logits[:, -1]
-        out = torch.cat([out, logits.argmax(-1, keepdim=True)], 1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-    return out
 
 
 @pytest.mark.parametrize("name", ["fire", "alibi", "rope", "cope", "nope"])

@@ -27,18 +27,23 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def lm_eval_run(tmp_path, model_args: str, tasks: str, *extra: str) -> subprocess.CompletedProcess:
+    """``lm_eval --model hf`` on the local tasks, offline, results under ``tmp_path/results``."""
+    lm_eval = shutil.which("lm_eval") or pytest.skip("no lm_eval command")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    cmd = [lm_eval, "--model", "hf", "--model_args", model_args, "--tasks", tasks, "--include_path", str(TASKS),
+           "--device", "cpu", "--batch_size", "2", "--output_path", str(tmp_path / "results"), *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+
+
 @pytest.mark.parametrize("name", ["fire", "fox", "cope"])  # a bias, a data bias (log f in the cache), context
 def test_lm_eval_runs_on_an_exported_run(tmp_path, name):
     run = make_run(tmp_path / "run", name)
     out = tmp_path / "exported"
     assert run_cli(["export", run, "--out", out]) == 0
-    lm_eval = shutil.which("lm_eval") or pytest.skip("no lm_eval command")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
-    cmd = [lm_eval, "--model", "hf", "--model_args", f"pretrained={out},trust_remote_code=True,max_length={4 * SEQ}",
-           "--tasks", "firepe_mc,firepe_gen,firepe_rolling", "--include_path", str(TASKS), "--device", "cpu",
-           "--batch_size", "2", "--output_path", str(tmp_path / "results"), "--log_samples"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    res = lm_eval_run(tmp_path, f"pretrained={out},trust_remote_code=True,max_length={4 * SEQ}",
+                      "firepe_mc,firepe_gen,firepe_rolling", "--log_samples")
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads(next((tmp_path / "results").rglob("results_*.json")).read_text())["results"]
     assert 0 <= results["firepe_mc"]["acc,none"] <= 1
@@ -97,13 +102,7 @@ def test_lm_eval_refuses_a_damaged_export(tmp_path):
     weights[name] = weights[name].clone()
     weights[name].view(-1)[0] = float("nan")
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    lm_eval = shutil.which("lm_eval") or pytest.skip("no lm_eval command")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
-    cmd = [lm_eval, "--model", "hf", "--model_args", f"pretrained={out},trust_remote_code=True",
-           "--tasks", "firepe_mc", "--include_path", str(TASKS), "--device", "cpu", "--batch_size", "2",
-           "--output_path", str(tmp_path / "results")]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    res = lm_eval_run(tmp_path, f"pretrained={out},trust_remote_code=True", "firepe_mc")
     assert res.returncode != 0 and "non-finite" in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "results").exists()
 
@@ -123,13 +122,7 @@ def test_lm_eval_scores_a_llama_converted_to_fire(tmp_path):
     out = tmp_path / "llama_fire"
     model.save_pretrained(out)
     byte_tokenizer().save_pretrained(out)
-    lm_eval = shutil.which("lm_eval") or pytest.skip("no lm_eval command")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
-    cmd = [lm_eval, "--model", "hf", "--model_args", f"pretrained={out},trust_remote_code=True",
-           "--tasks", "firepe_mc,firepe_gen", "--include_path", str(TASKS), "--device", "cpu",
-           "--batch_size", "2", "--output_path", str(tmp_path / "results"), "--log_samples"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    res = lm_eval_run(tmp_path, f"pretrained={out},trust_remote_code=True", "firepe_mc,firepe_gen", "--log_samples")
     assert res.returncode == 0, res.stderr[-3000:]
     tok = ByteTokenizer()
     rows = sorted(_rows(next((tmp_path / "results").rglob("samples_firepe_mc_*.jsonl"))), key=lambda r: r["doc_id"])
