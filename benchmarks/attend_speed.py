@@ -11,7 +11,6 @@ alternate A and B; prints the median of each and of the per-round ratios.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -19,17 +18,8 @@ import torch
 
 import firepe
 from firepe import positions
+from firepe.devices import cpu_description
 from firepe.kinds import kind_of
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn, q, k, v) -> float:
@@ -59,8 +49,8 @@ def main() -> None:
         for name, fn in fns.items():
             times[name].append(timed(fn, q, k, v))
     ratios = [a / b for a, b in zip(times["attend"], times["layer"])]
-    print(f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.position} n={args.n} "
-          f"fwd+bwd, {args.rounds} alternating rounds")
+    print(f"{cpu_description()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.position} "
+          f"n={args.n} fwd+bwd, {args.rounds} alternating rounds")
     for name, ts in times.items():
         med, lo, hi = statistics.median(ts) * 1e3, min(ts) * 1e3, max(ts) * 1e3
         print(f"  {name}: median {med:.1f} ms (min {lo:.1f}, max {hi:.1f})")

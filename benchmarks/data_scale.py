@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -27,15 +26,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from firepe.devices import cpu_description
 
 
 def make_corpus(size_mb: int, out: Path) -> Path:
@@ -141,7 +132,7 @@ def run_all(args) -> None:
             row = {"corpus_mib": size, "tokenizer": name, "tokens": tokens, "prepare_wall_s": prep["wall_s"],
                    "prepare_peak_mib": prep["peak_mib"], "prepare_tokens_per_s": tokens / prep["wall_s"],
                    "first_step_wall_s": first["wall_s"], "train20_wall_s": twenty["wall_s"],
-                   "train20_peak_mib": twenty["peak_mib"], "cpu": cpu_model(), "cores": os.cpu_count()}
+                   "train20_peak_mib": twenty["peak_mib"], "cpu": cpu_description(), "cores": os.cpu_count()}
             print(json.dumps(row), flush=True)
             rows.append(row)
             if not args.keep:

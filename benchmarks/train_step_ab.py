@@ -18,6 +18,8 @@ import time
 import torch
 from train_speed import make_step  # benchmarks/ is on sys.path when this script runs
 
+from firepe.devices import cpu_description
+
 
 def build(name: str, args):
     """Seconds per step of ``n`` steps of encoding ``name``, as a callable of ``n``."""
@@ -56,7 +58,8 @@ def main() -> None:
         ta.append(a(args.steps))
         tb.append(b(args.steps))
     ratios = [y / x for x, y in zip(ta, tb)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps, "
+    print(f"{cpu_description()}, torch {torch.__version__},"
+          f" {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps, "
           f"batch {args.batch_size} x {args.seq_len} tokens, preset {args.preset}")
     for name, t in ((args.a, ta), (args.b, tb)):
         ms = statistics.median(t) * 1e3

@@ -124,6 +124,10 @@ def test_bench_speed_writes_table_json_and_plot(tmp_path, capsys):
     assert all("error" not in r and r["train_s"] > 0 and r["forward_s"] > 0 for r in report["results"])
     assert "| 64 | fire |" in out and (out_dir / "bench.png").exists()
     assert report["settings"]["dtype"] == "fp32" and report["settings"]["tf32"] is False  # auto on CPU
+    from firepe.devices import cpu_description
+
+    assert report["cpu"] == cpu_description() and report["machine"].startswith(cpu_description())
+    assert report["cpu"] in out  # the printed table names the CPU and its instruction set
 
 
 def test_bench_speed_job_past_its_timeout_is_an_error_row(tmp_path, capsys, monkeypatch):

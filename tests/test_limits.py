@@ -57,3 +57,15 @@ def test_a_refused_score_into_an_existing_folder_leaves_it_as_it_was(base, tmp_p
     one_line_error(capsys, ["score", run, "--max-new-tokens", HUGE, "--out", out, "--no-progress"],
                    "--max-new-tokens must be at most")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_cpu_description_names_the_model_and_the_widest_instruction_set():
+    from firepe.devices import cpu_description
+
+    intel = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw\n"
+    amd = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n"
+    assert cpu_description(intel) == "Intel(R) Xeon(R) Processor, AVX-512"
+    assert cpu_description(amd) == "AMD EPYC 7B13, AVX2"
+    assert cpu_description(arm).endswith(", NEON")
+    assert cpu_description("").endswith("unknown instruction set")

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from . import kernels
+from .devices import cpu_description
 from .runs import write_json, write_text, writing
 
 ROWS = ["nope", "rope", "alibi", "kerple_log", "t5", "fire_appendix_e", "fire_exact", "fire", "fire_s"]
@@ -196,9 +197,11 @@ def run_bench(rows: list[str], lengths: list[int], scopes: list[str], settings: 
     if results and all("error" in r for r in results):  # nothing to report: no files of error rows
         raise ValueError(f"every benchmark row failed (first: {results[0]['error']}).")
     machine = (torch.cuda.get_device_name() if settings["device"].startswith("cuda")
-               else f"{platform.machine()} CPU, {settings['threads'] or torch.get_num_threads()} threads")
+               else f"{cpu_description()} ({platform.machine()}), {settings['threads'] or torch.get_num_threads()} "
+                    "threads")
     settings = {**settings, "fire_cpu_kernel": kernels.available()}
-    report = {"machine": machine, "torch": torch.__version__, "settings": settings, "results": results}
+    report = {"machine": machine, "cpu": cpu_description(), "torch": torch.__version__, "settings": settings,
+              "results": results}
     log(format_bench(report))
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
