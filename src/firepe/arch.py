@@ -6,8 +6,8 @@ initialization) at the config's sizes -- ``d_model``, ``n_layer``, ``n_head`` (a
 ``d_ff`` (default ``4 d_model``), ``norm_eps``, tied embeddings -- turned into the config's encoding by
 :func:`firepe.hf.with_position`, behind the GPT's interface (``forward(idx, targets, cache)``, ``generate``,
 ``position_for``, ``set_attention``), so ``train``, ``compare``, ``synth``, ``eval`` and ``score`` run it unchanged
-(``--arch llama``). Encodings shared across layers (FIRE-S, T5, the parameter-free ones) are one module for every
-layer, as in the GPT. Not available for it: randomized positions (``positions=``) and plotting FoX/CoPE biases for a
+(``--arch llama``). Encodings shared across layers (FIRE-S, T5) are one module for every layer, as in the
+GPT. Not available for it: randomized positions (``positions=``) and plotting FoX/CoPE biases for a
 text. ``firepe export`` writes the transformers model itself (``model_type: "firepe_llama"``; load it with firepe
 installed, or ``trust_remote_code=True``).
 """
@@ -76,14 +76,11 @@ class LlamaGPT(GPT):
         nn.Module.__init__(self)
         hp = _transformers()
         self.cfg = cfg
-        self.llama = hp.CLASSES["FirePELlamaForCausalLM"](_llama_config(cfg))
-        layers = self.llama.model.layers
-        first = getattr(layers[0].self_attn, hp.ATTRIBUTE)
-        if first.layer_shared or not any(True for _ in first.parameters()):
-            for layer in layers[1:]:  # one module for every layer, as firepe's GPT shares it
-                setattr(layer.self_attn, hp.ATTRIBUTE, first)
+        self.llama = hp.CLASSES["FirePELlamaForCausalLM"](_llama_config(cfg))  # shares FIRE-S/T5 across layers
         self.lm_head = self.llama.lm_head
         self.cache_keyword = hp.CACHE_KEYWORD
+        # FoX's gates are not in transformers' cache: decoding recomputes the whole sequence
+        self.recompute_decoding = any(kind_of(self.position_for(i)).needs_layer_input for i in range(cfg.n_layer))
         self.position_shared = None
         self.position_layers = None
 
@@ -104,8 +101,7 @@ class LlamaGPT(GPT):
             raise ValueError("randomized positions (positions=) are not available for the llama architecture.")
         if check:
             self._check_inputs(idx, None, cache)
-        if cache is not None and any(kind_of(self.position_for(i)).needs_layer_input for i in range(self.cfg.n_layer)):
-            # FoX's gates are not in transformers' cache: keep the ids and recompute (decoding stays correct)
+        if cache is not None and self.recompute_decoding:  # keep the ids and recompute (decoding stays correct)
             ids = idx if cache.extra is None else torch.cat([cache.extra, idx], 1)
             cache.extra = ids
             out = self.llama.model(input_ids=ids, attention_mask=attention_mask, use_cache=False)
@@ -125,16 +121,10 @@ class LlamaGPT(GPT):
         return out.last_hidden_state
 
     def llama_for_export(self):
-        """A copy of the transformers model with one encoding module per layer (a shared one copied: the saved
-        folder loads as transformers builds it), for ``firepe export``."""
-        import copy
-
-        model = copy.deepcopy(self.llama).eval()
-        for layer in model.model.layers[1:]:
-            attn = layer.self_attn
-            attn.firepe_position = copy.deepcopy(attn.firepe_position)
-        model.config.use_cache = True
-        return model
+        """The transformers model, in eval mode with its cache on, for ``firepe export`` (its ``save_pretrained``
+        writes a shared encoding under each layer's names; loading shares it again)."""
+        self.llama.eval().config.use_cache = True
+        return self.llama
 
     def attention_inputs(self, idx: torch.Tensor) -> list[torch.Tensor]:
         raise ValueError("the llama architecture does not plot input-dependent biases (FoX, CoPE) for a text.")

@@ -102,6 +102,10 @@ def _per_layer(value, n: int, what: str) -> list:
     return [value] * n
 
 
+def _spec_key(name: str, options: dict) -> str:
+    return json.dumps([name, options], sort_keys=True, default=str)
+
+
 def check_config(config) -> None:
     """``ValueError`` (one sentence) for a firepe config this integration cannot run correctly."""
     names, opts, n = config.firepe_position, config.firepe_position_options, config.num_hidden_layers
@@ -109,9 +113,14 @@ def check_config(config) -> None:
         raise ValueError(f"{type(config).__name__}: firepe_position and firepe_position_options must list one entry "
                          f"per layer ({n}); got {names!r} and {opts!r}. Convert with firepe.hf.with_position.")
     heads, head_dim = config.num_attention_heads, _head_dim(config)
+    checked = set()
     for layer, (name, o) in enumerate(zip(names, opts)):
         if not isinstance(name, str) or not isinstance(o, dict):
             raise ValueError(f"layer {layer}: the encoding must be a name and a dict of options, got {name!r}, {o!r}.")
+        spec = _spec_key(name, o)
+        if spec in checked:  # each distinct spec is built once here, not once per layer
+            continue
+        checked.add(spec)
         try:
             positions.check(name, heads, head_dim, o)
             kind_of(positions.get(name)).check_backend(name, config.firepe_backend)
@@ -248,7 +257,7 @@ def install(model: nn.Module) -> None:
     shared: dict[str, PositionEncoding] = {}
     for layer, name, opts in zip(inner.layers, config.firepe_position, config.firepe_position_options):
         attn = layer.self_attn
-        key = json.dumps([name, opts], sort_keys=True, default=str)
+        key = _spec_key(name, opts)
         if key in shared:  # FIRE-S, T5: one module for every layer with this spec, as in firepe's GPT
             setattr(attn, ATTRIBUTE, shared[key])
             _hook(attn)

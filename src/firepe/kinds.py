@@ -308,8 +308,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, encoding=None, *, 
                              f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}.")
         log_forget = encoding.log_forget(x)
     angles = kind.angles(encoding, k_pos, rows, b, nk)
-    same = nq == nk and bool(torch.equal(q_pos, k_pos))
-    inputs = AttentionInputs(q_pos=q_pos, k_pos=k_pos, same_positions=same, backend=backend, block=block,
+    inputs = AttentionInputs(q_pos=q_pos, k_pos=k_pos, same_positions=nq == nk, backend=backend, block=block,
                              angles=angles, rows=rows)
     return kind.attend_keys(encoding, q, k, v, inputs, log_forget)
 
