@@ -108,6 +108,17 @@ def test_resume_without_the_checkpoints_of_logged_steps_is_refused(run, capsys):
     assert (run / "metrics.jsonl").read_text() == metrics
 
 
+def test_a_kill_between_the_first_checkpoints_metrics_row_and_its_file_resumes_from_zero(tmp_path, text_corpus):
+    out = tmp_path / "r"  # the row of step 1 is written, then the kill comes before checkpoint 1 is
+    assert main(["train", "--out", str(out), "--steps", "3", "--seq-len", "32", "--corpus", str(text_corpus),
+                 "--checkpoint-every", "1", "--log-every", "1", *TINY]) == 0
+    shutil.rmtree(out / "checkpoints")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text(lines[0] + "\n")
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert [__import__("json").loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_zero(tmp_path, text_corpus, capsys):
     out = tmp_path / "r"
     assert main(["train", "--out", str(out), "--steps", "3", "--seq-len", "32", "--corpus", str(text_corpus),

@@ -205,11 +205,13 @@ class Trainer:
     def _check_nothing_lost(self) -> None:
         """A resume that finds no checkpoint starts from step 0 and truncates the metrics: refuse when the
         log shows a checkpoint must have been written (``checkpoints/`` deleted), instead of retraining
-        silently over the logged steps. A run killed before its first checkpoint resumes from 0."""
+        silently over the logged steps. A run killed before its first checkpoint resumes from 0, and so does
+        one killed between step ``first``'s metrics row and its checkpoint (the row is written first): only a
+        logged step past ``first`` proves that a checkpoint was written."""
         logged = [r["step"] for r in self.run.metrics.rows()]
         saved_steps = self.run.read_config()["train"].get("steps", self.cfg.steps)
         first = min(self.cfg.checkpoint_every, saved_steps)
-        if logged and max(logged) >= first:
+        if logged and max(logged) > first:
             raise ValueError(f"{self.run.metrics.path} logs steps up to {max(logged)} but {self.run.checkpoints} "
                              f"holds no checkpoint (the first was due at step {first}); this run cannot be resumed: "
                              f"start over with a new --out (or delete {self.run_dir}).")
