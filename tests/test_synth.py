@@ -13,7 +13,7 @@ from firepe.model import GPT
 from firepe.seeds import parse_seeds
 from firepe.synth import SYNTH_DEFAULTS, aggregate, format_synth, synth
 from firepe.synth_runs import SynthTrainer, score_synth_run
-from firepe.tasks.synthetic import SynthConfig, SynthTask
+from firepe.tasks.synthetic import SynthConfig, make_task
 from firepe.train import Trainer
 
 from .helpers import one_line_error, run_cli
@@ -26,7 +26,7 @@ def test_a_tiny_recall_run_learns_above_chance_in_seconds(tmp_path):
     task = SynthConfig(pairs=2, keys=4, values=8, queries=8)
     cfg = TrainConfig(**{**SYNTH_DEFAULTS, "steps": 150, "progress": False, "seq_len": 32})
     SynthTrainer(tmp_path / "r", task, preset("tiny", position="alibi"), cfg).fit()
-    acc = score_synth_run(tmp_path / "r", SynthTask(task), [32], examples=512)[0]["accuracy"]
+    acc = score_synth_run(tmp_path / "r", make_task(task), [32], examples=512)[0]["accuracy"]
     assert acc > 35.0, acc
 
 
@@ -38,18 +38,18 @@ def test_seeds_change_init_and_order_not_the_evaluation_set(tmp_path):
     assert not torch.equal(a.data.batch(0, 4, 0)[0], b.data.batch(0, 4, 1)[0])
     assert torch.equal(a.data.batch(2, 4, 0)[0], a.data.batch(2, 4, 0)[0])
     a.run.unlock(), b.run.unlock()
-    t = SynthTask(task)
-    assert torch.equal(t.eval_batch(8, 64)[0], SynthTask(task).eval_batch(8, 64)[0])
+    t = make_task(task)
+    assert torch.equal(t.eval_batch(8, 64)[0], make_task(task).eval_batch(8, 64)[0])
 
 
 def test_synth_run_resumes_with_its_task(tmp_path):
     task = SynthConfig(task="addition", digits=3, hints=True)
     tr = SynthTrainer(tmp_path / "r", task, preset("tiny", position="fire"), TrainConfig(**{**FAST, "steps": 3}))
-    assert tr.cfg.seq_len == SynthTask(task).addition_length(3)  # the task decides the training length
+    assert tr.cfg.seq_len == make_task(task).addition_length(3)  # the task decides the training length
     tr.fit()
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["synth"]["task"] == "addition" and saved["synth"]["hints"] is True
-    assert saved["model"]["vocab_size"] == SynthTask(task).vocab_size
+    assert saved["model"]["vocab_size"] == make_task(task).vocab_size
     again = SynthTrainer(tmp_path / "r", resume=True, changes={"steps": 6})
     assert again.synth == task and again.step == 3
     again.fit()
@@ -281,7 +281,7 @@ def test_trainer_passes_sorted_random_positions_and_resume_keeps_them(tmp_path, 
         Trainer(tmp_path / "r", resume=True, changes={"random_positions": 600})
     # evaluation never uses them
     seen.clear()
-    score_synth_run(tmp_path / "r", SynthTask(task), [48], examples=4)
+    score_synth_run(tmp_path / "r", make_task(task), [48], examples=4)
     assert seen == [None]
 
 

@@ -47,7 +47,7 @@ from .seeds import parse_seeds
 from .synth import SYNTH_DEFAULTS, synth, synth_levels
 from .tasks import TASK_HELP, parse_depths
 from .tasks.metrics import check_metric
-from .tasks.synthetic import SynthConfig, SynthTask
+from .tasks.synthetic import SynthConfig, make_task
 from .train import Trainer, process_group
 
 # Per-command defaults as dataclass instances (litgpt style); flags are derived from the fields.
@@ -202,7 +202,7 @@ def add_synth(sub) -> None:
 def cmd_synth(args) -> None:
     task = dataclass_from_args(SynthConfig, args)  # another task's options are refused here
     if task.task == "addition":  # its training length follows from --digits (checked below)
-        args.seq_len = SynthTask(task).train_length(args.seq_len)
+        args.seq_len = make_task(task).train_length(args.seq_len)
     train = dataclass_from_args(TrainConfig, args)
     if task.task == "addition" and "seq_len" in args.given:
         raise ValueError("--seq-len does not apply to --task addition: its training length follows from --digits.")

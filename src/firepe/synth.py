@@ -26,7 +26,7 @@ from .loading import resolve_device
 from .positions import Spec
 from .seeds import format_seed_table, seed_table
 from .synth_runs import SYNTH_DEFAULTS, SynthTrainer, eval_rows, score_synth_run, synth_section
-from .tasks.synthetic import SynthConfig, SynthTask
+from .tasks.synthetic import SynthConfig, make_task
 
 __all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", "SYNTH_DEFAULTS"]
 
@@ -40,15 +40,15 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
         raise ValueError("no seeds; pass --seeds N or a list like 0,1,2.")
     if not isinstance(examples, int) or isinstance(examples, bool) or not 1 <= examples <= 1_000_000:
         raise ValueError(f"--examples must be an integer in [1, 1000000], got {examples!r}.")
-    task = SynthTask(task_cfg)
+    task = make_task(task_cfg)
     train_len = task.checked_train_length(train_cfg.seq_len)
     train_cfg = replace(train_cfg, seq_len=train_len)
     if not isinstance(max_factor, int) or isinstance(max_factor, bool) or not 1 <= max_factor <= MAX_LENGTH:
         raise ValueError(f"--max-factor must be an integer in [1, {MAX_LENGTH}], got {max_factor!r}.")
     levels = levels or task.levels(train_len, max_factor)
     for lv in levels:
-        task.check_level(lv, "digits" if task.name == "addition" else "length")
-        n = task.addition_length(lv) if task.name == "addition" else lv
+        task.check_level(lv, task.level_name)
+        n = task.length_of(lv)
         check_at_most(n, f"the scored length {n}", MAX_LENGTH, " tokens")
         eval_rows(task, examples, n)
     sweep = Sweep(out, specs, seeds, train_cfg.log_to, what="train", name_seed=True)
@@ -77,7 +77,7 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
         runs.append({"label": cell.spec.label, "position": cell.spec.position, "options": cell.options,
                      "seed": cell.seed, "run": str(cell.run.path),
                      "train_tokens_per_s": trainer.tokens_per_s if trainer is not None else None, "results": scores})
-    summary = {"task": asdict(task_cfg), "train_len": train_len, "level_name": _level_name(task),
+    summary = {"task": asdict(task_cfg), "train_len": train_len, "level_name": task.level_name,
                "levels": levels, "seeds": sweep.seeds, "steps": train_cfg.steps, "examples": examples,
                "model": {k: v for k, v in model.to_dict().items() if k not in ("position", "position_options")},
                "random_positions": train_cfg.random_positions,
@@ -101,10 +101,6 @@ def synth_levels(task_cfg: SynthConfig, lengths: str | None) -> list[int] | None
         return [int(x) for x in lengths.split(",")]
     except ValueError:
         raise ValueError(f"--lengths of addition are digit counts like 8,16,32, got {lengths!r}.") from None
-
-
-def _level_name(task: SynthTask) -> str:
-    return "digits" if task.name == "addition" else "length"
 
 
 def aggregate(summary: dict[str, Any]) -> dict[str, Any]:

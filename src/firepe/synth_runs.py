@@ -15,7 +15,7 @@ import torch
 from .config import DataConfig, GPTConfig, TrainConfig, dataclass_from_dict
 from .loading import load_run
 from .runs import RunFolder, write_json
-from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, score_batch
+from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, make_task, score_batch
 from .train import Trainer
 
 __all__ = ["SynthTrainer", "SynthData", "SynthTokenizer", "synth_section", "score_synth_run", "eval_rows",
@@ -37,16 +37,17 @@ class SynthTokenizer:
 
 
 class SynthData:
-    """``batch(step, batch_size, seed) -> (x, y)``: generated anew for every step (never repeats)."""
+    """``batch(step, batch_size, seed) -> (x, y, positions)``: generated anew for every step (never repeats);
+    ``positions`` is None unless the task sets its own position ids."""
 
     def __init__(self, task: SynthTask, seq_len: int):
         self.task, self.seq_len = task, seq_len
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0,
-              world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+              world: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rows ``rank, rank + world, ...`` of global batch ``step``."""
-        x, y = self.task.training_rows(batch_size, self.seq_len, seed, step)
-        return x[rank::world], y[rank::world]
+        x, y, pos = self.task.training_rows(batch_size, self.seq_len, seed, step)
+        return x[rank::world], y[rank::world], None if pos is None else pos[rank::world]
 
 
 def synth_section(cfg: dict[str, Any], where: str) -> SynthConfig:
@@ -69,7 +70,7 @@ class SynthTrainer(Trainer):
             return
         self.synth = synth or SynthConfig()
         train_cfg = train_cfg or TrainConfig(**SYNTH_DEFAULTS)
-        length = SynthTask(self.synth).checked_train_length(train_cfg.seq_len)
+        length = make_task(self.synth).checked_train_length(train_cfg.seq_len)
         if length != train_cfg.seq_len:
             train_cfg = replace(train_cfg, seq_len=length)
         super().__init__(run_dir, model_cfg, train_cfg, DataConfig(), log_group=log_group)
@@ -79,7 +80,7 @@ class SynthTrainer(Trainer):
         return {"synth": asdict(self.synth)}
 
     def _build_data(self, resume: bool) -> None:
-        task = SynthTask(self.synth)
+        task = make_task(self.synth)
         self.tokenizer = SynthTokenizer(task)
         self.model_cfg.vocab_size = task.vocab_size
         self.corpus_description = f"synthetic {task.name}"
@@ -109,7 +110,7 @@ def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], exa
     dev = next(model.parameters()).device
     out = []
     for level in levels:
-        n = task.addition_length(level) if task.name == "addition" else level
+        n = task.length_of(level)
         rows = eval_rows(task, examples, n)
         tokens, answer, extra = task.eval_batch(rows, level)
         chunk = max(1, min(batch_tokens // n, MAX_LOGITS // (n * task.vocab_size)))

@@ -304,21 +304,26 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def local_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of global batch ``step`` (rows ``rank, rank + world, ...``; read by this rank only)."""
+    def local_batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """This rank's share of global batch ``step`` (rows ``rank, rank + world, ...``; read by this rank only):
+        ``(x, y)``, or ``(x, y, positions)`` from data that sets its own position ids (a synthetic task's
+        position scheme; None: ``0 .. n-1``)."""
         return self.data.batch(step, self.cfg.batch_size, self.cfg.seed, rank=self.rank, world=self.world)
 
     def forward_backward(self, step: int) -> float:
         """Gradients of the mean loss over this rank's micro-batches (all-reduced under DDP)."""
         net = self.ddp or self.model
-        x, y = self.local_batch(step)
+        batch = self.local_batch(step)
+        x, y = batch[0], batch[1]
+        given = batch[2] if len(batch) > 2 else None
         total = 0.0
         for i in range(self.accum):
             xs = x[i * self.micro:(i + 1) * self.micro].to(self.device)
             ys = y[i * self.micro:(i + 1) * self.micro].to(self.device)
             last = i == self.accum - 1
             ctx = net.no_sync() if (self.ddp is not None and not last) else nullcontext()
-            pos = self.random_positions(step, i, xs.shape[0], xs.shape[1])
+            pos = (self.random_positions(step, i, xs.shape[0], xs.shape[1]) if given is None
+                   else given[i * self.micro:(i + 1) * self.micro].to(self.device))
             with ctx:
                 with self._autocast():  # backward outside autocast (it replays the forward's dtypes)
                     _, loss = net(xs, ys) if pos is None else net(xs, ys, positions=pos)

@@ -4,7 +4,7 @@ each generated row (Python's own integer addition for addition)."""
 import pytest
 import torch
 
-from firepe.tasks.synthetic import EOS, PAD, SEP, SynthConfig, SynthTask, distance_bins, rows_from, score_batch
+from firepe.tasks.synthetic import EOS, PAD, SEP, SynthConfig, distance_bins, make_task, rows_from, score_batch
 
 
 def _gen(task, count, level, seed=0, training=False):
@@ -15,13 +15,13 @@ def _gen(task, count, level, seed=0, training=False):
                                  SynthConfig(task="reverse"), SynthConfig(task="addition", digits=3),
                                  SynthConfig(task="addition", digits=3, hints=True)])
 def test_generation_is_deterministic(cfg):
-    task = SynthTask(cfg)
+    task = make_task(cfg)
     level = 3 if cfg.task == "addition" else 64
     a, b = _gen(task, 8, level, 5, True), _gen(task, 8, level, 5, True)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], _gen(task, 8, level, 6, True)[0])
-    x1, y1 = task.training_rows(8, 64, seed=0, step=3)
-    x2, y2 = task.training_rows(8, 64, seed=0, step=3)
+    x1, y1, _ = task.training_rows(8, 64, seed=0, step=3)
+    x2, y2, _ = task.training_rows(8, 64, seed=0, step=3)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(x1, task.training_rows(8, 64, seed=0, step=4)[0])
     assert not torch.equal(x1, task.training_rows(8, 64, seed=1, step=3)[0])
@@ -29,17 +29,17 @@ def test_generation_is_deterministic(cfg):
 
 
 def test_evaluation_examples_do_not_depend_on_the_training_seed():
-    task = SynthTask(SynthConfig())
+    task = make_task(SynthConfig())
     e1, e2 = task.eval_batch(4, 128), task.eval_batch(4, 128)
     assert torch.equal(e1[0], e2[0])
-    other = SynthTask(SynthConfig(eval_seed=99)).eval_batch(4, 128)
+    other = make_task(SynthConfig(eval_seed=99)).eval_batch(4, 128)
     assert not torch.equal(e1[0], other[0])
 
 
 @pytest.mark.parametrize("fmt", ["fact", "split"])
 def test_recall_answers_are_the_bound_values(fmt):
     cfg = SynthConfig(format=fmt, pairs=5, keys=9, values=7, queries=6)
-    task = SynthTask(cfg)
+    task = make_task(cfg)
     tokens, answer, extra = _gen(task, 16, 96, seed=3)
     for row, ans, dist, first_flags in zip(tokens.tolist(), answer.tolist(), extra["distance"].tolist(),
                                            extra["first"].tolist()):
@@ -64,7 +64,7 @@ def test_recall_answers_are_the_bound_values(fmt):
 
 @pytest.mark.parametrize("name", ["copy", "reverse"])
 def test_copy_and_reverse_answers(name):
-    task = SynthTask(SynthConfig(task=name))
+    task = make_task(SynthConfig(task=name))
     for training in (False, True):
         tokens, answer, _ = _gen(task, 12, 40, seed=1, training=training)
         for row, ans in zip(tokens.tolist(), answer.tolist()):
@@ -81,7 +81,7 @@ def test_copy_and_reverse_answers(name):
 @pytest.mark.parametrize("hints", [False, True])
 def test_addition_answers_match_python_integer_addition(hints):
     cfg = SynthConfig(task="addition", digits=5, hints=hints)
-    task = SynthTask(cfg)
+    task = make_task(cfg)
     for training, level in ((True, 5), (False, 5), (False, 20)):
         tokens, answer, _ = _gen(task, 32, level, seed=2, training=training)
         for row, ans in zip(tokens.tolist(), answer.tolist()):
@@ -106,7 +106,7 @@ def test_addition_answers_match_python_integer_addition(hints):
 
 
 def test_score_batch_counts_exact_matches_of_known_predictions():
-    task = SynthTask(SynthConfig(queries=4))
+    task = make_task(SynthConfig(queries=4))
     tokens, answer, _ = task.eval_batch(3, 64)
     V = task.vocab_size
     pred = tokens.clone()  # predict every next token right ...
@@ -119,7 +119,7 @@ def test_score_batch_counts_exact_matches_of_known_predictions():
     assert ok.shape == (3, 4)
     assert ok.sum() == 10 and not ok[0, 1] and not ok[2, 3]
     # a multi-token answer is wrong when any of its tokens is
-    task = SynthTask(SynthConfig(task="copy"))
+    task = make_task(SynthConfig(task="copy"))
     tokens, answer, _ = task.eval_batch(2, 20)
     pred = tokens.clone()
     last = max(t for t in range(20) if answer[1, t] == 0)
@@ -136,7 +136,7 @@ def test_score_batch_refuses_rows_with_different_answer_counts():
 
 
 def test_rows_from_targets_only_answers():
-    task = SynthTask(SynthConfig(task="copy"))
+    task = make_task(SynthConfig(task="copy"))
     tokens, answer, _ = task.eval_batch(2, 16)
     x, y = rows_from(tokens, answer)
     assert torch.equal(x, tokens)
@@ -161,9 +161,9 @@ def test_bad_options_are_one_clear_error(kwargs, match):
 
 def test_levels_that_cannot_hold_an_example_are_refused():
     with pytest.raises(ValueError, match="do not fit"):
-        SynthTask(SynthConfig(queries=31)).check_level(64)
+        make_task(SynthConfig(queries=31)).check_level(64)
     with pytest.raises(ValueError, match="scored up to 4 x --digits = 20"):
-        SynthTask(SynthConfig(task="addition", digits=5)).check_level(21)
+        make_task(SynthConfig(task="addition", digits=5)).check_level(21)
 
 
 def test_distance_bins_are_powers_of_two_at_every_length():
