@@ -237,3 +237,122 @@ def test_every_encoding_runs_in_bf16_close_to_fp32(name, opts):
         low, _ = model.to(torch.bfloat16)(ids)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.05
+
+
+# -- position ids in any order (firepe synth --position-ids): |q_pos - k_pos| for biases ----------------------
+
+# coupled ids of "2 1 + 9 5 = 1 7 0 EOS" (offset 3) and abacus ids of another row: they restart and repeat
+UNSORTED = torch.tensor([[4, 5, 3, 4, 5, 3, 4, 5, 6, 7], [1, 2, 0, 1, 2, 3, 0, 1, 2, 0]])
+
+
+def _abs_distance(rows=UNSORTED):
+    return (rows[:, :, None] - rows[:, None, :]).abs()  # [B, Q, K]
+
+
+def test_alibi_bias_of_unsorted_ids_is_minus_slope_times_absolute_distance():
+    enc = positions.build("alibi", num_heads=4, head_dim=16)
+    slopes = torch.tensor(positions.alibi_slopes(4))
+    want = -slopes[None, :, None, None] * _abs_distance()[:, None].float()
+    torch.testing.assert_close(enc.compute_bias_rows(UNSORTED, UNSORTED), want, rtol=0, atol=0)
+
+
+def _t5_bucket_by_hand(n: int, buckets: int, max_distance: int) -> int:
+    exact = buckets // 2
+    if n < exact:
+        return n
+    return min(exact + int(math.log(n / exact) / math.log(max_distance / exact) * (buckets - exact)), buckets - 1)
+
+
+def test_t5_and_kerple_biases_of_unsorted_ids_read_the_absolute_distance():
+    rows = torch.tensor([[30, 2, 0, 17, 5, 5], [0, 9, 1, 40, 3, 2]])  # distances past the exact buckets too
+    dist = _abs_distance(rows)
+    t5 = positions.build("t5", num_heads=2, head_dim=8, num_buckets=8, max_distance=20)
+    table = t5.relative_attention_bias.weight  # [buckets, H]
+    want = torch.stack([torch.stack([torch.stack([table[_t5_bucket_by_hand(int(d), 8, 20)] for d in q])
+                                     for q in b]) for b in dist]).permute(0, 3, 1, 2)
+    torch.testing.assert_close(t5.compute_bias_rows(rows, rows), want, rtol=0, atol=0)
+    kerple = positions.build("kerple_log", num_heads=2, head_dim=8)
+    r1, r2 = kerple.r1_raw.detach(), kerple.r2_raw.detach()
+    want = -r1[None, :, None, None] * torch.log1p(r2[None, :, None, None] * dist[:, None].float())
+    torch.testing.assert_close(kerple.compute_bias_rows(rows, rows), want)
+
+
+@pytest.mark.parametrize("name", ["alibi", "kerple_log", "kerple_power", "t5", "sandwich"])
+def test_translation_invariant_biases_of_unsorted_ids_depend_on_the_absolute_distance_only(name):
+    enc = positions.build(name, num_heads=2, head_dim=8)
+    got = enc.compute_bias_rows(UNSORTED, UNSORTED)
+    at = {d: enc.compute_bias(torch.tensor([d]), torch.tensor([0]))[:, 0, 0] for d in range(8)}  # causal d
+    want = torch.stack([torch.stack([torch.stack([at[int(d)] for d in q]) for q in b]) for b in _abs_distance()])
+    torch.testing.assert_close(got, want.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("mode", ["reference", "exact", "table"])
+def test_fire_bias_of_unsorted_ids_is_eq4_with_the_absolute_distance(mode):
+    # L = 4: rows 0..3 read the distance table, rows >= 4 normalize by psi(i); the key at 12 of the query at 4
+    # is farther than max(L, i): x = psi(8) / psi(4) > 1 (table mode reads f(1) there)
+    rows = torch.tensor([[4, 12, 0, 1, 6, 2, 4, 9], [3, 3, 0, 7, 1, 2, 5, 0]])
+    torch.manual_seed(0)
+    enc = positions.build("fire", num_heads=3, head_dim=8, init_L=4.0, bias_mode=mode)
+    c, L, eps = float(enc.c.detach().abs()), float(enc.L.detach()), enc.eps
+    i = rows[:, :, None].double().expand(-1, -1, rows.shape[1])
+    d = _abs_distance(rows).double()
+    x = torch.log(c * d + 1) / (torch.log(c * torch.clamp(i, min=L) + 1) + eps)
+    if mode == "table":
+        x = torch.where(i >= L, x.clamp(0, 1), x)
+    with torch.no_grad():
+        want = enc.mlp(x.float()[..., None]).permute(0, 3, 1, 2)
+        got = enc.compute_bias_rows(rows, rows)
+    assert bool((x > 1).any())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 if mode == "table" else 1e-6)
+    params = [p for p in enc.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(enc.compute_bias_rows(rows, rows).sum(), params)
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_sorted_rows_keep_the_causal_distance_path():
+    from firepe.positions.base import rows_sorted
+
+    sorted_rows = torch.tensor([[0, 3, 4, 9], [1, 1, 5, 6]])
+    assert rows_sorted(sorted_rows, sorted_rows) and not rows_sorted(UNSORTED, UNSORTED)
+    for name in ("fire", "t5", "alibi"):
+        enc = positions.build(name, num_heads=2, head_dim=8)
+        with torch.no_grad():
+            got = enc.compute_bias_rows(sorted_rows, sorted_rows)
+            for b, row in enumerate(sorted_rows):
+                causal = row[:, None] >= row[None, :]
+                torch.testing.assert_close(got[b][:, causal], enc.compute_bias(row, row)[:, causal])
+
+
+def test_model_attention_with_unsorted_ids_written_out_by_hand():
+    """One layer of ALiBi: softmax(q k^T / sqrt(d) - m |i_pos - j_pos|, causal by token index) v, by hand."""
+    model = GPT(preset("tiny", position="alibi", vocab_size=50, n_layer=1)).eval()
+    idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, _ = model(idx, positions=UNSORTED)
+        x = model.wte(idx)
+        h = model.blocks[0].ln1(x)
+        attn = model.blocks[0].attn
+        q, k, v = attn.qkv(h).view(2, 10, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        slopes = torch.tensor(positions.alibi_slopes(4))[None, :, None, None]
+        logits = q @ k.transpose(-1, -2) / 4 - slopes * _abs_distance()[:, None].float()
+        logits = logits.masked_fill(torch.ones(10, 10, dtype=torch.bool).triu(1), float("-inf"))
+        x = x + attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(2, 10, -1))
+        x = x + model.blocks[0].ffn(model.blocks[0].ln2(x))
+        want = model.lm_head(model.ln_f(x))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,opts", ALL)
+def test_unsorted_ids_stay_causal_by_token_index_and_shift_invariant(name, opts):
+    model = tiny(name, opts).eval()
+    x = torch.randint(0, 50, (2, 10))
+    y = x.clone()
+    y[:, 6:] = torch.randint(0, 50, (2, 4))
+    with torch.no_grad():
+        a, loss = model(x, x, positions=UNSORTED)
+        b, _ = model(y, positions=UNSORTED)
+        shifted, _ = model(x, positions=UNSORTED + 5)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=1e-5, atol=1e-5)  # later tokens (smaller ids) unseen
+    if name not in ("fire", "fire_s", "longrope"):  # relative in the ids: the same after a shift
+        torch.testing.assert_close(shifted, a, rtol=1e-4, atol=1e-4)

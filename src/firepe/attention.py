@@ -399,7 +399,9 @@ def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, enc, rows: Ro
     """Dense causal attention of a padded batch (HF's ``attention_mask``): row ``b`` uses its own positions
     ``rows.q[b], rows.k[b]`` for the bias and never attends to padding keys. The newest ``Q`` of the ``K``
     keys are the queries; a padding query attends to itself only (its output is never used), so no softmax
-    row is empty. ``enc`` may also be a data bias's ``(cq, ck)`` (``[B, H, Q]``, ``[B, H, K]``).
+    row is empty. Causal by token index, whatever the positions: they may be in any order (a task's position
+    ids), and the bias of such rows reads ``|q_pos - k_pos|`` (``BiasEncoding.compute_bias_rows``).
+    ``enc`` may also be a data bias's ``(cq, ck)`` (``[B, H, Q]``, ``[B, H, K]``).
     Materializes ``[B, H, Q, K]``; unpadded batches take :func:`attend_backend` instead."""
     allowed = rows_allowed(rows, q.shape[2])
     if enc is None:

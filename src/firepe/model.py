@@ -202,8 +202,12 @@ class GPT(nn.Module):
         skipped); with ``cache`` the ``T`` tokens sit at positions ``cache.length .. cache.length+T-1``.
         ``attention_mask`` ``[B, cache.length + T]`` (1 = token, 0 = padding, as in Hugging Face) lets
         rows of different lengths share a batch: see :meth:`hidden`.
-        ``positions`` ``[B, T]`` (increasing integers per row, no cache or mask) replaces the positions
-        ``0 .. T-1`` of every row: randomized positional encodings (Ruoss et al., 2023) in training.
+        ``positions`` ``[B, T]`` (integers >= 0 per row, in any order, repeats allowed; no cache or mask)
+        replaces the positions ``0 .. T-1`` of every row: randomized positional encodings (Ruoss et al., 2023),
+        a task's own position ids (``firepe synth --position-ids``: ids that restart per number or repeat).
+        Causal masking stays by token index. Rotary encodings see the signed ``q_pos - k_pos``; bias
+        encodings, in a batch whose rows are not all sorted, the distance ``|q_pos - k_pos|``
+        (:meth:`firepe.positions.BiasEncoding.compute_bias_rows`).
         Bad ids, shapes or dtypes raise ``ValueError`` (one host sync per call).
         """
         self._check_inputs(idx, targets, cache)
@@ -258,12 +262,9 @@ class GPT(nn.Module):
         if positions.dtype.is_floating_point or positions.dtype == torch.bool:
             raise ValueError(f"positions must hold integers, got dtype {positions.dtype}.")
         positions = positions.long()
-        lo, hi = torch.aminmax(positions)
-        steps = positions[:, 1:] - positions[:, :-1]
-        min_step = steps.min() if tokens > 1 else torch.ones((), dtype=torch.long, device=positions.device)
-        lo, hi, min_step = torch.stack([lo, hi, min_step]).tolist()  # one host sync per call
-        if lo < 0 or min_step < 1:
-            raise ValueError("positions must be increasing integers >= 0 along every row.")
+        lo, hi = torch.stack([*torch.aminmax(positions)]).tolist()  # one host sync per call
+        if lo < 0:
+            raise ValueError(f"positions must be integers >= 0, got {lo}.")
         if hi >= MAX_LENGTH:
             raise ValueError(f"positions must be below {MAX_LENGTH:,} (firepe.limits.MAX_LENGTH).")
         valid = torch.ones_like(positions, dtype=torch.bool)

@@ -25,7 +25,7 @@ from .limits import MAX_LENGTH, check_at_most
 from .loading import resolve_device
 from .positions import Spec
 from .seeds import format_seed_table, seed_table
-from .synth_runs import SYNTH_DEFAULTS, SynthTrainer, eval_rows, score_synth_run, synth_section
+from .synth_runs import SYNTH_DEFAULTS, SynthTrainer, check_position_ids, eval_rows, score_synth_run, synth_section
 from .tasks.synthetic import SynthConfig, make_task
 
 __all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", "SYNTH_DEFAULTS"]
@@ -33,13 +33,16 @@ __all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", 
 
 def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig, task_cfg: SynthConfig,
           seeds: list[int], levels: list[int] | None = None, max_factor: int = 16, examples: int = 256,
-          log=print) -> dict[str, Any]:
+          log=print, check_only: bool = False) -> dict[str, Any]:
+    """See the module docstring; ``check_only``: every check (settings, folders), nothing trained or
+    written, ``{}`` returned (``firepe suite`` checks every task before the first trains)."""
     if not specs:
         raise ValueError("no encodings to train; pass e.g. --encodings nope,rope,fire.")
     if not seeds:
         raise ValueError("no seeds; pass --seeds N or a list like 0,1,2.")
     if not isinstance(examples, int) or isinstance(examples, bool) or not 1 <= examples <= 1_000_000:
         raise ValueError(f"--examples must be an integer in [1, 1000000], got {examples!r}.")
+    check_position_ids(task_cfg, train_cfg, model)
     task = make_task(task_cfg)
     train_len = task.checked_train_length(train_cfg.seq_len)
     train_cfg = replace(train_cfg, seq_len=train_len)
@@ -61,6 +64,8 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
                                  "another --out or remove that folder.")
 
     cells = sweep.plan(model, train_cfg, DataConfig(), same_task, vocab_size=task.vocab_size)
+    if check_only:
+        return {}
     sweep.create()
     runs = []
     t_all = time.perf_counter()

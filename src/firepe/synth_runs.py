@@ -15,6 +15,7 @@ import torch
 from .config import DataConfig, GPTConfig, TrainConfig, dataclass_from_dict
 from .loading import load_run
 from .runs import RunFolder, write_json
+from .tasks.ruler import by_depth
 from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, make_task, score_batch
 from .train import Trainer
 
@@ -50,6 +51,20 @@ class SynthData:
         return x[rank::world], y[rank::world], None if pos is None else pos[rank::world]
 
 
+def check_position_ids(synth: SynthConfig, train_cfg: TrainConfig, model_cfg: GPTConfig | None = None) -> None:
+    """One line when a task's own position ids (``--position-ids``) meet ``--random-positions`` (both set
+    the positions of a training row, so they are refused together, never silently one of them) or
+    ``--arch llama`` (which takes no ``positions=``)."""
+    if synth.position_ids == "default":
+        return
+    if model_cfg is not None and model_cfg.arch == "llama":
+        raise ValueError(f"--position-ids {synth.position_ids} is not available with --arch llama (it takes no "
+                         "position ids); use --arch gpt.")
+    if train_cfg.random_positions is not None:
+        raise ValueError(f"--random-positions does not combine with --position-ids {synth.position_ids}: both set "
+                         "the training positions; pass one of them.")
+
+
 def synth_section(cfg: dict[str, Any], where: str) -> SynthConfig:
     if "synth" not in cfg:
         raise ValueError(f"{where} holds no synthetic-task run (no 'synth' section).")
@@ -70,6 +85,7 @@ class SynthTrainer(Trainer):
             return
         self.synth = synth or SynthConfig()
         train_cfg = train_cfg or TrainConfig(**SYNTH_DEFAULTS)
+        check_position_ids(self.synth, train_cfg, model_cfg)
         length = make_task(self.synth).checked_train_length(train_cfg.seq_len)
         if length != train_cfg.seq_len:
             train_cfg = replace(train_cfg, seq_len=length)
@@ -105,7 +121,8 @@ def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], exa
                     device: str = "cpu", batch_tokens: int = 32768) -> list[dict[str, Any]]:
     """Accuracy (exact match of every answer) of a trained run at every level, on the fixed evaluation
     examples. Recall counts the first query of each key (``accuracy_all_queries``: every query) and adds
-    ``by_distance`` (those answers by binding-query distance, power-of-two bins)."""
+    ``by_distance`` (those answers by binding-query distance, power-of-two bins); the RULER needle tasks add
+    ``by_depth`` (answers by the depth of their needle in the context, bins 0-20%, ..., 80-100%)."""
     model, _ = load_run(run_dir, device)
     dev = next(model.parameters()).device
     out = []
@@ -117,7 +134,8 @@ def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], exa
         correct = []
         t0 = time.perf_counter()
         for i in range(0, rows, chunk):
-            logits, _ = model(tokens[i:i + chunk].to(dev))
+            pos = extra["positions"][i:i + chunk].to(dev) if "positions" in extra else None  # the task's ids
+            logits, _ = model(tokens[i:i + chunk].to(dev), positions=pos)
             correct.append(score_batch(logits.cpu(), tokens[i:i + chunk], answer[i:i + chunk]))
         ok = torch.cat(correct).flatten()  # row-major: the order of ``answer >= 0`` below
         seconds = time.perf_counter() - t0
@@ -134,6 +152,8 @@ def score_synth_run(run_dir: str | Path, task: SynthTask, levels: list[int], exa
                 b[0] += int(c)
                 b[1] += 1
             res["by_distance"] = [{"max_distance": e, "correct": c, "answers": a} for e, (c, a) in zip(edges, bins)]
+        if "depth" in extra:  # the RULER needle tasks: answers by the depth of their needle, 5 bins
+            res["by_depth"] = by_depth(extra["depth"], answer, ok)
         res.update(correct=int(ok.sum()), answers=ok.numel(), accuracy=100.0 * float(ok.float().mean()))
         out.append(res)
     return out

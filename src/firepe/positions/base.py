@@ -13,7 +13,10 @@
 Positions are always explicit 0-based integer vectors (any integer dtype; they are converted to
 ``torch.long`` after the checks), never "the length": a KV cache passes ``q_pos = tensor([t])``
 and long evaluation passes query blocks. Entries with ``k_pos > q_pos`` are never used by a causal
-model and are not specified.
+model with sorted positions and are not specified by ``compute_bias``. Per-row position ids that are not
+sorted (a task's own ids, e.g. ``firepe synth --position-ids coupled``) can put an earlier key at a larger
+id than its query: :meth:`BiasEncoding.compute_bias_rows` then gives every bias encoding here the distance
+``|q_pos - k_pos|`` (:func:`rows_sorted` tells the two cases apart); rotary encodings see the signed difference.
 
 ``PositionEncoding.kind`` is the one attribute telling what an encoding contributes to attention:
 ``"bias"`` (an additive bias), ``"rotary"`` (rotated queries and keys), ``"data"`` (a bias computed
@@ -30,7 +33,7 @@ import torch
 from torch import nn
 
 __all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "DataBiasEncoding", "check_positions", "positive_int",
-           "causal_row_blocks"]
+           "causal_row_blocks", "rows_sorted"]
 
 
 def check_positions(*positions: torch.Tensor, names: tuple[str, ...] | None = None) -> None:
@@ -72,6 +75,12 @@ def causal_row_blocks(q_pos: torch.Tensor, k_pos: torch.Tensor, block: int) -> l
     block_max = torch.stack([q_pos[s:e].max() for s, e in zip(starts, ends)])
     keys = torch.searchsorted(k_pos, block_max, right=True).tolist()
     return list(zip(starts, ends, keys))
+
+
+def rows_sorted(q_rows: torch.Tensor, k_rows: torch.Tensor) -> bool:
+    """Whether every row of ``q_rows`` ``[B, Q]`` and ``k_rows`` ``[B, K]`` is non-decreasing: then no key a query
+    sees (an earlier token) has a larger position, and the causal distance ``q_pos - k_pos`` is never negative."""
+    return all(t.shape[-1] < 2 or bool((t[..., 1:] >= t[..., :-1]).all()) for t in (q_rows, k_rows))
 
 
 def position_span(q_pos: torch.Tensor, k_pos: torch.Tensor) -> int:
@@ -184,8 +193,15 @@ class BiasEncoding(PositionEncoding):
 
     def compute_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
         """``[B, H, Q, K]``: the bias of every row's own positions ``q_rows`` ``[B, Q]``, ``k_rows`` ``[B, K]``
-        (padded batches, randomized positions). Translation-invariant encodings gather one per-distance
-        table for all rows; others compute row by row (FIRE overrides it to build its table once)."""
+        (padded batches, randomized positions, a task's position ids). Translation-invariant encodings gather
+        one per-distance table for all rows; others compute row by row (FIRE overrides it to build its table
+        once). Rows that are not all sorted (:func:`rows_sorted`: ids that restart or repeat) get the bias at
+        the distance ``|q_pos - k_pos|`` for every pair, so a key with a larger id than its query, though
+        earlier in the row, is seen at that distance (sorted rows: the causal distance, as always)."""
+        if self.translation_invariant and not rows_sorted(q_rows, k_rows):
+            dist = (q_rows[:, :, None] - k_rows[:, None, :]).abs()
+            per_distance = self.distance_bias(int(dist.max()) if dist.numel() else 0, q_rows.device)
+            return per_distance[:, dist].transpose(0, 1)
         if self.translation_invariant:
             span = max(int(q_rows.max()) - int(k_rows.min()), 0) if q_rows.numel() and k_rows.numel() else 0
             per_distance = self.distance_bias(span, q_rows.device)

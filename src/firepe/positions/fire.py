@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import fire_mlp, fire_table
-from .base import BiasEncoding, causal_row_blocks, position_span
+from .base import BiasEncoding, causal_row_blocks, position_span, rows_sorted
 from .registry import register
 
 
@@ -200,7 +200,10 @@ class FIRE(BiasEncoding):
             return self.f(self.normalized_distance(q_pos, k_pos)).permute(2, 0, 1)
         if self.bias_mode == "table":
             return self._table_bias(q_pos, k_pos)
-        dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # entries with k > q are masked anyway
+        return self._exact_bias(q_pos, (q_pos[:, None] - k_pos[None, :]).clamp(min=0))  # k > q: masked anyway
+
+    def _exact_bias(self, q_pos: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        """``exact`` mode's ``[H, Q, K]`` at the distances ``dist`` ``[Q, K]`` (>= 0) of queries ``q_pos``."""
         max_d = int(dist.max()) if dist.numel() else 0
         if not self.threshold:
             out = torch.empty(self.num_heads, *dist.shape, dtype=self.init_L.dtype, device=dist.device)
@@ -213,7 +216,10 @@ class FIRE(BiasEncoding):
         return out.index_copy(1, idx, exact.permute(2, 0, 1).to(out.dtype))
 
     def compute_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
-        """``[B, H, Q, K]`` per-row bias; table mode builds its lookup table once for all rows."""
+        """``[B, H, Q, K]`` per-row bias; table mode builds its lookup table once for all rows. Rows that are not
+        all sorted (a task's position ids) get :meth:`absolute_bias_rows`."""
+        if not rows_sorted(q_rows, k_rows):
+            return self.absolute_bias_rows(q_rows, k_rows)
         if self.bias_mode != "table":
             return super().compute_bias_rows(q_rows, k_rows)
         dtype = self.init_L.dtype
@@ -224,6 +230,33 @@ class FIRE(BiasEncoding):
         table, base = self.lookup_table(max_d)  # once for all rows, not once per row
         return torch.stack([fire_table.kernel_bias(table, base, self.table_size, psi_d, 1 / self.normalizer(q), q, k,
                                                    self.interpolating_rows(q)) for q, k in zip(q_rows, k_rows)])
+
+    def absolute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """``[H, Q, K]`` at the distance ``|i - j|`` of every pair (``i = q_pos``, ``j = k_pos``, any order),
+        normalized by the query's ``psi(max(L, i))``: Eq. 4 with ``|i - j|`` for ``i - j``, for position ids
+        that are not sorted (an earlier key may have a larger id). Equal to :meth:`compute_bias` wherever
+        ``j <= i``. The normalized distance exceeds 1 where ``|i - j| > max(L, i)`` (a key past ``2i``):
+        ``exact`` and ``reference`` evaluate the MLP there, ``table`` reads ``f(1)`` (it clamps to [0, 1], as
+        it always does). PyTorch ops (not the fused kernel, which computes causal distances only)."""
+        return self.absolute_bias_rows(q_pos[None], k_pos[None])[0]
+
+    def absolute_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
+        """:meth:`absolute_bias` of every row, ``[B, H, Q, K]`` (table mode: one lookup table for all rows)."""
+        dist = (q_rows[:, :, None] - k_rows[:, None, :]).abs()
+        if self.bias_mode == "reference":  # normalized_distance already takes |i - j|
+            return torch.stack([self.f(self.normalized_distance(q, k)).permute(2, 0, 1)
+                                for q, k in zip(q_rows, k_rows)])
+        if self.bias_mode == "exact":
+            return torch.stack([self._exact_bias(q, d) for q, d in zip(q_rows, dist)])
+        B, n_q, n_k = dist.shape
+        dtype = torch.promote_types(self.init_L.dtype, torch.float32)
+        q = q_rows.reshape(-1)
+        x = self.psi(dist.reshape(-1, n_k).to(dtype)) / self.normalizer(q)[:, None]
+        table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
+        long_rows = self.interpolating_rows(q)[:, None] if self.threshold else None
+        blocks = [(s, min(s + 256, B * n_q), n_k) for s in range(0, B * n_q, 256)]  # every key: none is skipped
+        out = fire_table.lerp_bias(table, base, self.table_size, x, dist.reshape(-1, n_k), long_rows, blocks)
+        return out.view(-1, B, n_q, n_k).transpose(0, 1)
 
     def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``[H, Q, K]`` table-mode bias for int64 positions (0 or any value where ``k_pos > q_pos``)."""
@@ -322,6 +355,11 @@ class FIREHeads(BiasEncoding):
 
     def compute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         return torch.cat([h.compute_bias(q_pos, k_pos) for h in self.heads], dim=0)
+
+    def compute_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
+        if rows_sorted(q_rows, k_rows):
+            return super().compute_bias_rows(q_rows, k_rows)
+        return torch.cat([h.compute_bias_rows(q_rows, k_rows) for h in self.heads], dim=1)  # |i - j| per head
 
 
 APPENDIX_E_KEYS = ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "c", "init_L", "L_multiplier")

@@ -5,6 +5,20 @@ padded to ``max(da, db) + 1`` digits, then ``EOS``. ``hints=True`` puts an index
 every digit (Zhou et al., 2024), the same index in both operands and the sum; training draws the
 first hint at random so every hint token is trained. 12 + 59 = 71, reversed, without hints:
 ``2 1 + 9 5 = [1 7 0 EOS]``; with hints: ``h0 2 h1 1 + h0 9 h1 5 = [h0 1 h1 7 h2 0 EOS]``.
+
+Position ids (``position_ids``; the model reads them as ``positions``, every encoding alike), ``o`` the
+example's offset (uniform in ``[0, max_offset]`` per training example, 0 in scoring):
+
+* ``default`` -- ``0 .. n-1`` (no ``positions`` in ``extra``).
+* ``abacus`` (McLeish et al., 2024) -- a digit gets ``o + i``, ``i`` its place in its own number (1 = least
+  significant, the first digit written); every other token (``+``, ``=``, ``EOS``, ``PAD``, index hints) gets 0.
+* ``coupled`` (position coupling, Cho et al., 2024) -- digits as abacus (digit ``i`` of ``a``, ``b`` and ``c``
+  share ``o + i``); ``+`` and ``=`` get ``o`` (place 0 of the number they introduce), ``EOS`` ``o + m + 1``
+  (one past the sum's ``m`` digits), an index hint the id of the digit it precedes, ``PAD`` 0.
+
+12 + 59 = 71, ``o = 0``: tokens ``2 1 + 9 5 = 1 7 0 EOS``; abacus ``1 2 0 1 2 0 1 2 3 0``; coupled
+``1 2 0 1 2 0 1 2 3 4``. Both give every digit the same id (all three numbers are written least significant
+first, so a digit's place in its number is its significance); they differ on the other tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +39,8 @@ class AdditionTask(SynthTask):
         self.hint0 = self.plus + 1
         self.max_digits = 4 * cfg.digits
         self.vocab_size = self.hint0 + (self.max_digits + 1 if cfg.hints else 0)
+        self.scheme = cfg.position_ids
+        self.max_offset = 3 * cfg.digits if cfg.max_offset is None else cfg.max_offset
 
     def addition_length(self, digits: int) -> int:
         """Tokens of an addition example with ``digits``-digit operands: ``a + b = c EOS``."""
@@ -73,6 +89,10 @@ class AdditionTask(SynthTask):
                       else torch.zeros(B, dtype=torch.long))
         tokens = torch.full((B, n), PAD, dtype=torch.long)
         answer = torch.full((B, n), -1, dtype=torch.long)
+        # drawn after everything else, and only for a scheme: the default data stays what it was
+        offset = (torch.randint(0, self.max_offset + 1, (B,), generator=g) if training and self.scheme != "default"
+                  else torch.zeros(B, dtype=torch.long))
+        ids = torch.zeros((B, n), dtype=torch.long)
         rows_a, rows_b, rows_c = a.tolist(), b.tolist(), total.tolist()
         for r in range(B):
             h0 = int(hint_start[r])
@@ -88,4 +108,21 @@ class AdditionTask(SynthTask):
             seq = left + out
             tokens[r, :len(seq)] = torch.tensor(seq)
             answer[r, len(left):len(seq)] = 0
-        return tokens, answer, {}
+            if self.scheme != "default":
+                ids[r, :len(seq)] = torch.tensor(self.position_ids(seq, int(offset[r])))
+        return tokens, answer, ({} if self.scheme == "default" else {"positions": ids})
+
+    def position_ids(self, seq: list[int], offset: int) -> list[int]:
+        """The ids of one example's tokens ``seq`` (``a + b = c EOS``, no padding) under the scheme (module
+        docstring): a digit ``offset + place``, the other tokens by the scheme's rule."""
+        abacus, out, place = self.scheme == "abacus", [], 0
+        for t in seq:
+            if self.digit0 <= t < self.plus:
+                place += 1
+                out.append(offset + place)
+            elif t >= self.hint0:  # coupled: a hint shares the id of the digit after it
+                out.append(0 if abacus else offset + place + 1)
+            else:  # coupled: + and = start a number (place 0), EOS is one past the sum
+                out.append(0 if abacus else offset + place + 1 if t == EOS else offset)
+                place = 0
+        return out
