@@ -1,5 +1,6 @@
-"""``firepe`` command line: train, eval, compare, ablate, synth, prepare, finetune, score, export, plot-bias, generate,
-bench-speed. Each command parses its options (:mod:`firepe.cliargs`), calls one library function and prints.
+"""``firepe`` command line: train, eval, compare, ablate, synth, suite, report, prepare, finetune, score, export,
+plot-bias, generate, bench-speed. Each command parses its options (:mod:`firepe.cliargs`), calls one library
+function and prints.
 
 Every user error ends in one line ``firepe: error: ...`` and exit status 2; nothing already
 written is removed.
@@ -40,10 +41,12 @@ from .finetune import FINETUNE_DEFAULTS, FinetuneConfig, FinetuneTrainer
 from .limits import MAX_BATCH_TOKENS, MAX_TOKENS
 from .loading import resolve_device
 from .plots import plot_run_bias
+from .report import report
 from .resume import check_task_options, finetune_inputs, model_config, resume_changes_given, resume_finetune_changes
 from .runs import error_line, locked_output
 from .score import format_scores, generate_text, score_runs, write_scores
 from .seeds import parse_seeds
+from .suite import SUITE_TASKS, parse_tasks, suite
 from .synth import SYNTH_DEFAULTS, synth, synth_levels
 from .tasks import TASK_HELP, parse_depths
 from .tasks.metrics import check_metric
@@ -212,6 +215,43 @@ def cmd_synth(args) -> None:
           train, task, seeds, levels=synth_levels(task, args.lengths), max_factor=args.max_factor,
           examples=args.examples)
     print(f"wrote {out / 'results.md'}, results.json, results.csv and accuracy.png")
+
+
+def add_suite(sub) -> None:
+    s = sub.add_parser("suite", help="firepe synth on several tasks (OUT/<task>), then one report of them all "
+                                     "(OUT/report.html, report.md); run again to continue after a kill")
+    s.add_argument("--out", default="runs/suite", help="output folder")
+    s.add_argument("--tasks", default=",".join(SUITE_TASKS), help="comma-separated synthetic tasks, each with its "
+                                                                  "own defaults")
+    s.add_argument("--encodings", default=",".join(DEFAULT_SPECS),
+                   help="comma-separated encodings; use ';' between specs that carry options")
+    s.add_argument("--seeds", default="3", help="a count N (seeds --seed .. --seed+N-1) or a list like 0,1,2")
+    s.add_argument("--lengths", help="scored lengths of the tasks scored by length (not addition: digits x 1..4)")
+    s.add_argument("--max-factor", type=int_arg, default=16)
+    s.add_argument("--examples", type=int_arg, default=512, help="answers scored per length")
+    add_dataclass_args(s.add_argument_group("task options (each passed only to the tasks that read it)"),
+                       SynthConfig, SynthConfig(), skip=("task",))
+    add_model_args(s, with_position=False, preset="tiny")
+    add_dataclass_args(s.add_argument_group("training (--seq-len: not addition)"), TrainConfig,
+                       TrainConfig(**SYNTH_DEFAULTS))
+    s.set_defaults(func=cmd_suite)
+
+
+def cmd_suite(args) -> None:
+    train = dataclass_from_args(TrainConfig, args)
+    out = check_out(args.out)
+    res = suite(out, parse_tasks(args.tasks), split_specs(args.encodings, "--encodings"), model_values(args), train,
+                parse_seeds(args.seeds, first=train.seed), vars(args), args.given, lengths=args.lengths,
+                max_factor=args.max_factor, examples=args.examples)
+    print("wrote {} and {}".format(*res["report"]))
+
+
+def add_report(sub) -> None:
+    r = sub.add_parser("report", help="one self-contained HTML page (and Markdown) of every firepe synth "
+                                      "results.json under DIR")
+    r.add_argument("dir", help="folder searched recursively for results.json of firepe synth (or suite)")
+    r.add_argument("--out", help="the HTML file (default DIR/report.html); the Markdown is written beside it (.md)")
+    r.set_defaults(func=lambda args: print("wrote {} and {}".format(*report(args.dir, args.out))))
 
 
 def add_prepare(sub) -> None:
@@ -386,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="firepe", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"firepe {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_eval, add_compare, add_synth, add_prepare, add_finetune, add_score, add_export,
-                add_plot_bias, add_generate, add_bench_speed):
+    for add in (add_train, add_eval, add_compare, add_synth, add_suite, add_report, add_prepare, add_finetune,
+                add_score, add_export, add_plot_bias, add_generate, add_bench_speed):
         add(sub)
     return p
 
