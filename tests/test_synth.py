@@ -142,7 +142,7 @@ def test_parse_seeds_refuses(text):
     (["--max-factor", "32768"], "at most"),
     (["--examples", "1000000"], "tokens; at most"),
     (["--task", "addition", "--lengths", "1,x"], "digit counts"),
-    (["--task", "addition", "--random-positions", "20"], "training length 28"),
+    (["--task", "addition", "--random-positions", "10"], "training length 16"),
     (["--steps", "0"], "steps must be"),
     (["--lr", "nan"], "finite"),
 ])
@@ -196,6 +196,24 @@ def test_cli_synth_runs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "tokens/s" in printed and "| alibi |" in printed
     assert json.loads((out / "results.json").read_text())["task"]["task"] == "reverse"
+
+
+def test_a_tasks_own_training_defaults_apply_unless_given(tmp_path, capsys):
+    from firepe.synth_runs import TASK_DEFAULTS
+
+    assert TASK_DEFAULTS["copy"]["seq_len"] == 32
+    out = tmp_path / "out"  # --steps given: kept; --seq-len not given: copy's 32, not the global 64
+    assert run_cli(["synth", "--out", out, "--encodings", "nope", "--seeds", "1", "--steps", "2", "--batch-size",
+                    "2", "--no-progress", "--max-factor", "1", "--examples", "4", "--task", "copy"]) == 0
+    saved = json.loads((out / "nope" / "config.json").read_text())["train"]
+    assert saved["seq_len"] == 32 and saved["steps"] == 2
+    assert run_cli(["synth", "--out", tmp_path / "o2", "--encodings", "nope", "--seeds", "1", "--steps", "2",
+                    "--batch-size", "2", "--no-progress", "--max-factor", "1", "--examples", "4", "--task", "copy",
+                    "--seq-len", "20"]) == 0
+    assert json.loads((tmp_path / "o2" / "nope" / "config.json").read_text())["train"]["seq_len"] == 20
+    lib = SynthTrainer(tmp_path / "lib", SynthConfig(task="reverse"), preset("tiny", position="nope"))
+    assert lib.cfg.steps == TASK_DEFAULTS["reverse"]["steps"] and lib.cfg.seq_len == 32
+    lib.run.unlock()
 
 
 # -- randomized positions --------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from .score import format_scores, generate_text, score_runs, write_scores
 from .seeds import parse_seeds
 from .suite import SUITE_TASKS, parse_tasks, suite
 from .synth import SYNTH_DEFAULTS, synth, synth_levels
+from .synth_runs import task_defaults
 from .tasks import TASK_HELP, parse_depths
 from .tasks.metrics import check_metric
 from .tasks.synthetic import SynthConfig, make_task
@@ -198,12 +199,15 @@ def add_synth(sub) -> None:
     y.add_argument("--examples", type=int_arg, default=512, help="answers scored per length")
     add_dataclass_args(y.add_argument_group("task"), SynthConfig, SynthConfig())
     add_model_args(y, with_position=False, preset="tiny")
-    add_dataclass_args(y.add_argument_group("training"), TrainConfig, TrainConfig(**SYNTH_DEFAULTS))
+    add_dataclass_args(y.add_argument_group("training (copy, reverse: --seq-len 32 --steps 3000 unless given; "
+                                            "addition: --steps 4000)"), TrainConfig, TrainConfig(**SYNTH_DEFAULTS))
     y.set_defaults(func=cmd_synth)
 
 
 def cmd_synth(args) -> None:
     task = dataclass_from_args(SynthConfig, args)  # another task's options are refused here
+    for name, value in task_defaults(task.task, args.given).items():  # the task's own recipe, unless given
+        setattr(args, name, value)
     if task.task == "addition":  # its training length follows from --digits (checked below)
         args.seq_len = make_task(task).train_length(args.seq_len)
     train = dataclass_from_args(TrainConfig, args)

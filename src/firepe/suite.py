@@ -8,7 +8,8 @@ to the tasks that read it only:
   ``--tasks`` reads it, it is refused in one line (never silently dropped);
 * ``--seq-len`` and ``--lengths`` go to the tasks whose level is the sequence length (not addition, whose
   training length follows from ``--digits`` and whose columns are digit counts); refused when no such task runs;
-* everything else (encodings, seeds, model, training, ``--max-factor``, ``--examples``) goes to every task.
+* everything else (encodings, seeds, model, training, ``--max-factor``, ``--examples``) goes to every task;
+  a training option not given keeps the task's own default (:data:`~firepe.synth_runs.TASK_DEFAULTS`).
 
 Every task is checked (:func:`~firepe.synth.synth` with ``check_only``) before the first one trains. Finished
 runs are reused and unfinished ones resumed, so the same command run again after a kill continues. The
@@ -29,6 +30,7 @@ from .config import TrainConfig
 from .report import write_report
 from .resume import model_config
 from .synth import synth, synth_levels
+from .synth_runs import task_defaults
 from .tasks.synthetic import TASK_OPTIONS, SynthConfig, make_task
 
 __all__ = ["suite", "parse_tasks", "suite_plan", "SUITE_TASKS"]
@@ -91,8 +93,9 @@ def suite(out: str | Path, tasks: list[str], specs: list[str], model_values: dic
     for cfg in configs:
         task = make_task(cfg)
         by_length = task.level_name == "length"
-        seq_len = task.train_length(train_cfg.seq_len)
-        args = (out / cfg.task, specs, model_config(model_values, "nope", seq_len), replace(train_cfg, seq_len=seq_len),
+        own = replace(train_cfg, **task_defaults(cfg.task, given))  # the task's recipe where not given
+        seq_len = task.train_length(own.seq_len)
+        args = (out / cfg.task, specs, model_config(model_values, "nope", seq_len), replace(own, seq_len=seq_len),
                 cfg, seeds)
         kwargs = dict(levels=synth_levels(cfg, lengths) if by_length else None, max_factor=max_factor,
                       examples=examples)

@@ -63,7 +63,7 @@ class SynthConfig:
     format: str = field(default="fact", metadata=_help("recall: fact (one token k=v) | split (two tokens k v)"))
     filler: int = field(default=16, metadata=_help("recall: filler vocabulary"))
     symbols: int = field(default=16, metadata=_help("copy/reverse: alphabet size"))
-    digits: int = field(default=8, metadata=_help("addition: most digits per number in training (scored up to 4x)"))
+    digits: int = field(default=4, metadata=_help("addition: most digits per number in training (scored up to 4x)"))
     hints: bool = field(default=False, metadata=_help("addition: index hints before every digit"))
     position_ids: str = field(default="default", metadata=_help(
         "addition: default (0 .. n-1) | abacus (each digit's place in its number; other tokens 0) | coupled "
