@@ -108,6 +108,15 @@ def test_best_in_every_seed_and_paired_differences():
     assert "| rope | 82.5 ± 17.7 | 50.0 ± 14.1 |" in text
 
 
+def test_a_column_where_every_encoding_ties_marks_none():
+    acc = {"fire": {0: [90, 0], 1: [80, 0]}, "rope": {0: [95, 0], 1: [70, 0]}}  # 128: all 0% in every seed
+    t = aggregate(_summary(acc))
+    assert t["best_every_seed"]["128"] == ["fire", "rope"]  # the data keeps the ties
+    text = format_synth({**_summary(acc), "table": t, "level_name": "length", "train_len": 64,
+                         "task": {"digits": 8}})
+    assert "| fire | **85.0 ± 7.1** | 0.0 ± 0.0 |" in text and "| rope | 82.5 ± 17.7 | 0.0 ± 0.0 |" in text, text
+
+
 @pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("0,4,7", [0, 4, 7]), ("1", [0])])
 def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
@@ -309,8 +318,14 @@ def test_random_positions_must_cover_the_training_length():
     assert replace(TrainConfig(seq_len=64, random_positions=64)).random_positions == 64
 
 
-@pytest.mark.parametrize("name", ["fire", "fire_s", "alibi", "kerple_log", "t5", "sandwich", "kerple_power"])
-def test_per_row_bias_equals_row_by_row_bias_and_gradients(name):
+@pytest.mark.parametrize("name", ["fire", "fire_s", "alibi", "kerple_log", "t5", "sandwich", "kerple_power",
+                                  "fire:per_row_kernel"])
+def test_per_row_bias_equals_row_by_row_bias_and_gradients(name, monkeypatch):
+    if name.endswith(":per_row_kernel"):  # FIRE's long rows: a lookup per row, not one for the whole batch
+        from firepe.positions.fire import FIRE
+
+        name = name.split(":")[0]
+        monkeypatch.setattr(FIRE, "ROWS_AT_ONCE", 0)
     enc = positions.build(name, num_heads=2, head_dim=8, **positions.training_options(name, {}, 16))
     q = torch.rand(3, 200, generator=torch.Generator().manual_seed(1)).topk(12, dim=1).indices.sort(1).values
     causal = (q[:, :, None] >= q[:, None, :])[:, None]  # entries past the causal mask are never read

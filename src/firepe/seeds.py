@@ -80,21 +80,24 @@ def seed_table(value: dict[tuple[str, int, int], float], labels: list[str], seed
 def format_seed_table(table: dict[str, Any], levels: list[int], column: Callable[[int], str], digits: int,
                       higher_is_better: bool, n_seeds: int, what: str) -> str:
     """Markdown: ``mean ± std`` per cell (**bold** best mean per column, ``*`` best in every seed), then the
-    paired differences reference minus each label (``what`` names the unit)."""
+    paired differences reference minus each label (``what`` names the unit). A column where every label has
+    the same mean (all at 0%, say) marks nothing: it separates no encoding."""
     pick = max if higher_is_better else min
     f = f"{{:.{digits}f}}"
     plural = "s" if n_seeds > 1 else ""
     head = f"| encoding ({n_seeds} seed{plural}) | " + " | ".join(column(lv) for lv in levels) + " |"
     lines = [head, "|---" * (len(levels) + 1) + "|"]
     best = {lv: pick(c[str(lv)]["mean"] for c in table["cells"].values()) for lv in levels}
+    level = {lv: len(table["cells"]) > 1 and all(math.isclose(c[str(lv)]["mean"], best[lv], rel_tol=0, abs_tol=1e-9)
+                                                 for c in table["cells"].values()) for lv in levels}
     for lab, by in table["cells"].items():
         cells = []
         for lv in levels:
             c = by[str(lv)]
             text = f"{f.format(c['mean'])} ± {f.format(c['std'])}" if n_seeds > 1 else f.format(c["mean"])
-            if math.isclose(c["mean"], best[lv], rel_tol=0, abs_tol=1e-9):
+            if not level[lv] and math.isclose(c["mean"], best[lv], rel_tol=0, abs_tol=1e-9):
                 text = f"**{text}**"
-            if n_seeds > 1 and lab in table["best_every_seed"][str(lv)]:
+            if n_seeds > 1 and not level[lv] and lab in table["best_every_seed"][str(lv)]:
                 text += " *"
             cells.append(text)
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")

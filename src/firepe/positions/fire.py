@@ -223,6 +223,8 @@ class FIRE(BiasEncoding):
         if self.bias_mode != "table":
             return super().compute_bias_rows(q_rows, k_rows)
         dtype = self.init_L.dtype
+        if q_rows.shape[1] * k_rows.shape[1] <= self.ROWS_AT_ONCE:
+            return self._table_bias_rows(q_rows, k_rows)
         if not fire_table.use_kernel(dtype, self.init_L.device):
             return torch.stack([self._table_bias(q, k) for q, k in zip(q_rows, k_rows)])
         max_d = max((position_span(q, k) for q, k in zip(q_rows, k_rows)), default=0)
@@ -230,6 +232,24 @@ class FIRE(BiasEncoding):
         table, base = self.lookup_table(max_d)  # once for all rows, not once per row
         return torch.stack([fire_table.kernel_bias(table, base, self.table_size, psi_d, 1 / self.normalizer(q), q, k,
                                                    self.interpolating_rows(q)) for q, k in zip(q_rows, k_rows)])
+
+    #: rows of at most this many query-key pairs take :meth:`_table_bias_rows` (one lookup for the whole batch:
+    #: a call per row costs more than its arithmetic there, 3x the step time of sequences of 29 tokens)
+    ROWS_AT_ONCE = 1 << 14
+
+    def _table_bias_rows(self, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
+        """``[B, H, Q, K]`` table-mode bias of sorted rows in one PyTorch lookup (any value where
+        ``k_pos > q_pos``: masked by every caller)."""
+        B, Q = q_rows.shape
+        K = k_rows.shape[1]
+        dtype = torch.promote_types(self.init_L.dtype, torch.float32)
+        dist = (q_rows[:, :, None] - k_rows[:, None, :]).clamp(min=0).reshape(B * Q, K)
+        q_flat = q_rows.reshape(-1)
+        x = self.psi(dist.to(dtype)) / self.normalizer(q_flat)[:, None]
+        table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
+        long_rows = self.interpolating_rows(q_flat)[:, None] if self.threshold else None
+        out = fire_table.lerp_bias(table, base, self.table_size, x, dist, long_rows, [(0, B * Q, K)])
+        return out.view(-1, B, Q, K).transpose(0, 1)
 
     def absolute_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``[H, Q, K]`` at the distance ``|i - j|`` of every pair (``i = q_pos``, ``j = k_pos``, any order),
