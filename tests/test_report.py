@@ -298,3 +298,121 @@ def test_suite_errors_train_nothing(tmp_path, capsys, argv, match):
     one_line_error(capsys, ["suite", "--out", out, "--steps", "2", "--encodings", "nope", "--seeds", "1",
                             "--no-progress", *argv], match)
     assert not out.exists()
+
+
+# -- audit: links, damaged values, table cells -----------------------------------------------------------------
+
+def test_an_out_that_is_a_link_writes_nothing(tmp_path, capsys, hand_tree):
+    root, _ = hand_tree
+    (tmp_path / "page").mkdir()
+    for linked in ("r.html", "r.md"):  # the page or the Markdown beside it: refused before either is written
+        target = tmp_path / f"elsewhere-{linked}"
+        target.write_text("keep")
+        link = tmp_path / "page" / linked
+        link.symlink_to(target)
+        one_line_error(capsys, ["report", root, "--out", tmp_path / "page" / "r.html"], "symbolic link")
+        assert target.read_text() == "keep" and link.is_symlink()
+        assert sorted(p.name for p in (tmp_path / "page").iterdir()) == [linked]
+        link.unlink()
+
+
+def test_a_linked_results_json_pointing_outside_is_refused(tmp_path, capsys, hand_tree):
+    root, _ = hand_tree
+    write_results(tmp_path / "outside", HAND, [32, 64, 128, 256])
+    (root / "linked").mkdir()
+    (root / "linked" / "results.json").symlink_to(tmp_path / "outside" / "results.json")
+    one_line_error(capsys, ["report", root], r"linked/results\.json is a symbolic link")
+    _nothing_written(root)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda s: s["task"].update(digits=0), "task.digits"),  # was a ZeroDivisionError traceback
+    (lambda s: s["task"].update(digits=-2), "task.digits"),
+    (lambda s: s.update(train_len=0), "'train_len' has the wrong type or value"),
+    (lambda s: s.update(levels=[2, 4, 10 ** 400]), "'levels' has the wrong type or value"),  # was OverflowError
+    (lambda s: s["runs"].append(json.loads(json.dumps(s["runs"][0]))), "fire at seed 0, level 2 twice"),
+])
+def test_damaged_values_are_one_line_naming_the_file(tmp_path, capsys, change, match):
+    folder = tmp_path / "res" / "addition"
+    s = write_results(folder, ADDITION, [2, 4, 6, 8], train_len=10, level_name="digits",
+                      task={"task": "addition", "digits": 2, "hints": False, "eval_seed": 1234})
+    change(s)
+    (folder / "results.json").write_text(json.dumps(s))
+    err = one_line_error(capsys, ["report", tmp_path / "res"], match)
+    assert str(folder / "results.json") in err
+    _nothing_written(tmp_path / "res")
+
+
+def test_labels_with_table_characters_keep_every_number_in_its_column(tmp_path, capsys):
+    acc = {"fire": {0: [100, 90], 1: [100, 80]}, "a|b": {0: [10, 20], 1: [30, 40]},
+           "**x**": {0: [50, 60], 1: [70, 80]}}
+    s = write_results(tmp_path / "res" / "copy", acc, [64, 128])
+    assert run_cli(["report", tmp_path / "res"]) == 0
+    dom = Dom((tmp_path / "res" / "report.html").read_text())
+    table, paired = dom.tables["task-0"]
+    want = accuracies(s)
+    assert [r[0] for r in table[1:]] == ["fire", "a|b", "**x**"]
+    for row in table:
+        assert len(row) == 3, row
+    for row in table[1:]:
+        for lv, cell in zip(s["levels"], row[1:]):
+            assert cell.rstrip(" *").startswith(cell_text(want[row[0]][lv])), (row, lv)
+    assert [r[0] for r in paired[1:]] == ["a|b", "**x**"] and all(len(r) == 3 for r in paired)
+    assert "<strong>x</strong>" not in (tmp_path / "res" / "report.html").read_text()
+    md = (tmp_path / "res" / "report.md").read_text()
+    assert "| a\\|b |" in md  # a pipe inside a Markdown cell is escaped
+
+
+def test_stale_heat_maps_of_encodings_not_in_the_results_are_left_out(tmp_path, capsys):
+    folder = tmp_path / "res" / "recall"
+    write_results(folder, {"fire": {0: [100, 90]}, "nope": {0: [50, 40]}}, [64, 128],
+                  task={"task": "recall", "eval_seed": 1234})
+    for name in ("recall_fire.png", "recall_nope.png", "recall_rope.png", "extra.png"):
+        (folder / name).write_bytes(PIXEL)
+    assert run_cli(["report", tmp_path / "res"]) == 0
+    md = (tmp_path / "res" / "report.md").read_text()
+    assert "recall_fire.png" in md and "recall_nope.png" in md and "extra.png" in md
+    assert "recall_rope.png" not in md  # an earlier synth's encoding: no numbers of it here
+    assert "recall_rope.png" not in (tmp_path / "res" / "report.html").read_text()
+
+
+def test_a_results_json_at_the_root_and_a_folder_of_the_same_name_stay_apart(tmp_path, capsys):
+    root = tmp_path / "res"
+    write_results(root, {"fire": {0: [100, 100]}}, [64, 128])
+    write_results(root / "res", {"fire": {0: [100, 10]}}, [64, 128])
+    assert run_cli(["report", root]) == 0
+    grid = Dom((root / "report.html").read_text()).tables["grid"][0]
+    assert len(set(grid[0])) == len(grid[0]) == 3, grid[0]
+    assert sorted(grid[1][1:]) == ["1x (1/1)", "2x (1/1)"], grid
+
+
+def test_suite_refuses_an_out_that_is_a_link(tmp_path, capsys):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "s").symlink_to(target)
+    one_line_error(capsys, ["suite", "--out", tmp_path / "s", "--tasks", "copy", "--steps", "2", "--encodings",
+                            "nope", "--seeds", "1", "--no-progress"], "symbolic link")
+    assert not list(target.iterdir())
+
+
+def test_suite_random_positions_are_checked_against_each_tasks_own_training_length(tmp_path, capsys):
+    base = ["suite", "--steps", "2", "--batch-size", "4", "--encodings", "nope", "--seeds", "1", "--examples", "4",
+            "--no-progress", "--threads", "1"]
+    # copy trains at 32 tokens (its own default), not at the 64 of the other tasks: 20 is too few, named so
+    one_line_error(capsys, [*base, "--out", tmp_path / "a", "--tasks", "copy", "--random-positions", "20"],
+                   r"--tasks copy: random_positions \(M\) must be an integer >= the training length 32")
+    assert not (tmp_path / "a").exists()
+    # addition at 2 digits trains on 10 tokens: 20 positions are enough (was refused against 64)
+    out = tmp_path / "b"
+    assert run_cli([*base, "--out", out, "--tasks", "addition", "--digits", "2", "--random-positions", "20"]) == 0
+    assert json.loads((out / "addition" / "results.json").read_text())["random_positions"] == 20
+    saved = json.loads((out / "addition" / "nope" / "config.json").read_text())["train"]
+    assert saved["random_positions"] == 20 and saved["seq_len"] == 10
+
+
+def test_suite_refuses_a_report_path_it_cannot_write_before_training(tmp_path, capsys):
+    out = tmp_path / "s"
+    (out / "report.html").mkdir(parents=True)
+    one_line_error(capsys, ["suite", "--out", out, "--tasks", "copy", "--steps", "2", "--encodings", "nope",
+                            "--seeds", "1", "--no-progress"], r"report\.html is a folder")
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]

@@ -242,11 +242,12 @@ def add_suite(sub) -> None:
 
 
 def cmd_suite(args) -> None:
+    positions, args.random_positions = args.random_positions, None  # checked per task: its own training length
     train = dataclass_from_args(TrainConfig, args)
     out = check_out(args.out)
     res = suite(out, parse_tasks(args.tasks), split_specs(args.encodings, "--encodings"), model_values(args), train,
                 parse_seeds(args.seeds, first=train.seed), vars(args), args.given, lengths=args.lengths,
-                max_factor=args.max_factor, examples=args.examples)
+                max_factor=args.max_factor, examples=args.examples, random_positions=positions)
     print("wrote {} and {}".format(*res["report"]))
 
 

@@ -1,12 +1,14 @@
 """``firepe report``: one self-contained HTML page (and a Markdown file beside it) of ``firepe synth`` results.
 
-:func:`report` collects every ``results.json`` of ``firepe synth`` under a folder (recursively, links not
-followed; ``firepe suite`` writes one per task) and :func:`write_report` renders them. Per results file: the
+:func:`report` collects every ``results.json`` of ``firepe synth`` under a folder (recursively, linked
+folders not followed, a linked ``results.json`` refused; ``firepe suite`` writes one per task) and
+:func:`write_report` renders them. Per results file: the
 accuracy table (mean ± std over seeds, **bold** highest mean, ``*`` best in every seed) and the paired
 per-seed differences -- :func:`firepe.synth.format_synth`'s tables, recomputed from the per-run accuracies
 (:func:`firepe.synth.aggregate`) and rendered as HTML tables --, every plot synth wrote beside it
-(``accuracy.png``, recall heat maps, any other ``*.png``), the settings and the wall time. The grid "how far
-past the training length each encoding keeps >= 90%" (:func:`reach`) comes first, as the overview.
+(``accuracy.png``, the recall heat maps of its encodings, any other ``*.png``), the settings and the wall
+time. The grid "how far past the training length each encoding keeps >= 90%" (:func:`reach`) comes first, as
+the overview.
 
 The HTML embeds its images as base64 ``data:`` URIs and its CSS inline; it loads nothing and runs no script.
 Every string taken from the results is escaped (:func:`html.escape`; the page is a :class:`string.Template`).
@@ -27,8 +29,10 @@ from string import Template
 from typing import Any
 from urllib.parse import quote
 
-from .runs import read_json, write_text
-from .synth import aggregate, format_synth
+from .limits import MAX_LENGTH
+from .runs import read_json, refuse_link, write_text
+from .seeds import md_cell
+from .synth import aggregate, format_synth, heat_map_name
 from .tasks.synthetic import TASK_OPTIONS
 
 __all__ = ["report", "write_report", "find_results", "load_results", "reach", "train_level", "THRESHOLD"]
@@ -81,7 +85,8 @@ RULE = ("The largest scored level, as a multiple of the training level, at which
 
 
 def find_results(root: str | Path) -> list[Path]:
-    """Every ``results.json`` under ``root`` (``root`` included), sorted, without following links."""
+    """Every ``results.json`` under ``root`` (``root`` included), sorted, without following linked folders; a
+    linked ``results.json`` (it may point outside ``root``) is refused."""
     root = Path(root)
     if not root.exists():
         raise ValueError(f"{root} does not exist.")
@@ -90,6 +95,8 @@ def find_results(root: str | Path) -> list[Path]:
     found = [Path(d) / "results.json" for d, _, files in os.walk(root) if "results.json" in files]
     if not found:
         raise ValueError(f"no results.json under {root}; run firepe synth or firepe suite first.")
+    for p in found:  # a linked results.json may point outside root: refused, never read
+        refuse_link(p)
     return sorted(found)
 
 
@@ -114,8 +121,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise _bad(path, "not a JSON object")
     if not isinstance(s.get("task"), dict) or not isinstance(s["task"].get("task"), str):
         raise _bad(path, "no 'task' object with a task name")
-    checks = {"level_name": lambda v: isinstance(v, str), "train_len": lambda v: _is_int(v) and v >= 1,
-              "levels": lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 1 for x in v)
+    checks = {"level_name": lambda v: isinstance(v, str), "train_len": lambda v: _is_int(v) and 1 <= v <= MAX_LENGTH,
+              "levels": lambda v: isinstance(v, list) and v and all(_is_int(x) and 1 <= x <= MAX_LENGTH for x in v)
               and len(set(v)) == len(v),
               "seeds": lambda v: isinstance(v, list) and v and all(_is_int(x) for x in v) and len(set(v)) == len(v),
               "runs": lambda v: isinstance(v, list) and v and all(isinstance(r, dict) for r in v),
@@ -126,8 +133,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
             raise _bad(path, f"no '{key}'")
         if not ok(s[key]):
             raise _bad(path, f"'{key}' has the wrong type or value ({str(s[key])[:60]})")
-    if s["level_name"] == "digits" and not _is_int(s["task"].get("digits")):
-        raise _bad(path, "a digits task without task.digits")
+    if s["level_name"] == "digits" and not (_is_int(s["task"].get("digits")) and 1 <= s["task"]["digits"] <= 4096):
+        raise _bad(path, "a digits task without task.digits, an integer in [1, 4096]")
     have = set()
     for i, r in enumerate(s["runs"]):
         if not isinstance(r.get("label"), str) or not _is_int(r.get("seed")) or not isinstance(r.get("results"), list):
@@ -136,6 +143,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
             if not isinstance(x, dict) or not _is_int(x.get("level")) or not _is_num(x.get("accuracy")) \
                     or not 0 <= x["accuracy"] <= 100:
                 raise _bad(path, f"runs[{i}].results[{j}] has no level or no accuracy in [0, 100]")
+            if (r["label"], r["seed"], x["level"]) in have:  # two accuracies of one cell: neither is the result
+                raise _bad(path, f"runs has {r['label']} at seed {r['seed']}, level {x['level']} twice")
             have.add((r["label"], r["seed"], x["level"]))
     for lab in dict.fromkeys(r["label"] for r in s["runs"]):
         for seed in s["seeds"]:
@@ -204,14 +213,19 @@ def _settings(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _images(folder: Path) -> list[Path]:
-    """The PNG files synth wrote beside results.json: ``accuracy.png`` first, then the others by name."""
-    return sorted((p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink()),
+def _images(folder: Path, labels: list[str]) -> list[Path]:
+    """The PNG files synth wrote beside results.json: ``accuracy.png`` first, then the others by name; a recall
+    heat map of an encoding that is not in ``labels`` (an earlier synth's, in the same folder) is left out."""
+    mine = {heat_map_name(lab) for lab in labels}
+    return sorted((p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink()
+                   and (not p.name.startswith("recall_") or p.name in mine)),
                   key=lambda p: (p.name != "accuracy.png", p.name))
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """The cells of a Markdown table row; ``\\|`` (:func:`~firepe.seeds.md_cell`) is a ``|`` inside a cell."""
+    inner = line.strip()[1:-1]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
 
 
 def _inline(text: str) -> str:
@@ -224,9 +238,11 @@ def _md_to_html(text: str) -> str:
     for block in text.strip().split("\n\n"):
         lines = block.strip().splitlines()
         if lines and all(x.lstrip().startswith("|") for x in lines):
-            head = "".join(f"<th>{_inline(c)}</th>" for c in _cells(lines[0]))
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in _cells(x)) + "</tr>\n"
-                           for x in lines[2:])
+            # the first column holds labels: shown as written (a label "**x**" is not bold, i.e. not "best")
+            head = "".join(f"<th>{html.escape(c) if i == 0 else _inline(c)}</th>"
+                           for i, c in enumerate(_cells(lines[0])))
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c) if i == 0 else _inline(c)}</td>"
+                                            for i, c in enumerate(_cells(x))) + "</tr>\n" for x in lines[2:])
             parts.append(f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>")
         elif lines:
             parts.append(f"<p>{_inline(' '.join(lines))}</p>")
@@ -285,8 +301,9 @@ def render_markdown(sections: list[dict[str, Any]], title: str, md_path: Path) -
     """The same content as Markdown; images as paths relative to ``md_path``'s folder."""
     labels, names, cells = _grid(sections)
     out = [f"# {title}", "", f"## How far past the training length each encoding keeps >= {THRESHOLD:g}%", "",
-           RULE.format(t=THRESHOLD), "", "| encoding | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    out += ["| " + lab + " | " + " | ".join(cells[lab, n] for n in names) + " |" for lab in labels]
+           RULE.format(t=THRESHOLD), "", "| encoding | " + " | ".join(md_cell(n) for n in names) + " |",
+           "|---" * (len(names) + 1) + "|"]
+    out += ["| " + md_cell(lab) + " | " + " | ".join(cells[lab, n] for n in names) + " |" for lab in labels]
     for s in sections:
         out += ["", f"## {_heading(s)}", "", f"From `{s['path']}`.", ""]
         out += [f"- **{k}**: {v}" for k, v in s["settings"]] + ["", s["tables"]]
@@ -305,6 +322,8 @@ def _check_out(out: Path) -> Path:
         raise ValueError(f"--out {out} is an existing folder; pass a file name like {out / 'report.html'}.")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: its folder {out.parent} does not exist.")
+    refuse_link(out)  # both files checked before the first is written
+    refuse_link(out.with_suffix(".md"))
     return out
 
 
@@ -320,13 +339,17 @@ def write_report(paths: list[Path], out: str | Path, root: str | Path | None = N
         p = Path(p)
         summary = load_results(p)
         images = []
-        for img in _images(p.parent):
+        for img in _images(p.parent, list(summary["table"]["cells"])):
             data = img.read_bytes()
             if not data.startswith(PNG):
                 raise ValueError(f"{img} is not a PNG image; the file is damaged (remove it or run synth again).")
             images.append((img, data))
         sections.append({"path": p, "name": _name(p, root), "summary": summary, "settings": _settings(summary),
                          "tables": format_synth(summary), "images": images, "reach": reach(summary)})
+    names = [s["name"] for s in sections]
+    for s in sections:  # a results.json at root and a folder of root's name: the grid's columns must differ
+        if names.count(s["name"]) > 1:
+            s["name"] = str(s["path"].parent)
     page, text = render_html(sections, title), render_markdown(sections, title, md)
     write_text(md, text)
     write_text(out, page)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["parse_seeds", "seed_table", "format_seed_table", "mean", "std"]
+__all__ = ["parse_seeds", "seed_table", "format_seed_table", "md_cell", "mean", "std"]
 
 
 def parse_seeds(text: str | int, first: int = 0) -> list[int]:
@@ -77,6 +77,12 @@ def seed_table(value: dict[tuple[str, int, int], float], labels: list[str], seed
     return {"cells": cells, "best_every_seed": every, "reference": ref, "paired": paired}
 
 
+def md_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a ``|`` in it (a label like ``a|b``) escaped as ``\\|``, so it never
+    starts a new column."""
+    return str(text).replace("|", "\\|")
+
+
 def format_seed_table(table: dict[str, Any], levels: list[int], column: Callable[[int], str], digits: int,
                       higher_is_better: bool, n_seeds: int, what: str) -> str:
     """Markdown: ``mean ± std`` per cell (**bold** best mean per column, ``*`` best in every seed), then the
@@ -100,17 +106,17 @@ def format_seed_table(table: dict[str, Any], levels: list[int], column: Callable
             if n_seeds > 1 and not level[lv] and lab in table["best_every_seed"][str(lv)]:
                 text += " *"
             cells.append(text)
-        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_cell(lab)} | " + " | ".join(cells) + " |")
     if n_seeds > 1 and table["paired"]:
         ref = table["reference"]
         better = "higher" if higher_is_better else "lower"
         lines += ["", f"Paired per-seed differences, {ref} minus each encoding ({what}, mean ± std; {better} is "
                       f"better for {ref}; in brackets: seeds where {ref} is better, of {n_seeds}):", "",
-                  f"| {ref} minus | " + " | ".join(column(lv) for lv in levels) + " |",
+                  f"| {md_cell(ref)} minus | " + " | ".join(column(lv) for lv in levels) + " |",
                   "|---" * (len(levels) + 1) + "|"]
         g = f"{{:+.{digits}f}}"
         for lab, by in table["paired"].items():
-            lines.append(f"| {lab} | " + " | ".join(
+            lines.append(f"| {md_cell(lab)} | " + " | ".join(
                 f"{g.format(by[str(lv)]['mean'])} ± {f.format(by[str(lv)]['std'])} ({by[str(lv)]['ref_ahead_in']})"
                 for lv in levels) + " |")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .report import write_report
 from .resume import model_config
+from .runs import refuse_link
 from .synth import synth, synth_levels
 from .synth_runs import task_defaults
 from .tasks.synthetic import TASK_OPTIONS, SynthConfig, make_task
@@ -78,28 +79,36 @@ def suite_plan(tasks: list[str], values: dict[str, Any], given: Collection[str] 
 
 def suite(out: str | Path, tasks: list[str], specs: list[str], model_values: dict[str, Any], train_cfg: TrainConfig,
           seeds: list[int], task_values: dict[str, Any] | None = None, given: Collection[str] = (),
-          lengths: str | None = None, max_factor: int = 16, examples: int = 512, log=print) -> dict[str, Any]:
+          lengths: str | None = None, max_factor: int = 16, examples: int = 512, log=print,
+          random_positions: int | None = None) -> dict[str, Any]:
     """Run :func:`~firepe.synth.synth` for every task into ``out/<task>`` (see the module docstring), with a
     progress bar over tasks (``train_cfg.progress``), then write ``out/report.html`` and ``out/report.md``.
 
     ``model_values``: :func:`firepe.cliargs.model_values`; ``task_values``: task options by field name (the
-    rest of the dict is ignored); ``given``: the options the user gave. Returns ``{"summaries": {task:
-    summary}, "report": (html, md)}``."""
+    rest of the dict is ignored); ``given``: the options the user gave; ``random_positions``: ``--random-positions``
+    of every task, checked against each task's own training length (None: ``train_cfg``'s). Returns
+    ``{"summaries": {task: summary}, "report": (html, md)}``."""
     out = Path(out)
+    refuse_link(out)  # as synth refuses its --out: nothing is written through a link
+    for p in (out / "report.html", out / "report.md"):  # the report must be writable before anything trains
+        refuse_link(p)
+        if p.is_dir():
+            raise ValueError(f"{p} is a folder; firepe suite writes its report there (remove or rename it).")
     if not tasks:
         raise ValueError("no tasks; pass e.g. --tasks copy,reverse,addition,recall.")
     configs = suite_plan(tasks, task_values or {}, given)
+    positions = train_cfg.random_positions if random_positions is None else random_positions
     jobs = []
     for cfg in configs:
         task = make_task(cfg)
         by_length = task.level_name == "length"
-        own = replace(train_cfg, **task_defaults(cfg.task, given))  # the task's recipe where not given
-        seq_len = task.train_length(own.seq_len)
-        args = (out / cfg.task, specs, model_config(model_values, "nope", seq_len), replace(own, seq_len=seq_len),
-                cfg, seeds)
         kwargs = dict(levels=synth_levels(cfg, lengths) if by_length else None, max_factor=max_factor,
                       examples=examples)
         try:
+            own = replace(train_cfg, **task_defaults(cfg.task, given))  # the task's recipe where not given
+            seq_len = task.train_length(own.seq_len)
+            args = (out / cfg.task, specs, model_config(model_values, "nope", seq_len),
+                    replace(own, seq_len=seq_len, random_positions=positions), cfg, seeds)
             synth(*args, **kwargs, log=log, check_only=True)
         except ValueError as e:
             raise ValueError(f"--tasks {cfg.task}: {e}") from None

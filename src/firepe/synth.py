@@ -28,7 +28,7 @@ from .seeds import format_seed_table, seed_table
 from .synth_runs import SYNTH_DEFAULTS, SynthTrainer, check_position_ids, eval_rows, score_synth_run, synth_section
 from .tasks.synthetic import SynthConfig, make_task
 
-__all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", "SYNTH_DEFAULTS"]
+__all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", "heat_map_name", "SYNTH_DEFAULTS"]
 
 
 def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig, task_cfg: SynthConfig,
@@ -135,6 +135,11 @@ def write_synth(out: Path, summary: dict[str, Any], text: str) -> None:
     synth_accuracy(summary, out / "accuracy.png")
     if summary["task"]["task"] == "recall":
         for lab in summary["table"]["cells"]:
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in lab)
-            synth_distance_heatmap(summary, lab, out / f"recall_{safe}.png")
+            synth_distance_heatmap(summary, lab, out / heat_map_name(lab))
+
+
+def heat_map_name(label: str) -> str:
+    """The file name of recall's heat map of the encoding ``label``: ``recall_<label>.png``, every character
+    but letters, digits and ``-_.`` as ``_``."""
+    return "recall_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".png"
 
