@@ -84,3 +84,18 @@ def deny_writes(monkeypatch, root: Path) -> None:
         return real_open(path, flags, *a, **k)
 
     monkeypatch.setattr(os, "open", deny)
+
+
+def spy_positions(monkeypatch) -> list:
+    """Record the ``positions=`` argument of every ``GPT.forward`` call (the list fills as the model runs)."""
+    from firepe.model import GPT
+
+    seen = []
+    original = GPT.forward
+
+    def spy(self, idx, targets=None, cache=None, attention_mask=None, positions=None):
+        seen.append(positions)
+        return original(self, idx, targets, cache, attention_mask, positions)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    return seen

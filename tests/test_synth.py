@@ -16,7 +16,7 @@ from firepe.synth_runs import SynthTrainer, score_synth_run
 from firepe.tasks.synthetic import SynthConfig, make_task
 from firepe.train import Trainer
 
-from .helpers import one_line_error, run_cli
+from .helpers import one_line_error, run_cli, spy_positions
 
 FAST = dict(SYNTH_DEFAULTS, steps=6, checkpoint_every=3, log_every=3, progress=False, batch_size=8, seq_len=48)
 
@@ -283,14 +283,7 @@ def test_given_positions_are_checked():
 def test_trainer_passes_sorted_random_positions_and_resume_keeps_them(tmp_path, monkeypatch):
     task = SynthConfig(queries=4)
     cfg = TrainConfig(**{**FAST, "steps": 2, "checkpoint_every": 1, "random_positions": 500})
-    seen = []
-    original = GPT.forward
-
-    def spy(self, idx, targets=None, cache=None, attention_mask=None, positions=None):
-        seen.append(positions)
-        return original(self, idx, targets, cache, attention_mask, positions)
-
-    monkeypatch.setattr(GPT, "forward", spy)
+    seen = spy_positions(monkeypatch)
     tr = SynthTrainer(tmp_path / "r", task, preset("tiny", position="fire"), cfg)
     tr.fit()
     assert len(seen) == 2 and all(p is not None for p in seen)

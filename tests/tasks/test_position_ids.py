@@ -11,12 +11,11 @@ import torch
 
 from firepe import positions
 from firepe.config import TrainConfig, preset
-from firepe.model import GPT
 from firepe.synth import SYNTH_DEFAULTS
 from firepe.synth_runs import SynthTrainer, score_synth_run
 from firepe.tasks.synthetic import EOS, PAD, SEP, SynthConfig, make_task
 
-from ..helpers import one_line_error, run_cli
+from ..helpers import one_line_error, run_cli, spy_positions
 
 
 def _task(scheme, digits=2, **kw):
@@ -137,14 +136,7 @@ def test_every_encoding_trains_and_scores_with_its_ids(tmp_path, name):
 def test_scoring_passes_the_evaluation_ids(tmp_path, monkeypatch):
     cfg = SynthConfig(task="addition", digits=2, position_ids="abacus")
     SynthTrainer(tmp_path / "r", cfg, preset("tiny", position="alibi"), TrainConfig(**FAST)).fit()
-    seen = []
-    original = GPT.forward
-
-    def spy(self, idx, targets=None, cache=None, attention_mask=None, positions=None):
-        seen.append(positions)
-        return original(self, idx, targets, cache, attention_mask, positions)
-
-    monkeypatch.setattr(GPT, "forward", spy)
+    seen = spy_positions(monkeypatch)
     task = make_task(cfg)
     score_synth_run(tmp_path / "r", task, [3], examples=5)
     assert len(seen) == 1 and torch.equal(seen[0], task.eval_batch(5, 3)[2]["positions"])
