@@ -235,6 +235,32 @@ def synth_distance_heatmap(summary: dict[str, Any], label: str, path: str | Path
                              "distance binding -> query", f"recall accuracy: {label}", path, lower=True)
 
 
+def depth_grid(summary: dict[str, Any], label: str) -> tuple[torch.Tensor, list[str]]:
+    """``[bins, levels]`` accuracy (%) of one encoding by needle depth bin (rows, shallowest first) and level,
+    answers pooled over seeds (NaN where a bin has no answer), and the bins' labels."""
+    runs = [r for r in summary["runs"] if r["label"] == label]
+    if not runs or "by_depth" not in runs[0]["results"][0]:
+        raise ValueError(f"no by-depth results of {label!r} to plot.")
+    levels = summary["levels"]
+    bins = sorted({(b["min_depth"], b["max_depth"]) for r in runs for s in r["results"] for b in s["by_depth"]})
+    counts = torch.zeros((len(bins), len(levels), 2))
+    for r in runs:
+        for s in r["results"]:
+            for b in s["by_depth"]:
+                counts[bins.index((b["min_depth"], b["max_depth"])), levels.index(s["level"])] += torch.tensor(
+                    [b["correct"], b["answers"]], dtype=torch.float)
+    grid = torch.where(counts[..., 1] > 0, 100 * counts[..., 0] / counts[..., 1].clamp(min=1), float("nan"))
+    return grid, [f"{100 * lo:.0f}-{100 * hi:.0f}%" for lo, hi in bins]
+
+
+def synth_depth_heatmap(summary: dict[str, Any], label: str, path: str | Path) -> Path:
+    """Accuracy (%) of one encoding on a RULER-style task by sequence length (x) and needle depth (y,
+    :func:`depth_grid`), answers pooled over seeds."""
+    grid, yticks = depth_grid(summary, label)
+    return _accuracy_heatmap(grid, [str(n) for n in summary["levels"]], yticks, "sequence length (tokens)",
+                             "needle depth in the context", f"{summary['task']['task']} accuracy: {label}", path)
+
+
 #: the largest query position plot-bias draws (a [H, query + 1] row per layer)
 MAX_PLOT_QUERY = 1 << 20
 #: the most tokens of a text plot-bias runs through a data-dependent encoding (its bias is ``[H, T, T]`` per

@@ -32,7 +32,7 @@ from urllib.parse import quote
 from .limits import MAX_LENGTH
 from .runs import read_json, refuse_link, write_text
 from .seeds import md_cell
-from .synth import aggregate, format_synth, heat_map_name
+from .synth import HEAT_MAPS, aggregate, format_synth, heat_map_name
 from .tasks.synthetic import TASK_OPTIONS
 
 __all__ = ["report", "write_report", "find_results", "load_results", "reach", "train_level", "THRESHOLD"]
@@ -214,11 +214,12 @@ def _settings(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _images(folder: Path, labels: list[str]) -> list[Path]:
-    """The PNG files synth wrote beside results.json: ``accuracy.png`` first, then the others by name; a recall
-    heat map of an encoding that is not in ``labels`` (an earlier synth's, in the same folder) is left out."""
-    mine = {heat_map_name(lab) for lab in labels}
+    """The PNG files synth wrote beside results.json: ``accuracy.png`` first, then the others by name; a heat
+    map (recall's, the needles' by depth) of an encoding that is not in ``labels`` (an earlier synth's, in the
+    same folder) is left out."""
+    mine = {heat_map_name(lab, kind) for lab in labels for kind in HEAT_MAPS}
     return sorted((p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink()
-                   and (not p.name.startswith("recall_") or p.name in mine)),
+                   and (not p.name.startswith(tuple(f"{k}_" for k in HEAT_MAPS)) or p.name in mine)),
                   key=lambda p: (p.name != "accuracy.png", p.name))
 
 

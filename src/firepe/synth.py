@@ -28,7 +28,8 @@ from .seeds import format_seed_table, seed_table
 from .synth_runs import SYNTH_DEFAULTS, SynthTrainer, check_position_ids, eval_rows, score_synth_run, synth_section
 from .tasks.synthetic import SynthConfig, make_task
 
-__all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", "heat_map_name", "SYNTH_DEFAULTS"]
+__all__ = ["synth", "synth_levels", "aggregate", "format_synth", "write_synth", "heat_map_name", "HEAT_MAPS",
+           "SYNTH_DEFAULTS"]
 
 
 def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg: TrainConfig, task_cfg: SynthConfig,
@@ -125,21 +126,29 @@ def format_synth(summary: dict[str, Any]) -> str:
 
 
 def write_synth(out: Path, summary: dict[str, Any], text: str) -> None:
-    """``results.json``, ``.csv``, ``.md``, ``accuracy.png`` and (recall) one heat map per encoding."""
+    """``results.json``, ``.csv``, ``.md``, ``accuracy.png`` and one heat map per encoding: recall by distance
+    (``recall_<label>.png``), the RULER needle tasks by depth (``depth_<label>.png``)."""
     rows = [[r["label"], r["position"], r["seed"], s["level"], s["length"], f"{s['accuracy']:.4f}", s["correct"],
              s["answers"]] for r in summary["runs"] for s in r["results"]]
     write_results(out, summary, text, ["label", "position", "seed", summary["level_name"], "length", "accuracy",
                                        "correct", "answers"], rows)
-    from .plots import synth_accuracy, synth_distance_heatmap
+    from .plots import synth_accuracy, synth_depth_heatmap, synth_distance_heatmap
 
     synth_accuracy(summary, out / "accuracy.png")
-    if summary["task"]["task"] == "recall":
-        for lab in summary["table"]["cells"]:
+    first = summary["runs"][0]["results"][0] if summary["runs"] else {}
+    for lab in summary["table"]["cells"]:
+        if summary["task"]["task"] == "recall":
             synth_distance_heatmap(summary, lab, out / heat_map_name(lab))
+        if "by_depth" in first:
+            synth_depth_heatmap(summary, lab, out / heat_map_name(lab, "depth"))
 
 
-def heat_map_name(label: str) -> str:
-    """The file name of recall's heat map of the encoding ``label``: ``recall_<label>.png``, every character
-    but letters, digits and ``-_.`` as ``_``."""
-    return "recall_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".png"
+#: the prefixes of synth's per-encoding heat maps: recall by distance, the RULER needles by depth
+HEAT_MAPS = ("recall", "depth")
+
+
+def heat_map_name(label: str, kind: str = "recall") -> str:
+    """The file name of a heat map of the encoding ``label``: ``<kind>_<label>.png`` (``kind`` in
+    :data:`HEAT_MAPS`), every character of the label but letters, digits and ``-_.`` as ``_``."""
+    return f"{kind}_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".png"
 

@@ -216,8 +216,30 @@ def test_cli_niah_single_writes_by_depth(tmp_path, capsys):
         bins = res["by_depth"]
         assert len(bins) == DEPTH_BINS and sum(b["answers"] for b in bins) == res["answers"] == 10
         assert sum(b["correct"] for b in bins) == res["correct"]
+    assert (out / "depth_rope.png").stat().st_size > 1000 and not (out / "recall_rope.png").exists()
+    assert run_cli(["report", out]) == 0
+    assert "depth_rope.png" in (out / "report.md").read_text()
     one_line_error(capsys, ["synth", "--out", tmp_path / "o2", "--task", "niah_single", "--needles", "3",
                             "--steps", "2", "--no-progress"], "--needles applies to")
     one_line_error(capsys, ["synth", "--out", tmp_path / "o3", "--task", "cwe", "--seq-len", "16", "--steps", "2",
                             "--no-progress"], "too short")
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_depth_grid_pools_the_seeds_per_bin_and_level():
+    from firepe.plots import depth_grid
+
+    def res(level, bins):
+        return {"level": level, "by_depth": [{"min_depth": i / 2, "max_depth": (i + 1) / 2, "correct": c,
+                                              "answers": a} for i, (c, a) in enumerate(bins)]}
+
+    summary = {"levels": [32, 64], "runs": [
+        {"label": "fire", "results": [res(32, [(3, 4), (1, 4)]), res(64, [(0, 0), (2, 8)])]},
+        {"label": "fire", "results": [res(32, [(1, 4), (4, 4)]), res(64, [(0, 0), (6, 8)])]},
+        {"label": "rope", "results": [res(32, [(0, 4), (0, 4)]), res(64, [(0, 2), (0, 2)])]}]}
+    grid, ticks = depth_grid(summary, "fire")
+    assert ticks == ["0-50%", "50-100%"]
+    assert grid[0, 0] == 100 * 4 / 8 and grid[1, 0] == 100 * 5 / 8 and grid[1, 1] == 100 * 8 / 16
+    assert torch.isnan(grid[0, 1])  # no answer in that bin at 64 in any seed: blank, not 0%
+    with pytest.raises(ValueError, match="no by-depth results of 'nope'"):
+        depth_grid(summary, "nope")
