@@ -198,14 +198,11 @@ class BiasEncoding(PositionEncoding):
         once). Rows that are not all sorted (:func:`rows_sorted`: ids that restart or repeat) get the bias at
         the distance ``|q_pos - k_pos|`` for every pair, so a key with a larger id than its query, though
         earlier in the row, is seen at that distance (sorted rows: the causal distance, as always)."""
-        if self.translation_invariant and not rows_sorted(q_rows, k_rows):
-            dist = (q_rows[:, :, None] - k_rows[:, None, :]).abs()
+        if self.translation_invariant:
+            diff = q_rows[:, :, None] - k_rows[:, None, :]
+            dist = diff.clamp(min=0) if rows_sorted(q_rows, k_rows) else diff.abs()
             per_distance = self.distance_bias(int(dist.max()) if dist.numel() else 0, q_rows.device)
             return per_distance[:, dist].transpose(0, 1)
-        if self.translation_invariant:
-            span = max(int(q_rows.max()) - int(k_rows.min()), 0) if q_rows.numel() and k_rows.numel() else 0
-            per_distance = self.distance_bias(span, q_rows.device)
-            return per_distance[:, (q_rows[:, :, None] - k_rows[:, None, :]).clamp(min=0)].transpose(0, 1)
         return torch.stack([self.compute_bias(q, k) for q, k in zip(q_rows, k_rows)])
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
