@@ -262,6 +262,52 @@ def check_attention_speed(report: Report, device: torch.device, lengths=(2048, 8
     report.section(f"4. One attention layer, bf16, {heads} heads, head dim 64, batch 1 (median of 5)", rows)
 
 
+def check_flash_cpu(report: Report, device: torch.device, lengths=(2048, 8192), heads: int = 12) -> None:
+    """The flash-style CPU kernel (firepe.attention_flash) on this machine's host CPU, against CPU SDPA and the
+    materializing kernel, and against the GPU's flex and SDPA on the same shapes (fp32, fwd+bwd): where each
+    path stands on one machine. Measured, no target (the CPU targets are the 2-core CPU's, benchmarks/README)."""
+    from firepe import attention_flash, positions
+    from firepe.attention import attend_backend
+    from firepe.devices import cpu_description
+
+    cpu = torch.device("cpu")
+    rows = [f"host CPU: {cpu_description()}, {torch.get_num_threads()} threads; flash variant "
+            f"{attention_flash.variant()}", "", "| n | row | fwd+bwd ms | x NoPE SDPA (same device) |",
+            "|---|---|---|---|"]
+    for n in lengths:
+        for dev in (cpu, device):
+            base = None
+            paths = [("nope SDPA", "nope", "dense"), ("alibi", "alibi", "blocked"), ("fire", "fire", "blocked")]
+            if dev.type == "cpu":
+                paths += [("fire materialized kernel", "fire", "materialized")]
+            else:
+                paths = [("nope SDPA", "nope", "dense"), ("alibi flex", "alibi", "flex"), ("fire flex", "fire", "flex")]
+            for label, name, backend in paths:
+                enc = positions.build(name, num_heads=heads, head_dim=64).to(dev)
+                bias_enc = enc if enc.kind == "bias" else None
+                q, k, v = (torch.randn(1, heads, n, 64, device=dev, requires_grad=True) for _ in range(3))
+                pos = torch.arange(n, device=dev)
+
+                def step(q=q, k=k, v=v, bias_enc=bias_enc, backend=backend, pos=pos):
+                    if backend == "materialized":
+                        with attention_flash.switched_off():
+                            out = attend_backend("blocked", q, k, v, bias_enc, pos, pos, True)
+                    else:
+                        out = attend_backend(backend, q, k, v, bias_enc, pos, pos, True)
+                    out.sum().backward()
+
+                try:
+                    t = median_time(step, 3, dev)
+                except Exception as e:  # noqa: BLE001 -- report and go on
+                    rows.append(f"| {n} | {dev.type} {label} | error: {str(e).splitlines()[0][:80]} | |")
+                    continue
+                base = t if name == "nope" else base
+                rows.append(f"| {n} | {dev.type} {label} | {1000 * t:.1f} | {t / base:.2f} |")
+    report.target("PASS", "flash CPU kernel vs SDPA and flex measured", "see section 4b")
+    report.section(f"4b. The flash-style CPU kernel vs SDPA and flex, fp32, {heads} heads x 64, batch 1 "
+                   "(median of 3)", rows)
+
+
 # -- 5. base-preset training step -----------------------------------------------------------------
 
 
@@ -412,7 +458,8 @@ def check_hf(report: Report, device: torch.device, new: int = 8) -> None:
 
 
 CHECKS = [("flex", check_flex), ("bf16", check_bf16), ("generate", check_generate),
-          ("attention", check_attention_speed), ("train", check_train_step), ("eval32k", check_eval_32k),
+          ("attention", check_attention_speed), ("flashcpu", check_flash_cpu), ("train", check_train_step),
+          ("eval32k", check_eval_32k),
           ("nccl", check_nccl), ("hf", check_hf)]
 
 

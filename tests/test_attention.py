@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from firepe import attention, bench, kinds, positions
+from firepe import attention, attention_flash, bench, kinds, positions
 from firepe.attention import AttentionInputs, attend_blocked, resolve_backend
 from firepe.config import GPTConfig, preset
 from firepe.kinds import kind_of
@@ -88,7 +88,14 @@ def test_blocked_attention_formula_and_gradcheck(case):
     assert torch.all(grad_bias[:, k_pos[None, :] > q_pos[:, None]] == 0)
 
 
-def test_chunked_never_builds_full_bias():
+@pytest.mark.parametrize("flash", [True, False])
+def test_chunked_never_builds_full_bias(monkeypatch, flash):
+    """With the flash kernel no [H, Q, K] bias is built at all; without it (or on other devices) chunked builds
+    one query block's bias at a time."""
+    if flash and not attention_flash.available():
+        pytest.skip("the flash kernel is not available on this CPU")
+    if not flash:
+        monkeypatch.setattr(attention_flash, "supports", lambda *a: False)
     model = tiny("fire", {"init_L": 8.0}).set_attention("chunked", block=16)
     shapes = []
     for enc in model.position_modules():
@@ -102,6 +109,9 @@ def test_chunked_never_builds_full_bias():
         enc.compute_bias = spy
     with torch.no_grad():
         model(torch.randint(0, 64, (1, 100)))
+    if flash:
+        assert shapes == []
+        return
     assert shapes and max(s[1] for s in shapes) <= 16
     assert min(s[2] for s in shapes) == 16  # the first block sees only its own 16 keys
 
@@ -159,7 +169,9 @@ def test_flex_forward_on_cpu_matches_dense_and_falls_back_for_training():
 
 
 def test_auto_backend_chunks_long_inputs(monkeypatch):
-    """Above the size limit ``auto`` never materializes the full bias, and the output is unchanged."""
+    """Above the size limit ``auto`` never materializes the full bias, and the output is unchanged (the path
+    without the flash kernel, which builds no bias at all: test_chunked_never_builds_full_bias)."""
+    monkeypatch.setattr(attention_flash, "supports", lambda *a: False)
     model = tiny("fire", {"init_L": 8.0, "bias_mode": "table"}).eval()
     x = torch.randint(0, 64, (1, 60))
     with torch.no_grad():

@@ -175,11 +175,11 @@ def test_mismatched_positions_are_refused():
                                         ("99999999999999999999", 4)])
 def test_simd_cap_is_clamped_not_wrapped(monkeypatch, value, cap):
     monkeypatch.setenv("FIREPE_SIMD", value)
-    assert attention_kernel._simd_cap() == cap
+    assert attention_kernel.simd_cap() == cap
 
 
 @pytest.mark.parametrize("value", ["garbage", "-1", "3.5", ""])
 def test_simd_cap_that_is_not_an_integer_warns_and_is_ignored(monkeypatch, value):
     monkeypatch.setenv("FIREPE_SIMD", value)
     with pytest.warns(UserWarning, match="FIREPE_SIMD"):
-        assert attention_kernel._simd_cap() == 4
+        assert attention_kernel.simd_cap() == 4

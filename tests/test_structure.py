@@ -106,7 +106,9 @@ def test_config_is_a_leaf():
 
     assert kinds.check_model in config.MODEL_CHECKS
     assert graph["firepe.attention"] <= {"firepe.config", "firepe.positions", "firepe.positions.base",
-                                         "firepe.attention_kernel"}
+                                         "firepe.attention_kernel", "firepe.attention_flash"}
+    assert graph["firepe.attention_flash"] <= {"firepe.attention_kernel", "firepe.cbuild", "firepe.positions",
+                                               "firepe.positions.base"}
 
 
 #: names a module defines at its top level, and the private ones anywhere in it (methods, attributes)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from . import attention_kernel
+from . import attention_flash, attention_kernel
 from .config import BACKENDS
 from .positions.base import causal_row_blocks
 
@@ -279,6 +279,10 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     forward pass share a materialized bias.
     """
     backend = resolve_backend(backend, q.device, enc is not None, q.shape[1] * len(q_pos) * len(k_pos))
+    if backend in ("blocked", "chunked") and enc is not None:
+        out = _attend_flash(q, k, v, enc, q_pos, k_pos, bias_cache)
+        if out is not None:
+            return out
     if backend in ("dense", "blocked"):
         bias = None
         if enc is not None:
@@ -294,6 +298,23 @@ def attend_backend(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         return attend_chunked(q, k, v, bias_fn, q_pos, k_pos, block)
     mod = enc.score_mod(q_pos, k_pos) if enc is not None else None
     return attend_flex(q, k, v, mod, q_pos, k_pos, bias_fn, block)
+
+
+def _attend_flash(q, k, v, enc, q_pos, k_pos, bias_cache: dict | None) -> torch.Tensor | None:
+    """The flash kernel (:mod:`firepe.attention_flash`) with the encoding's small bias inputs (``enc.flash_bias``,
+    shared by the layers of one forward through ``bias_cache``), or None where it does not apply (not float32
+    on a CPU with the kernel, positions that are not contiguous ranges, a bias without that form)."""
+    if not attention_flash.supports(q, k, v, q_pos, k_pos):
+        return None
+    key = ("flash", id(enc))
+    spec = bias_cache.get(key) if bias_cache is not None else None
+    if spec is None:
+        spec = enc.flash_bias(q_pos, k_pos)
+        if spec is None:
+            return None
+        if bias_cache is not None:
+            bias_cache[key] = spec
+    return attention_flash.flash_attention(q, k, v, spec, q_pos, k_pos)
 
 
 def data_bias(cq: torch.Tensor, ck: torch.Tensor, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -321,7 +342,9 @@ def attend_data(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Causal attention with a data bias ``cq[b, h, i] - ck[b, h, j]`` (FoX: ``c = cumsum(log f)``).
 
     ``cq`` ``[B, H, Q]`` and ``ck`` ``[B, H, K]`` are the cumulative sums of the queries and keys (float32).
-    No ``n x n`` tensor outlives one block: ``blocked`` forms each block's bias inside its hand-written
+    float32 on the CPU with contiguous positions, ``blocked`` and ``chunked`` run the flash kernel
+    (:func:`firepe.attention_flash.flash_data_attention`: the bias inside the kernel, memory linear in ``n``).
+    Otherwise no ``n x n`` tensor outlives one block: ``blocked`` forms each block's bias inside its hand-written
     backward (``d cq`` = row sums of ``dS``, ``d ck`` = minus the column sums), ``chunked`` checkpoints
     each query block, ``flex`` gives FlexAttention a ``score_mod`` reading ``cq[b, h, q_idx]`` and
     ``ck[b, h, kv_idx]`` (on CPU with gradients it falls back to ``chunked``, as for other biases);
@@ -334,6 +357,9 @@ def attend_data(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     backend = resolve_backend(backend, q.device, True, elements)
     if backend == "dense":
         return _data_block(q, k, v, cq, ck, q_pos, k_pos)
+    if backend in ("blocked", "chunked") and cq.dtype == torch.float32 and attention_flash.supports(q, k, v, q_pos,
+                                                                                                     k_pos):
+        return attention_flash.flash_data_attention(q, k, v, cq, ck, q_pos, k_pos)
     if backend == "blocked":
         return _BlockedAttention.apply(q, k, v, None, cq, ck, q_pos, k_pos, BLOCKED_ROWS)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, cq, ck))

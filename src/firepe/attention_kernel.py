@@ -27,7 +27,7 @@ import torch
 
 from .cbuild import enabled, load_library
 
-__all__ = ["available", "simd_level", "supports", "fused_bias_attention", "visible_keys"]
+__all__ = ["available", "simd_level", "simd_cap", "supports", "fused_bias_attention", "visible_keys"]
 
 _LIB: list = []  # [ctypes.CDLL or None, simd level] once loading was attempted
 
@@ -47,12 +47,12 @@ def _load():
         lib = None
         if enabled():
             lib = load_library("bias_attention.c", _declare, what="the fused attention kernel")
-        level = lib.bias_attention_select(_simd_cap()) if lib is not None else None
+        level = lib.bias_attention_select(simd_cap()) if lib is not None else None
         _LIB.extend([lib, level])
     return _LIB[0]
 
 
-def _simd_cap() -> int:
+def simd_cap() -> int:
     """``FIREPE_SIMD`` as a cap in 0..4 (4: no cap); a value that is not a non-negative integer warns and
     is ignored, and a larger one is 4 (not wrapped around a C int)."""
     cap = os.environ.get("FIREPE_SIMD", "4").strip()

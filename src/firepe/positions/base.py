@@ -27,13 +27,34 @@ from __future__ import annotations
 
 import functools
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "DataBiasEncoding", "check_positions", "positive_int",
-           "causal_row_blocks", "rows_sorted"]
+__all__ = ["PositionEncoding", "BiasEncoding", "RotaryEncoding", "DataBiasEncoding", "FlashBias", "check_positions",
+           "positive_int", "causal_row_blocks", "rows_sorted"]
+
+
+@dataclass
+class FlashBias:
+    """A position bias as small inputs, for attention kernels that compute each logit's bias themselves
+    (:mod:`firepe.attention_flash`) instead of reading an ``[H, Q, K]`` tensor.
+
+    ``table`` ``[H, M]``: columns ``0..base-1`` hold the bias at causal distance ``d = q_pos - k_pos``
+    (``bias[h, i, j] = table[h, d]``). Rows with ``long_row[i]`` (FIRE's rows ``i >= L``) instead read the
+    ``grid`` columns from ``base`` (``Tg``) with linear interpolation at ``x = psi[d] * inv_norm[i]``:
+    ``p = clamp(x, 0, 1) (grid - 1)``, ``k = min(floor(p), grid - 2)``, ``bias = Tg[k] + (Tg[k + 1] - Tg[k]) (p - k)``.
+    ``psi`` ``[P]`` covers the distances those rows reach, ``inv_norm`` and ``long_row`` are ``[Q]``. Gradients
+    flow to ``table``, ``psi`` and ``inv_norm`` (so on to the encoding's parameters)."""
+
+    table: torch.Tensor
+    base: int
+    grid: int = 0
+    psi: torch.Tensor | None = None
+    inv_norm: torch.Tensor | None = None
+    long_row: torch.Tensor | None = None
 
 
 def check_positions(*positions: torch.Tensor, names: tuple[str, ...] | None = None) -> None:
@@ -211,6 +232,15 @@ class BiasEncoding(PositionEncoding):
     #: the bias depends on ``q_pos - k_pos`` only (ALiBi, Kerple, T5, Sandwich): FlexAttention then reads
     #: one per-distance table ``[H, D + 1]`` (:meth:`distance_bias`) instead of a materialized ``[H, Q, K]``
     translation_invariant: bool = False
+
+    def flash_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> FlashBias | None:
+        """This bias as small inputs (:class:`FlashBias`) for sorted positions, or None when it has no such form
+        (the caller then materializes :meth:`compute_bias`). Translation-invariant encodings give their
+        per-distance table (:meth:`distance_bias`)."""
+        if not self.translation_invariant:
+            return None
+        span = position_span(q_pos, k_pos)
+        return FlashBias(self.distance_bias(span, q_pos.device), span + 1)
 
     def distance_bias(self, max_distance: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[H, max_distance + 1]``: column ``d`` is the bias at causal distance ``q_pos - k_pos = d``

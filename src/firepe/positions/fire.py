@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import fire_mlp, fire_table
-from .base import BiasEncoding, causal_row_blocks, position_span, rows_sorted
+from .base import BiasEncoding, FlashBias, causal_row_blocks, position_span, rows_sorted
 from .registry import register
 
 
@@ -295,6 +295,19 @@ class FIRE(BiasEncoding):
         table, base = self.lookup_table(int(dist.max()) if dist.numel() else 0)
         long_rows = self.interpolating_rows(q_pos)[:, None] if self.threshold else None
         return fire_table.lerp_bias(table, base, g, x, dist, long_rows, causal_row_blocks(q_pos, k_pos, 256))
+
+    def flash_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> FlashBias | None:
+        """Table mode's bias as small inputs (:class:`~.base.FlashBias`): the lookup table
+        ``[distance table | interpolation table]``, ``psi(d)``, ``1 / (psi(max(L, i)) + eps)`` and the rows that
+        interpolate -- what :meth:`_table_bias` hands the lookup kernel. None in ``exact`` and ``reference`` mode
+        (they evaluate the MLP per pair) and for dtypes other than float32."""
+        if self.bias_mode != "table" or self.init_L.dtype != torch.float32:
+            return None
+        span = position_span(q_pos, k_pos)
+        psi_d = self.psi(torch.arange(span + 1, dtype=self.init_L.dtype, device=q_pos.device))
+        inv_norm = 1 / self.normalizer(q_pos)
+        table, base = self.lookup_table(span)
+        return FlashBias(table, base, self.table_size, psi_d, inv_norm, self.interpolating_rows(q_pos))
 
     def distance_table(self, max_distance: int) -> torch.Tensor:
         """``[H, max_distance + 1]``: the bias of rows ``i <= L`` at distance ``d = 0..max_distance``."""
