@@ -271,3 +271,26 @@ def test_long_forward_memory_is_linear_in_n():
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
     grown_mb = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert grown_mb < 200
+
+
+def test_strided_inputs_are_read_in_place_and_give_the_contiguous_result():
+    """The model's q, k, v are transposed views of [B, T, H, D] (and a shared key head has head stride 0): the
+    kernel reads them with their strides, writes token-major outputs, and equals the contiguous call."""
+    g = torch.Generator().manual_seed(3)
+    B, T, H, D = 2, 90, 3, 24
+    q = torch.randn(B, T, H, D, generator=g).transpose(1, 2).requires_grad_()
+    k_one = torch.randn(B, T, 1, D, generator=g).requires_grad_()
+    k = k_one.transpose(1, 2).expand(B, H, T, D)
+    v = torch.randn(B, H, T, D + 8, generator=g)[..., :D].requires_grad_()  # row stride D + 8
+    pos = torch.arange(T)
+    table = torch.randn(H, T, generator=g, requires_grad=True)
+    out = attention_flash.flash_attention(q, k, v, FlashBias(table, T), pos, pos)
+    assert out.stride(2) == H * D  # token-major, as q
+    cot = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k_one, v, table), cot)
+    leaves = [t.detach().contiguous().requires_grad_() for t in (q, k_one, v, table)]
+    ref = attention_flash.flash_attention(leaves[0], leaves[1].transpose(1, 2).expand(B, H, T, D).contiguous(),
+                                          leaves[2], FlashBias(leaves[3], T), pos, pos)
+    assert torch.equal(out, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref, leaves, cot)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -49,10 +49,10 @@ def _declare(lib) -> None:
     lib.flash_attention_select.argtypes = [i32]
     lib.flash_attention_select.restype = ctypes.c_int
     lib.flash_attention_forward.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i64, f32, p, i64, i64, i64, p,
-                                            i64, p, p, p, p, p, p, i32]
+                                            i64, p, p, p, p, p, p, p, i32]
     lib.flash_attention_forward.restype = ctypes.c_int
     lib.flash_attention_backward.argtypes = [p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, f32, p, i64, i64,
-                                             i64, p, i64, p, p, p, p, p, p, p, p, p, p, p, p, p, i32]
+                                             i64, p, i64, p, p, p, p, p, p, p, p, p, p, p, p, p, p, i32]
     lib.flash_attention_backward.restype = ctypes.c_int
 
 
@@ -149,6 +149,26 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, H, T, D]`` as the kernel reads it: any batch, head and row strides, the last dimension contiguous
+    (the model's transposed views of ``[B, T, H, D]`` are read in place, not copied)."""
+    return t if t.stride(3) == 1 else t.contiguous()
+
+
+def _empty_like_rows(t: torch.Tensor) -> torch.Tensor:
+    """A new ``[B, H, T, D]`` tensor laid out as ``t``'s rows are: token-major (``[B, T, H, D]`` storage, whose
+    transpose back is free) when ``t`` is, else contiguous."""
+    B, H, T, D = t.shape
+    if t.stride(1) < t.stride(2):
+        return t.new_empty(B, T, H, D).transpose(1, 2)
+    return t.new_empty(B, H, T, D)
+
+
+def _strides(*ts: torch.Tensor) -> torch.Tensor:
+    """int64 ``[len(ts) * 3]``: the batch, head and row strides of each (in floats)."""
+    return torch.tensor([x for t in ts for x in t.stride()[:3]], dtype=torch.int64)
+
+
 def _check(status: int, what: str) -> None:
     if status:
         raise MemoryError(f"the flash attention kernel could not allocate its per-thread buffers ({what}).")
@@ -159,7 +179,7 @@ class _Flash(torch.autograd.Function):
     def forward(ctx, q, k, v, table, psi, inv_norm, cq, ck, meta):
         lib = _load()
         q0, k0, base, grid, long_row = meta
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        q, k, v = _rows(q), _rows(k), _rows(v)
         B, H, Q, D = q.shape
         K = k.shape[2]
         table = table.contiguous() if table is not None else None
@@ -171,13 +191,14 @@ class _Flash(torch.autograd.Function):
         long_u8 = long_row.to(torch.uint8).contiguous() if long_row is not None else None
         cq = cq.contiguous() if cq is not None else None
         ck = ck.contiguous() if ck is not None else None
-        out = q.new_empty(B, H, Q, D)
+        out = _empty_like_rows(q)
         lse = q.new_empty(B, H, Q)
         n_psi = len(psi) if psi is not None else 0
         args = (B, H, Q, K, D, q0, k0, D ** -0.5, _ptr(table), M, base, grid, _ptr(psi_rev), n_psi, _ptr(inv_norm),
                 _ptr(long_u8), _ptr(cq), _ptr(ck))
-        _check(lib.flash_attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), *args, out.data_ptr(),
-                                           lse.data_ptr(), torch.get_num_threads()), "forward")
+        strides = _strides(q, k, v, out)
+        _check(lib.flash_attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), *args, strides.data_ptr(),
+                                           out.data_ptr(), lse.data_ptr(), torch.get_num_threads()), "forward")
         ctx.save_for_backward(q, k, v, out, lse, table, psi_rev, inv_norm, long_u8, cq, ck)
         ctx.args = args
         return out
@@ -187,8 +208,9 @@ class _Flash(torch.autograd.Function):
         lib = _load()
         q, k, v, out, lse, table, psi_rev, inv_norm, long_u8, cq, ck = ctx.saved_tensors
         B, H, Q, K, D, q0, k0, scale, _, M, base, grid, _, n_psi, _, _, _, _ = ctx.args
-        grad_out = grad_out.to(torch.float32).contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_out = _rows(grad_out.to(torch.float32))
+        dq, dk, dv = _empty_like_rows(q), _empty_like_rows(k), _empty_like_rows(v)
+        strides = _strides(q, k, v, out, grad_out, dq, dk, dv)
         need = ctx.needs_input_grad
         d_table = q.new_empty(H, M) if table is not None and need[3] else None
         d_psi = q.new_empty(n_psi) if psi_rev is not None and need[4] else None
@@ -199,7 +221,8 @@ class _Flash(torch.autograd.Function):
         _check(lib.flash_attention_backward(
             grad_out.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
             B, H, Q, K, D, q0, k0, scale, _ptr(table), M, base, grid, _ptr(psi_rev), n_psi, _ptr(inv_norm),
-            _ptr(long_u8), _ptr(cq), _ptr(ck), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), _ptr(d_table),
+            _ptr(long_u8), _ptr(cq), _ptr(ck), strides.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+            _ptr(d_table),
             _ptr(d_psi), _ptr(d_inv), _ptr(dcq), _ptr(dck), _ptr(part), torch.get_num_threads()), "backward")
         return dq, dk, dv, d_table, d_psi, d_inv, dcq, dck, None
 

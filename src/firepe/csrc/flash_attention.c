@@ -20,7 +20,8 @@
  *     gx = dS (Tg[k + 1] - Tg[k]) (G - 1) [0 <= x <= 1],  dpsi[d] += gx inv_norm[i],  dinv_norm[i] += gx psi[d];
  *     dcq[b, h, i] = sum_j dS_ij, dck[b, h, j] = -sum_i dS_ij.
  *
- * Layouts (float32, contiguous): q [B, H, Q, D], k, v [B, H, K, D], table [H, M], psi [P], inv_norm [Q],
+ * Layouts (float32): q, out, dout, dq [B, H, Q, D], k, v, dk, dv [B, H, K, D], each with its own batch, head and
+ * row strides (strides[8][3]; the last dimension contiguous), table [H, M], psi [P], inv_norm [Q],
  * long_row [Q] uint8, cq [B, H, Q], ck [B, H, K]; gradients of the table, psi and inv_norm are summed over
  * b (and h) after the parallel loop in a fixed order.
  *
@@ -64,7 +65,13 @@ typedef struct {
     const float *inv_norm;
     const uint8_t *long_row; /* NULL: no interpolating row */
     const float *cq, *ck;    /* NULL: no data bias */
+    const int64_t *st;       /* [8][3]: batch, head and row strides of q, k, v, out, dout, dq, dk, dv (floats) */
 } problem;
+
+enum { TQ, TK, TV, TOUT, TDOUT, TDQ, TDK, TDV };
+/* where tensor t's rows of (b, h) = bh start, and its row stride */
+#define OFF(p, t, bh) (((bh) / (p)->H) * (p)->st[3 * (t)] + ((bh) % (p)->H) * (p)->st[3 * (t) + 1])
+#define RS(p, t) ((p)->st[3 * (t) + 2])
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FIREPE_NO_VARIANTS)
 #define X86_VARIANTS 1
@@ -134,13 +141,13 @@ int flash_attention_select(int cap) {
 static void setup(problem *p, const float *q, const float *k, const float *v, int64_t B, int64_t H, int64_t Q,
                   int64_t K, int64_t D, int64_t q0, int64_t k0, float scale, const float *table, int64_t M,
                   int64_t base, int64_t grid, const float *psi_rev, int64_t n_psi, const float *inv_norm,
-                  const uint8_t *long_row, const float *cq, const float *ck) {
+                  const uint8_t *long_row, const float *cq, const float *ck, const int64_t *st) {
     p->q = q; p->k = k; p->v = v;
     p->B = B; p->H = H; p->Q = Q; p->K = K; p->D = D; p->DP = (D + 15) / 16 * 16;
     p->q0 = q0; p->k0 = k0; p->scale = scale;
     p->table = table; p->M = M; p->base = base; p->grid = grid;
     p->psi_rev = psi_rev; p->n_psi = n_psi; p->inv_norm = inv_norm; p->long_row = long_row;
-    p->cq = cq; p->ck = ck;
+    p->cq = cq; p->ck = ck; p->st = st;
 }
 
 /* Per-thread scratch: packed q/k/v/dO, transposed k/v, block buffers, reversed distance table and the
@@ -157,17 +164,28 @@ static int64_t scratch_floats(const problem *p, int backward) {
     if (backward)
         n += 2 * qp * DP                      /* q, dO packed */
              + 2 * kp * DP                    /* dk, dv accumulators */
-             + (p->base + PAD) + (p->n_psi + PAD) + 4 * p->grid + 2 * BQ; /* bias gradients */
+             + (p->base + PAD) + (p->n_psi + PAD) + p->grid + 2 * BQ; /* bias gradients */
     return (n + 64 + 15) / 16 * 16;
 }
+
+/* Flush denormal results and inputs to zero in this thread while the kernel runs (x86: MXCSR's FTZ and DAZ),
+ * restored after: a product of a tiny probability would otherwise cost a microcode assist per element. */
+#if defined(__x86_64__)
+#define FAST_FLOATS_ON unsigned int saved_csr = _mm_getcsr(); _mm_setcsr(saved_csr | 0x8040);
+#define FAST_FLOATS_OFF _mm_setcsr(saved_csr);
+#else
+#define FAST_FLOATS_ON
+#define FAST_FLOATS_OFF
+#endif
 
 int flash_attention_forward(const float *q, const float *k, const float *v, int64_t B, int64_t H, int64_t Q, int64_t K,
                             int64_t D, int64_t q0, int64_t k0, float scale, const float *table, int64_t M,
                             int64_t base, int64_t grid, const float *psi_rev, int64_t n_psi, const float *inv_norm,
-                            const uint8_t *long_row, const float *cq, const float *ck, float *out, float *lse,
-                            int threads) {
+                            const uint8_t *long_row, const float *cq, const float *ck, const int64_t *strides,
+                            float *out, float *lse, int threads) {
     problem p;
-    setup(&p, q, k, v, B, H, Q, K, D, q0, k0, scale, table, M, base, grid, psi_rev, n_psi, inv_norm, long_row, cq, ck);
+    setup(&p, q, k, v, B, H, Q, K, D, q0, k0, scale, table, M, base, grid, psi_rev, n_psi, inv_norm, long_row, cq, ck,
+          strides);
     if (!forward_impl) return 1;
     int64_t n = scratch_floats(&p, 0);
     int failed = 0;
@@ -177,12 +195,14 @@ int flash_attention_forward(const float *q, const float *k, const float *v, int6
     {
         float *scratch = aligned_alloc(64, (size_t)n * sizeof(float)); /* n: a multiple of 16 floats */
         if (!scratch) failed = 1;
+        FAST_FLOATS_ON
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t bh = 0; bh < B * H; bh++)
             if (scratch)
-                forward_impl(&p, bh, scratch, out + bh * Q * D, lse + bh * Q);
+                forward_impl(&p, bh, scratch, out + OFF(&p, TOUT, bh), lse + bh * Q);
+        FAST_FLOATS_OFF
         free(scratch);
     }
     return failed;
@@ -194,10 +214,12 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
                              const float *lse, int64_t B, int64_t H, int64_t Q, int64_t K, int64_t D, int64_t q0,
                              int64_t k0, float scale, const float *table, int64_t M, int64_t base, int64_t grid,
                              const float *psi_rev, int64_t n_psi, const float *inv_norm, const uint8_t *long_row,
-                             const float *cq, const float *ck, float *dq, float *dk, float *dv, float *d_table,
-                             float *d_psi, float *d_inv, float *dcq, float *dck, float *part, int threads) {
+                             const float *cq, const float *ck, const int64_t *strides, float *dq, float *dk, float *dv,
+                             float *d_table, float *d_psi, float *d_inv, float *dcq, float *dck, float *part,
+                             int threads) {
     problem p;
-    setup(&p, q, k, v, B, H, Q, K, D, q0, k0, scale, table, M, base, grid, psi_rev, n_psi, inv_norm, long_row, cq, ck);
+    setup(&p, q, k, v, B, H, Q, K, D, q0, k0, scale, table, M, base, grid, psi_rev, n_psi, inv_norm, long_row, cq, ck,
+          strides);
     if (!backward_impl) return 1;
     int64_t n = scratch_floats(&p, 1), per = M + n_psi + Q;
     int failed = 0;
@@ -207,16 +229,18 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
     {
         float *scratch = aligned_alloc(64, (size_t)n * sizeof(float)); /* n: a multiple of 16 floats */
         if (!scratch) failed = 1;
+        FAST_FLOATS_ON
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t bh = 0; bh < B * H; bh++)
             if (scratch) {
                 float *pt = part ? part + bh * per : NULL;
-                backward_impl(&p, bh, scratch, grad_out + bh * Q * D, out + bh * Q * D, lse + bh * Q,
-                              dq + bh * Q * D, dk + bh * K * D, dv + bh * K * D, dcq ? dcq + bh * Q : NULL,
+                backward_impl(&p, bh, scratch, grad_out + OFF(&p, TDOUT, bh), out + OFF(&p, TOUT, bh), lse + bh * Q,
+                              dq + OFF(&p, TDQ, bh), dk + OFF(&p, TDK, bh), dv + OFF(&p, TDV, bh), dcq ? dcq + bh * Q : NULL,
                               dck ? dck + bh * K : NULL, pt, pt ? pt + M : NULL, pt ? pt + M + n_psi : NULL);
             }
+        FAST_FLOATS_OFF
         free(scratch);
     }
     if (failed || !part) return failed;
@@ -305,10 +329,11 @@ INLINE float F(hmax)(v16 x) {
     return s;
 }
 
-/* exp(x) for x <= 0 (or -inf -> 0): Cody-Waite reduction x = n ln 2 + r, a degree-7 polynomial (Cephes'
- * expf coefficients, ~1 ulp), 2^n built in the exponent bits. */
+/* exp(x) for x <= 0: Cody-Waite reduction x = n ln 2 + r, a degree-7 polynomial (Cephes' expf coefficients,
+ * ~1 ulp), 2^n built in the exponent bits; 0 below -87.3 (where expf leaves the normal floats: a probability
+ * under 1.2e-38 is 0 here, so no denormal number -- 100x slower arithmetic on some CPUs -- enters the sums). */
 INLINE v16 F(exp)(v16 x) {
-    v16i finite = x > F(splat)(-INFINITY);
+    v16i finite = x > F(splat)(-87.33654f);
     v16 xc = F(sel)(x > F(splat)(-87.33654f), x, F(splat)(-87.33654f));
     const v16 magic = F(splat)(12582912.f); /* 1.5 * 2^23: rounds to the nearest integer */
     v16 t = F(fma)(xc, F(splat)(1.44269504088896341f), magic);
@@ -386,23 +411,23 @@ static void F(gemm)(float *out, int64_t os, const float *coef, int64_t cr, int64
 }
 #undef TILE_CASE
 
-/* copy rows [n, D] into [n, DP] with zero columns D..DP-1 */
-static void F(pack_rows)(float *dst, const float *src, int64_t n, int64_t D, int64_t DP) {
+/* copy rows [n, D] (row stride rs) into [n, DP] with zero columns D..DP-1 */
+static void F(pack_rows)(float *dst, const float *src, int64_t rs, int64_t n, int64_t D, int64_t DP) {
     for (int64_t i = 0; i < n; i++) {
-        memcpy(dst + i * DP, src + i * D, sizeof(float) * (size_t)D);
+        memcpy(dst + i * DP, src + i * rs, sizeof(float) * (size_t)D);
         for (int64_t d = D; d < DP; d++) dst[i * DP + d] = 0.f;
     }
 }
 
 /* src [n, D] -> dst: per block of BK keys a transposed tile [DP, BK] (block b at b * DP * BK; zero past n and
  * past D), so that one block's scores read 16 KiB of consecutive memory, not 64 rows a power of two apart */
-static void F(pack_t)(float *dst, const float *src, int64_t n, int64_t kp, int64_t D, int64_t DP) {
+static void F(pack_t)(float *dst, const float *src, int64_t rs, int64_t n, int64_t kp, int64_t D, int64_t DP) {
     memset(dst, 0, sizeof(float) * (size_t)(DP * kp));
     for (int64_t j0 = 0; j0 < n; j0 += BK) {
         int64_t je = j0 + BK < n ? j0 + BK : n;
         float *tile = dst + j0 * DP;
         for (int64_t d = 0; d < D; d++)
-            for (int64_t j = j0; j < je; j++) tile[d * BK + (j - j0)] = src[j * D + d];
+            for (int64_t j = j0; j < je; j++) tile[d * BK + (j - j0)] = src[j * rs + d];
     }
 }
 
@@ -477,15 +502,16 @@ INLINE int64_t F(nvis)(const problem *p, int64_t i) {
 static void F(forward_bh)(const problem *p, int64_t bh, float *scratch, float *out, float *lse) {
     const int64_t Q = p->Q, K = p->K, D = p->D, DP = p->DP, NV = DP / 16;
     const int64_t kp = (K + BK - 1) / BK * BK;
-    const float *q = p->q + bh * Q * D, *k = p->k + bh * K * D, *v = p->v + bh * K * D;
+    const float *q = p->q + OFF(p, TQ, bh), *k = p->k + OFF(p, TK, bh), *v = p->v + OFF(p, TV, bh);
+    const int64_t qs = RS(p, TQ), os = RS(p, TOUT);
     float *kT = scratch, *vp = kT + 2 * DP * kp, *o = vp + kp * DP, *s = o + BQ * DP;
     float *wt = s + 2 * BQ * BK, *slope = wt + BQ * BK;
     int32_t *kbin = (int32_t *)(slope + BQ * BK);
     float *rev = (float *)(kbin + BQ * BK), *stat = rev + p->base + PAD;
     float *m = stat, *l = stat + BQ;
     const float *tg = p->table ? p->table + (bh % p->H) * p->M + p->base : NULL;
-    F(pack_t)(kT, k, K, kp, D, DP);
-    F(pack_rows)(vp, v, K, D, DP);
+    F(pack_t)(kT, k, RS(p, TK), K, kp, D, DP);
+    F(pack_rows)(vp, v, RS(p, TV), K, D, DP);
     if (p->table) F(reverse_table)(rev, p, bh % p->H);
     for (int64_t i0 = 0; i0 < Q; i0 += BQ) {
         int64_t nb = Q - i0 < BQ ? Q - i0 : BQ;
@@ -495,7 +521,7 @@ static void F(forward_bh)(const problem *p, int64_t bh, float *scratch, float *o
         for (int64_t j0 = 0; j0 < kv_end; j0 += BK) {
             int64_t nk = kv_end - j0 < BK ? kv_end - j0 : BK;
             /* s = q_block k_block^T, [nb, BK] (q read in place: D floats per row, zero padding comes from kT) */
-            F(gemm)(s, BK, q + i0 * D, D, 1, kT + j0 * DP, BK, nb, BK / 16, D, 0);
+            F(gemm)(s, BK, q + i0 * qs, qs, 1, kT + j0 * DP, BK, nb, BK / 16, D, 0);
             for (int64_t r = 0; r < nb; r++) {
                 int64_t i = i0 + r, vis = F(nvis)(p, i) - j0;
                 float *sr = s + r * BK;
@@ -533,10 +559,10 @@ static void F(forward_bh)(const problem *p, int64_t bh, float *scratch, float *o
             int64_t i = i0 + r;
             if (l[r] > 0.f) {
                 float inv = 1.f / l[r];
-                for (int64_t d = 0; d < D; d++) out[i * D + d] = o[r * DP + d] * inv;
+                for (int64_t d = 0; d < D; d++) out[i * os + d] = o[r * DP + d] * inv;
                 lse[i] = m[r] + logf(l[r]);
             } else {
-                for (int64_t d = 0; d < D; d++) out[i * D + d] = 0.f;
+                for (int64_t d = 0; d < D; d++) out[i * os + d] = 0.f;
                 lse[i] = INFINITY;
             }
         }
@@ -550,7 +576,8 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
                            float *g_psi, float *g_inv) {
     const int64_t Q = p->Q, K = p->K, D = p->D, DP = p->DP, NV = DP / 16;
     const int64_t kp = (K + BK - 1) / BK * BK, qp = (Q + BQ - 1) / BQ * BQ;
-    const float *q = p->q + bh * Q * D, *k = p->k + bh * K * D, *v = p->v + bh * K * D;
+    const float *q = p->q + OFF(p, TQ, bh), *k = p->k + OFF(p, TK, bh), *v = p->v + OFF(p, TV, bh);
+    const int64_t os = RS(p, TOUT), dos = RS(p, TDOUT), dqs = RS(p, TDQ), dks = RS(p, TDK), dvs = RS(p, TDV);
     float *kT = scratch, *vT = kT + DP * kp, *kpk = vT + DP * kp, *dqa = kpk + kp * DP, *s = dqa + BQ * DP;
     float *dp = s + BQ * BK, *wt = dp + BQ * BK, *slope = wt + BQ * BK;
     int32_t *kbin = (int32_t *)(slope + BQ * BK);
@@ -558,17 +585,17 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
     float *lse_r = stat, *delta = stat + BQ;
     float *qpk = stat + 4 * BQ, *dop = qpk + qp * DP, *dka = dop + qp * DP, *dva = dka + kp * DP;
     float *gd_rev = dva + kp * DP, *gpsi_rev = gd_rev + p->base + PAD, *gg = gpsi_rev + p->n_psi + PAD;
-    float *rowg = gg + 4 * p->grid;
+    float *rowg = gg + p->grid;
     const float *tg = p->table ? p->table + (bh % p->H) * p->M + p->base : NULL;
-    F(pack_t)(kT, k, K, kp, D, DP);
-    F(pack_t)(vT, v, K, kp, D, DP);
-    F(pack_rows)(kpk, k, K, D, DP);
-    F(pack_rows)(qpk, q, Q, D, DP);
-    F(pack_rows)(dop, dout, Q, D, DP);
+    F(pack_t)(kT, k, RS(p, TK), K, kp, D, DP);
+    F(pack_t)(vT, v, RS(p, TV), K, kp, D, DP);
+    F(pack_rows)(kpk, k, RS(p, TK), K, D, DP);
+    F(pack_rows)(qpk, q, RS(p, TQ), Q, D, DP);
+    F(pack_rows)(dop, dout, dos, Q, D, DP);
     memset(dka, 0, sizeof(float) * (size_t)(2 * kp * DP));
     if (p->table) {
         F(reverse_table)(rev, p, bh % p->H);
-        memset(gd_rev, 0, sizeof(float) * (size_t)(p->base + PAD + p->n_psi + PAD + 4 * p->grid));
+        memset(gd_rev, 0, sizeof(float) * (size_t)(p->base + PAD + p->n_psi + PAD + p->grid));
     }
     if (dck) memset(dck, 0, sizeof(float) * (size_t)K);
     for (int64_t i0 = 0; i0 < Q; i0 += BQ) {
@@ -577,7 +604,7 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
         for (int64_t r = 0; r < nb; r++) {
             int64_t i = i0 + r;
             float dd = 0.f;
-            for (int64_t d = 0; d < D; d++) dd += dout[i * D + d] * out[i * D + d];
+            for (int64_t d = 0; d < D; d++) dd += dout[i * dos + d] * out[i * os + d];
             delta[r] = dd;
             lse_r[r] = lse[i];
             rowg[r] = 0.f;          /* d inv_norm of the row */
@@ -625,13 +652,10 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
                     rowg[r] += F(hsum)(acc);
                     const int32_t *kb = kbin + r * BK;
                     const float *wr = wt + r * BK;
-                    /* four interleaved copies of the bins (lane t % 4): neighbouring keys, which mostly share
-                     * a bin, do not wait for each other's read-modify-write */
                     for (int64_t t = 0; t < vis; t++) {
                         float g = dpr[t], gw = g * wr[t];
-                        float *gb = gg + 4 * kb[t] + (t & 3);
-                        gb[0] += g - gw;
-                        gb[4] += gw;
+                        gg[kb[t]] += g - gw;
+                        gg[kb[t] + 1] += gw;
                     }
                 } else {
                     float *gr = gd_rev + (p->base - 1 - dist0);
@@ -648,21 +672,20 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
         }
         for (int64_t r = 0; r < nb; r++) {
             int64_t i = i0 + r;
-            for (int64_t d = 0; d < D; d++) dq[i * D + d] = dqa[r * DP + d] * p->scale;
+            for (int64_t d = 0; d < D; d++) dq[i * dqs + d] = dqa[r * DP + d] * p->scale;
             if (dcq) dcq[i] = rowg[BQ + r];
             if (g_inv) g_inv[i] = rowg[r];
         }
     }
     for (int64_t j = 0; j < K; j++)
         for (int64_t d = 0; d < D; d++) {
-            dk[j * D + d] = dka[j * DP + d] * p->scale;
-            dv[j * D + d] = dva[j * DP + d];
+            dk[j * dks + d] = dka[j * DP + d] * p->scale;
+            dv[j * dvs + d] = dva[j * DP + d];
         }
     if (g_table) {
         for (int64_t x = 0; x < p->base; x++) g_table[x] = gd_rev[p->base - 1 - x];
         for (int64_t m = p->base; m < p->M; m++) g_table[m] = 0.f;
-        for (int64_t g = 0; g < p->grid; g++)
-            g_table[p->base + g] = ((gg[4 * g] + gg[4 * g + 1]) + gg[4 * g + 2]) + gg[4 * g + 3];
+        for (int64_t g = 0; g < p->grid; g++) g_table[p->base + g] = gg[g];
         for (int64_t d = 0; d < p->n_psi; d++) g_psi[d] = gpsi_rev[p->n_psi - 1 - d];
     }
 }
