@@ -168,6 +168,21 @@ static int64_t scratch_floats(const problem *p, int backward) {
     return (n + 64 + 15) / 16 * 16;
 }
 
+/* Each thread's scratch is kept between calls (OpenMP's threads persist) and grown when a call needs more:
+ * a fresh allocation per call of a few hundred KiB is an mmap whose pages fault in again every time.
+ * It is released when the library is unloaded with the process. */
+static __thread float *kept_scratch = NULL;
+static __thread int64_t kept_floats = 0;
+
+static float *thread_scratch(int64_t n) {
+    if (n > kept_floats) {
+        free(kept_scratch);
+        kept_scratch = aligned_alloc(64, (size_t)n * sizeof(float)); /* n: a multiple of 16 floats */
+        kept_floats = kept_scratch ? n : 0;
+    }
+    return kept_scratch;
+}
+
 /* Flush denormal results and inputs to zero in this thread while the kernel runs (x86: MXCSR's FTZ and DAZ),
  * restored after: a product of a tiny probability would otherwise cost a microcode assist per element. */
 #if defined(__x86_64__)
@@ -193,7 +208,7 @@ int flash_attention_forward(const float *q, const float *k, const float *v, int6
 #pragma omp parallel num_threads(threads) reduction(|| : failed)
 #endif
     {
-        float *scratch = aligned_alloc(64, (size_t)n * sizeof(float)); /* n: a multiple of 16 floats */
+        float *scratch = thread_scratch(n);
         if (!scratch) failed = 1;
         FAST_FLOATS_ON
 #ifdef _OPENMP
@@ -203,7 +218,6 @@ int flash_attention_forward(const float *q, const float *k, const float *v, int6
             if (scratch)
                 forward_impl(&p, bh, scratch, out + OFF(&p, TOUT, bh), lse + bh * Q);
         FAST_FLOATS_OFF
-        free(scratch);
     }
     return failed;
 }
@@ -227,7 +241,7 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
 #pragma omp parallel num_threads(threads) reduction(|| : failed)
 #endif
     {
-        float *scratch = aligned_alloc(64, (size_t)n * sizeof(float)); /* n: a multiple of 16 floats */
+        float *scratch = thread_scratch(n);
         if (!scratch) failed = 1;
         FAST_FLOATS_ON
 #ifdef _OPENMP
@@ -241,7 +255,6 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
                               dck ? dck + bh * K : NULL, pt, pt ? pt + M : NULL, pt ? pt + M + n_psi : NULL);
             }
         FAST_FLOATS_OFF
-        free(scratch);
     }
     if (failed || !part) return failed;
     /* fixed-order sums of the partials: over b for the table, over (b, h) for psi and inv_norm */
