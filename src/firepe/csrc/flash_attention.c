@@ -665,10 +665,29 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
                     rowg[r] += F(hsum)(acc);
                     const int32_t *kb = kbin + r * BK;
                     const float *wr = wt + r * BK;
-                    for (int64_t t = 0; t < vis; t++) {
-                        float g = dpr[t], gw = g * wr[t];
-                        gg[kb[t]] += g - gw;
-                        gg[kb[t] + 1] += gw;
+                    for (int64_t t0 = 0; t0 < vis; t0 += 16) {
+                        int64_t te = t0 + 16 < vis ? t0 + 16 : vis;
+#if defined(__AVX512F__)
+                        /* 16 keys at once where their bins all differ (bins fall along the row, so neighbours are
+                         * compared): gather, add, scatter to k, then to k + 1 -- each bin gets the same additions
+                         * in the same order as the scalar loop, so both give the same bits */
+                        if (te == t0 + 16) {
+                            __m512i kv = _mm512_loadu_si512(kb + t0);
+                            if (!_mm512_mask_cmpeq_epi32_mask(0x7fff, kv, _mm512_alignr_epi32(kv, kv, 1))) {
+                                __m512 g = _mm512_loadu_ps(dpr + t0), gw = _mm512_mul_ps(g, _mm512_loadu_ps(wr + t0));
+                                __m512 a = _mm512_add_ps(_mm512_i32gather_ps(kv, gg, 4), _mm512_sub_ps(g, gw));
+                                _mm512_i32scatter_ps(gg, kv, a, 4);
+                                __m512i k1 = _mm512_add_epi32(kv, _mm512_set1_epi32(1));
+                                _mm512_i32scatter_ps(gg, k1, _mm512_add_ps(_mm512_i32gather_ps(k1, gg, 4), gw), 4);
+                                continue;
+                            }
+                        }
+#endif
+                        for (int64_t t = t0; t < te; t++) {
+                            float g = dpr[t], gw = g * wr[t];
+                            gg[kb[t]] += g - gw;
+                            gg[kb[t] + 1] += gw;
+                        }
                     }
                 } else {
                     float *gr = gd_rev + (p->base - 1 - dist0);
