@@ -99,6 +99,7 @@ CASES = {  # B, H, Q, K, D, q0, k0
     "one_query": (3, 2, 1, 90, 64, 89, 0),
     "shifted": (1, 2, 70, 80, 16, 40, 30),
     "unseen_rows": (1, 2, 30, 20, 16, 0, 10),  # queries 0..9 see no key
+    "many_rows": (11, 2, 40, 40, 16, 0, 0),  # two chunks of batch rows in the backward's work items
 }
 
 
@@ -152,7 +153,7 @@ def _run(x, extra):
 
 @pytest.mark.parametrize("form", ["distance", "fire", "fire_fine", "fox"])
 def test_results_do_not_depend_on_threads_or_variant(form):
-    x, extra = _case(2, 3, 150, 150, 40, 0, 0, form)
+    x, extra = _case(10, 3, 150, 150, 40, 0, 0, form)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -73,6 +73,13 @@ enum { TQ, TK, TV, TOUT, TDOUT, TDQ, TDK, TDV };
 #define OFF(p, t, bh) (((bh) / (p)->H) * (p)->st[3 * (t)] + ((bh) % (p)->H) * (p)->st[3 * (t) + 1])
 #define RS(p, t) ((p)->st[3 * (t) + 2])
 
+/* Where the backward's bias-gradient accumulators start in a thread's scratch (after the packed tensors, the block
+ * buffers, the reversed table, the row statistics and the dk/dv accumulators: backward_bh's layout). */
+static int64_t bias_acc_offset(const problem *p) {
+    int64_t kp = (p->K + BK - 1) / BK * BK, qp = (p->Q + BQ - 1) / BQ * BQ, DP = p->DP;
+    return 3 * DP * kp + BQ * DP + 5 * BQ * BK + (p->base + PAD) + 4 * BQ + 2 * qp * DP + 2 * kp * DP;
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FIREPE_NO_VARIANTS)
 #define X86_VARIANTS 1
 #pragma GCC push_options
@@ -103,8 +110,8 @@ enum { TQ, TK, TV, TOUT, TDOUT, TDQ, TDK, TDV };
 #endif
 
 typedef void (*forward_fn)(const problem *, int64_t, float *, float *, float *);
-typedef void (*backward_fn)(const problem *, int64_t, float *, const float *, const float *, const float *, float *,
-                            float *, float *, float *, float *, float *, float *, float *);
+typedef void (*backward_fn)(const problem *, int64_t, int64_t, int64_t, float *, const float *, const float *,
+                            const float *, float *, float *, float *, float *, float *, float *);
 static forward_fn forward_impl = NULL;
 static backward_fn backward_impl = NULL;
 
@@ -116,12 +123,12 @@ int flash_attention_select(int cap) {
     __builtin_cpu_init();
     if (cap >= 4 && __builtin_cpu_supports("x86-64-v4")) {
         forward_impl = forward_bh_v4;
-        backward_impl = backward_bh_v4;
+        backward_impl = backward_item_v4;
         return 4;
     }
     if (cap >= 3 && __builtin_cpu_supports("x86-64-v3")) {
         forward_impl = forward_bh_v3;
-        backward_impl = backward_bh_v3;
+        backward_impl = backward_item_v3;
         return 3;
     }
     forward_impl = NULL;
@@ -130,7 +137,7 @@ int flash_attention_select(int cap) {
 #elif !defined(__x86_64__)
     (void)cap;
     forward_impl = forward_bh_gen;
-    backward_impl = backward_bh_gen;
+    backward_impl = backward_item_gen;
     return 1;
 #else
     (void)cap;
@@ -164,7 +171,7 @@ static int64_t scratch_floats(const problem *p, int backward) {
     if (backward)
         n += 2 * qp * DP                      /* q, dO packed */
              + 2 * kp * DP                    /* dk, dv accumulators */
-             + (p->base + PAD) + (p->n_psi + PAD) + p->grid + 2 * BQ; /* bias gradients */
+             + (p->base + PAD) + (p->n_psi + PAD) + p->grid + 2 * BQ + p->Q; /* bias gradients */
     return (n + 64 + 15) / 16 * 16;
 }
 
@@ -222,8 +229,14 @@ int flash_attention_forward(const float *q, const float *k, const float *v, int6
     return failed;
 }
 
+/* The backward's work items: head h and a chunk of BATCH_CHUNK batch rows, whose bias gradients one thread sums in
+ * batch order (one table-sized partial per item, not per batch row: FIRE's grid has 16,384 columns); fixed by B and
+ * H, not by the thread count, so the sums do not depend on it. */
+#define BATCH_CHUNK 8
+
 /* Gradients: dq, dk, dv like q, k, v; d_table [H, M], d_psi [n_psi], d_inv [Q], dcq, dck like cq, ck (each NULL
- * when not wanted). part: B*H*(M + n_psi + Q) floats of per-(b, h) partial sums (NULL when no table). */
+ * when not wanted). part: H * ceil(B / BATCH_CHUNK) * (M + n_psi + Q) floats of per-item partial sums (NULL when
+ * no table). */
 int flash_attention_backward(const float *grad_out, const float *q, const float *k, const float *v, const float *out,
                              const float *lse, int64_t B, int64_t H, int64_t Q, int64_t K, int64_t D, int64_t q0,
                              int64_t k0, float scale, const float *table, int64_t M, int64_t base, int64_t grid,
@@ -235,7 +248,7 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
     setup(&p, q, k, v, B, H, Q, K, D, q0, k0, scale, table, M, base, grid, psi_rev, n_psi, inv_norm, long_row, cq, ck,
           strides);
     if (!backward_impl) return 1;
-    int64_t n = scratch_floats(&p, 1), per = M + n_psi + Q;
+    int64_t n = scratch_floats(&p, 1), per = M + n_psi + Q, chunks = (B + BATCH_CHUNK - 1) / BATCH_CHUNK;
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) reduction(|| : failed)
@@ -247,33 +260,35 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t bh = 0; bh < B * H; bh++)
+        for (int64_t item = 0; item < H * chunks; item++)
             if (scratch) {
-                float *pt = part ? part + bh * per : NULL;
-                backward_impl(&p, bh, scratch, grad_out + OFF(&p, TDOUT, bh), out + OFF(&p, TOUT, bh), lse + bh * Q,
-                              dq + OFF(&p, TDQ, bh), dk + OFF(&p, TDK, bh), dv + OFF(&p, TDV, bh), dcq ? dcq + bh * Q : NULL,
-                              dck ? dck + bh * K : NULL, pt, pt ? pt + M : NULL, pt ? pt + M + n_psi : NULL);
+                int64_t h = item / chunks, b0 = item % chunks * BATCH_CHUNK;
+                int64_t b1 = b0 + BATCH_CHUNK < B ? b0 + BATCH_CHUNK : B;
+                backward_impl(&p, h, b0, b1, scratch, grad_out, out, lse, dq, dk, dv, dcq, dck,
+                              part ? part + item * per : NULL);
             }
         FAST_FLOATS_OFF
     }
     if (failed || !part) return failed;
-    /* fixed-order sums of the partials: over b for the table, over (b, h) for psi and inv_norm */
+    /* fixed-order sums of the partials: over the chunks of a head for the table, over every item for psi and
+     * inv_norm */
+    if (d_table)
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static)
 #endif
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t m = 0; m < M; m++) {
-            float s = 0.f;
-            for (int64_t b = 0; b < B; b++) s += part[(b * H + h) * per + m];
-            if (d_table) d_table[h * M + m] = s;
-        }
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t m = 0; m < M; m++) {
+                float s = 0.f;
+                for (int64_t c = 0; c < chunks; c++) s += part[(h * chunks + c) * per + m];
+                d_table[h * M + m] = s;
+            }
     if (d_psi)
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static)
 #endif
         for (int64_t d = 0; d < n_psi; d++) {
             float s = 0.f;
-            for (int64_t bh = 0; bh < B * H; bh++) s += part[bh * per + M + d];
+            for (int64_t it = 0; it < H * chunks; it++) s += part[it * per + M + d];
             d_psi[d] = s;
         }
     if (d_inv)
@@ -282,7 +297,7 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
 #endif
         for (int64_t i = 0; i < Q; i++) {
             float s = 0.f;
-            for (int64_t bh = 0; bh < B * H; bh++) s += part[bh * per + M + n_psi + i];
+            for (int64_t it = 0; it < H * chunks; it++) s += part[it * per + M + n_psi + i];
             d_inv[i] = s;
         }
     return 0;
@@ -584,9 +599,10 @@ static void F(forward_bh)(const problem *p, int64_t bh, float *scratch, float *o
 
 /* Backward of one (b, h): dq [Q, D], dk, dv [K, D], dcq [Q], dck [K], the bias partials g_table [M] (distance
  * columns then grid), g_psi [n_psi], g_inv [Q] (NULL without a table). */
+/* Backward of one (b, h): dq [Q, D], dk, dv [K, D], dcq [Q], dck [K]; the bias gradients are added to the item's
+ * accumulators in the scratch (backward_item zeroes and writes them). */
 static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const float *dout, const float *out,
-                           const float *lse, float *dq, float *dk, float *dv, float *dcq, float *dck, float *g_table,
-                           float *g_psi, float *g_inv) {
+                           const float *lse, float *dq, float *dk, float *dv, float *dcq, float *dck) {
     const int64_t Q = p->Q, K = p->K, D = p->D, DP = p->DP, NV = DP / 16;
     const int64_t kp = (K + BK - 1) / BK * BK, qp = (Q + BQ - 1) / BQ * BQ;
     const float *q = p->q + OFF(p, TQ, bh), *k = p->k + OFF(p, TK, bh), *v = p->v + OFF(p, TV, bh);
@@ -597,8 +613,9 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
     float *rev = (float *)(kbin + BQ * BK), *stat = rev + p->base + PAD;
     float *lse_r = stat, *delta = stat + BQ;
     float *qpk = stat + 4 * BQ, *dop = qpk + qp * DP, *dka = dop + qp * DP, *dva = dka + kp * DP;
-    float *gd_rev = dva + kp * DP, *gpsi_rev = gd_rev + p->base + PAD, *gg = gpsi_rev + p->n_psi + PAD;
-    float *rowg = gg + p->grid;
+    float *gd_rev = scratch + bias_acc_offset(p); /* = dva + kp * DP */
+    float *gpsi_rev = gd_rev + p->base + PAD, *gg = gpsi_rev + p->n_psi + PAD;
+    float *rowg = gg + p->grid, *g_inv = rowg + 2 * BQ;
     const float *tg = p->table ? p->table + (bh % p->H) * p->M + p->base : NULL;
     F(pack_t)(kT, k, RS(p, TK), K, kp, D, DP);
     F(pack_t)(vT, v, RS(p, TV), K, kp, D, DP);
@@ -606,10 +623,7 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
     F(pack_rows)(qpk, q, RS(p, TQ), Q, D, DP);
     F(pack_rows)(dop, dout, dos, Q, D, DP);
     memset(dka, 0, sizeof(float) * (size_t)(2 * kp * DP));
-    if (p->table) {
-        F(reverse_table)(rev, p, bh % p->H);
-        memset(gd_rev, 0, sizeof(float) * (size_t)(p->base + PAD + p->n_psi + PAD + p->grid));
-    }
+    if (p->table) F(reverse_table)(rev, p, bh % p->H);
     if (dck) memset(dck, 0, sizeof(float) * (size_t)K);
     for (int64_t i0 = 0; i0 < Q; i0 += BQ) {
         int64_t nb = Q - i0 < BQ ? Q - i0 : BQ;
@@ -706,7 +720,7 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
             int64_t i = i0 + r;
             for (int64_t d = 0; d < D; d++) dq[i * dqs + d] = dqa[r * DP + d] * p->scale;
             if (dcq) dcq[i] = rowg[BQ + r];
-            if (g_inv) g_inv[i] = rowg[r];
+            if (p->table) g_inv[i] += rowg[r];
         }
     }
     for (int64_t j = 0; j < K; j++)
@@ -714,12 +728,32 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
             dk[j * dks + d] = dka[j * DP + d] * p->scale;
             dv[j * dvs + d] = dva[j * DP + d];
         }
-    if (g_table) {
-        for (int64_t x = 0; x < p->base; x++) g_table[x] = gd_rev[p->base - 1 - x];
-        for (int64_t m = p->base; m < p->M; m++) g_table[m] = 0.f;
-        for (int64_t g = 0; g < p->grid; g++) g_table[p->base + g] = gg[g];
-        for (int64_t d = 0; d < p->n_psi; d++) g_psi[d] = gpsi_rev[p->n_psi - 1 - d];
+}
+
+/* One work item: head h, batch rows b0..b1-1 in order; pt (NULL without a table) gets the item's bias gradient
+ * partials [M + n_psi + Q]: the table's columns, psi's entries, inv_norm's entries. */
+static void F(backward_item)(const problem *p, int64_t h, int64_t b0, int64_t b1, float *scratch, const float *dout,
+                             const float *out, const float *lse, float *dq, float *dk, float *dv, float *dcq,
+                             float *dck, float *pt) {
+    const int64_t Q = p->Q, K = p->K;
+    float *gd_rev = scratch + bias_acc_offset(p);
+    float *gpsi_rev = gd_rev + p->base + PAD, *gg = gpsi_rev + p->n_psi + PAD, *g_inv = gg + p->grid + 2 * BQ;
+    if (p->table) {
+        memset(gd_rev, 0, sizeof(float) * (size_t)(p->base + PAD + p->n_psi + PAD + p->grid));
+        memset(g_inv, 0, sizeof(float) * (size_t)Q);
     }
+    for (int64_t b = b0; b < b1; b++) {
+        int64_t bh = b * p->H + h;
+        F(backward_bh)(p, bh, scratch, dout + OFF(p, TDOUT, bh), out + OFF(p, TOUT, bh), lse + bh * Q,
+                       dq + OFF(p, TDQ, bh), dk + OFF(p, TDK, bh), dv + OFF(p, TDV, bh), dcq ? dcq + bh * Q : NULL,
+                       dck ? dck + bh * K : NULL);
+    }
+    if (!pt) return;
+    for (int64_t x = 0; x < p->base; x++) pt[x] = gd_rev[p->base - 1 - x];
+    for (int64_t m = p->base; m < p->M; m++) pt[m] = 0.f;
+    for (int64_t g = 0; g < p->grid; g++) pt[p->base + g] = gg[g];
+    for (int64_t d = 0; d < p->n_psi; d++) pt[p->M + d] = gpsi_rev[p->n_psi - 1 - d];
+    memcpy(pt + p->M + p->n_psi, g_inv, sizeof(float) * (size_t)Q);
 }
 
 #undef F
