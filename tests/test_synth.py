@@ -154,6 +154,8 @@ def test_parse_seeds_refuses(text):
     (["--task", "addition", "--random-positions", "10"], "training length 16"),
     (["--steps", "0"], "steps must be"),
     (["--lr", "nan"], "finite"),
+    (["--attn-std", "0"], "--attn-std must be a number in"),
+    (["--format", "split", "--embed-std", "11"], "--embed-std must be a number in"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, match):
     out = tmp_path / "out"
@@ -223,6 +225,44 @@ def test_a_tasks_own_training_defaults_apply_unless_given(tmp_path, capsys):
     lib = SynthTrainer(tmp_path / "lib", SynthConfig(task="reverse"), preset("tiny", position="nope"))
     assert lib.cfg.steps == TASK_DEFAULTS["reverse"]["steps"] and lib.cfg.seq_len == 32
     lib.run.unlock()
+
+
+def test_recall_split_initializes_attention_and_embedding_larger_unless_given(tmp_path):
+    from firepe.tasks.synthetic import SPLIT_INIT
+
+    split = SynthConfig(format="split")
+    assert (split.attn_std, split.embed_std) == (SPLIT_INIT["attn_std"], SPLIT_INIT["embed_std"])
+    assert SynthConfig().attn_std is None and SynthConfig(task="copy").embed_std is None  # the model's own init
+    assert SynthConfig(format="split", attn_std=0.05).attn_std == 0.05
+    tr = SynthTrainer(tmp_path / "r", split, preset("tiny", position="t5"), TrainConfig(**{**FAST, "steps": 3}))
+    m = tr.model
+    assert abs(float(m.blocks[1].attn.qkv.weight.detach().std()) - 0.1) < 0.01
+    assert abs(float(m.wte.weight.detach().std()) - 0.3) < 0.03 and m.lm_head.weight is m.wte.weight
+    assert float(m.blocks[0].ffn[0].weight.detach().std()) < 0.03  # the rest keeps GPT-2's 0.02, T5's buckets theirs
+    assert float(m.position_shared.relative_attention_bias.weight.detach().std()) < 0.03
+    tr.fit()
+    again = SynthTrainer(tmp_path / "r", resume=True, changes={"steps": 4})
+    assert again.synth == split and torch.equal(again.model.wte.weight, m.wte.weight)
+    again.run.unlock()
+    plain = SynthTrainer(tmp_path / "f", SynthConfig(), preset("tiny", position="rope"), TrainConfig(**FAST))
+    assert float(plain.model.wte.weight.detach().std()) < 0.03
+    plain.run.unlock()
+
+
+def test_a_split_run_from_before_the_init_options_is_not_reused(tmp_path, capsys):
+    """A recall split run saved before --attn-std/--embed-std existed started from the model's own initialization;
+    the defaults that now fill in for split must not make it pass for a run with theirs."""
+    out = tmp_path / "out"
+    base = ["synth", "--out", out, "--format", "split", "--encodings", "alibi", "--seeds", "1", "--steps", "2",
+            "--batch-size", "2", "--no-progress", "--max-factor", "1", "--examples", "8"]
+    assert run_cli(base) == 0
+    config = out / "alibi" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["synth"]["attn_std"], saved["synth"]["embed_std"]
+    config.write_text(json.dumps(saved))
+    before = (out / "results.json").read_bytes()
+    one_line_error(capsys, base, "trained before --attn-std and --embed-std existed")
+    assert (out / "results.json").read_bytes() == before
 
 
 # -- randomized positions --------------------------------------------------------------------------

@@ -196,8 +196,8 @@ def _duration(seconds: float) -> str:
 def _settings(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, value) rows: the task's own options, training length, steps, model, seeds, wall time."""
     t = summary["task"]
-    opts = ", ".join(f"{k}={v}" for k, v in t.items()
-                     if k != "task" and (k not in TASK_OPTIONS or t["task"] in TASK_OPTIONS[k]))
+    opts = ", ".join(f"{k}={v}" for k, v in t.items()  # None: an option left to the model (--attn-std, --embed-std)
+                     if k != "task" and v is not None and (k not in TASK_OPTIONS or t["task"] in TASK_OPTIONS[k]))
     length = f"{summary['train_len']} tokens"
     if summary["level_name"] != "length":
         length += f" ({train_level(summary)} {summary['level_name']})"

@@ -59,7 +59,16 @@ def synth(out: str | Path, specs: list[str | Spec], model: GPTConfig, train_cfg:
 
     def same_task(cell) -> None:
         if cell.run.has_run():
-            saved = synth_section(cell.run.read_config(), str(cell.run.config_path))
+            cfg = cell.run.read_config()
+            saved = synth_section(cfg, str(cell.run.config_path))
+            # a run from before --attn-std/--embed-std started from the model's own initialization, whatever the
+            # defaults now fill in for its task (recall split): it is not the run these settings would train
+            older = [f"--{n.replace('_', '-')}" for n in ("attn_std", "embed_std")
+                     if n not in cfg["synth"] and getattr(task_cfg, n) is not None]
+            if older:
+                raise ValueError(f"{cell.run.path} holds a run trained before {' and '.join(older)} existed (the "
+                                 "model's own initialization), not with this task's; use another --out or remove "
+                                 "that folder.")
             if replace(saved, eval_seed=task_cfg.eval_seed) != task_cfg:  # the evaluation set may change
                 raise ValueError(f"{cell.run.path} holds a run on another task ({saved.task} {asdict(saved)}); use "
                                  "another --out or remove that folder.")

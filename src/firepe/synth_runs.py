@@ -20,7 +20,7 @@ from .tasks.synthetic import SynthConfig, SynthTask, bin_of, distance_bins, make
 from .train import Trainer
 
 __all__ = ["SynthTrainer", "SynthData", "SynthTokenizer", "synth_section", "score_synth_run", "eval_rows",
-           "SYNTH_DEFAULTS", "TASK_DEFAULTS", "task_defaults", "MAX_EVAL_TOKENS", "MAX_LOGITS"]
+           "init_weights", "SYNTH_DEFAULTS", "TASK_DEFAULTS", "task_defaults", "MAX_EVAL_TOKENS", "MAX_LOGITS"]
 
 #: training settings of ``firepe synth`` (measured: README); the model is the ``tiny`` preset
 SYNTH_DEFAULTS = dict(seq_len=64, batch_size=32, steps=1500, lr=2e-3, warmup_steps=100, weight_decay=0.0,
@@ -106,12 +106,31 @@ class SynthTrainer(Trainer):
     def extra_sections(self) -> dict[str, Any]:  # type: ignore[override]
         return {"synth": asdict(self.synth)}
 
+    def _initial_weights(self) -> None:
+        super()._initial_weights()
+        init_weights(self.model, self.synth)
+
     def _build_data(self, resume: bool) -> None:
         task = make_task(self.synth)
         self.tokenizer = SynthTokenizer(task)
         self.model_cfg.vocab_size = task.vocab_size
         self.corpus_description = f"synthetic {task.name}"
         self.data = SynthData(task, self.cfg.seq_len)
+
+
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, synth: SynthConfig) -> None:
+    """``--attn-std``/``--embed-std`` (when set): redraw the attention's q, k, v weights (their biases stay 0)
+    and the token embedding (tied: the output layer too) from a normal of that std, in place, after the
+    model's own seeded initialization; position encodings keep theirs."""
+    pos = {id(p) for m in model.position_modules() for p in m.parameters()}
+    for name, mod in model.named_modules():
+        own = [p for p in mod.parameters(recurse=False) if id(p) not in pos]
+        if synth.embed_std is not None and isinstance(mod, torch.nn.Embedding) and own:
+            torch.nn.init.normal_(mod.weight, std=synth.embed_std)
+        elif synth.attn_std is not None and isinstance(mod, torch.nn.Linear) and own and \
+                name.endswith(("attn.qkv", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")):
+            torch.nn.init.normal_(mod.weight, std=synth.attn_std)
 
 
 #: most evaluation tokens per level (rows x length) and most logits per forward pass (rows x length x vocab)

@@ -46,6 +46,9 @@ TASK_OPTIONS.update({"noise": NEEDLE_TASKS, "names": NEEDLE_TASKS, "value_len": 
                      "needles": ("niah_multikey", "niah_multivalue", "niah_multiquery"),
                      "query_keys": ("niah_multiquery",), "chains": ("vartrack",), "hops": ("vartrack",),
                      "words": WORD_TASKS, "top": WORD_TASKS})
+#: the initialization of recall --format split unless --attn-std/--embed-std are given: larger q, k, v weights
+#: and token embeddings than GPT-2's 0.02, under which the induction circuit forms (docs/synthetic.md)
+SPLIT_INIT = {"attn_std": 0.1, "embed_std": 0.3}
 #: addition's position-id schemes (``default``: ``0 .. n-1``; see :mod:`.arithmetic`)
 POSITION_IDS = ("default", "abacus", "coupled")
 
@@ -81,6 +84,11 @@ class SynthConfig:
     hops: int = field(default=2, metadata=_help("vartrack: copies X2 = X1, ... per chain (hops + 1 names)"))
     words: int = field(default=16, metadata=_help("cwe/fwe: word vocabulary"))
     top: int = field(default=3, metadata=_help("cwe/fwe: most frequent words answered, most frequent first"))
+    attn_std: float | None = field(default=None, metadata=_help(
+        "std of the attention's q, k, v weights at initialization (default: the model's, GPT-2's 0.02; recall "
+        "--format split: 0.1)"))
+    embed_std: float | None = field(default=None, metadata=_help(
+        "std of the token embedding at initialization (default: the model's, 0.02; recall --format split: 0.3)"))
     eval_seed: int = field(default=1234, metadata=_help("seed of the evaluation examples (fixed across seeds)"))
 
     def __post_init__(self) -> None:
@@ -108,6 +116,12 @@ class SynthConfig:
             raise ValueError("--max-offset applies to --position-ids abacus and coupled only.")
         if not isinstance(self.hints, bool):
             raise ValueError(f"hints must be true or false, got {self.hints!r}.")
+        for name in ("attn_std", "embed_std"):  # the recipe of recall split (docs/synthetic.md) unless given
+            if getattr(self, name) is None and self.task == "recall" and self.format == "split":
+                setattr(self, name, SPLIT_INIT[name])
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 10):
+                raise ValueError(f"--{name.replace('_', '-')} must be a number in (0, 10], got {v!r}.")
         if not isinstance(self.eval_seed, int) or isinstance(self.eval_seed, bool) or self.eval_seed < 0:
             raise ValueError(f"--eval-seed must be an integer >= 0, got {self.eval_seed!r}.")
         check_ruler_options(self)
