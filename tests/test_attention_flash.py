@@ -304,3 +304,15 @@ def test_strided_inputs_are_read_in_place_and_give_the_contiguous_result():
     assert torch.equal(out, ref)
     for a, b in zip(grads, torch.autograd.grad(ref, leaves, cot)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_nan_scores_propagate_as_in_the_formula():
+    """A NaN in q makes its row NaN (as SDPA and the formula do), not a row of zero probabilities; other rows
+    keep their values."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 70, 16, generator=g) for _ in range(3))
+    q[0, 1, 40, 3] = float("nan")
+    pos = torch.arange(70)
+    out = attention_flash.flash_attention(q, k, v, FlashBias(torch.zeros(2, 70), 70), pos, pos)
+    assert torch.isnan(out[0, 1, 40]).all()
+    assert torch.isfinite(out[0, 0]).all() and torch.isfinite(out[0, 1, :40]).all()

@@ -125,8 +125,9 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Ten
 def _check_bias(bias: FlashBias, H: int, q0: int, Q: int, k0: int) -> None:
     """ValueError unless every read the kernel makes stays inside the bias tensors."""
     t = bias.table
-    if t.dim() != 2 or t.shape[0] != H or t.dtype != torch.float32 or t.device.type != "cpu":
-        raise ValueError(f"the flash bias table must be float32 [H={H}, M] on the CPU, got {t.dtype} {tuple(t.shape)}.")
+    if t.dim() != 2 or t.shape[0] != H or not t.dtype.is_floating_point or t.device.type != "cpu":
+        raise ValueError(f"the flash bias table must be a float [H={H}, M] CPU tensor, got {t.dtype} "
+                         f"{tuple(t.shape)}.")
     M = t.shape[1]
     if not 0 <= bias.base <= M or bias.grid < 0 or bias.base + bias.grid > M or (bias.grid and bias.grid < 2):
         raise ValueError(f"flash bias base {bias.base} and grid {bias.grid} do not fit a table of {M} columns.")
@@ -272,4 +273,5 @@ def _call(q, k, v, bias, cq, ck, q_pos, k_pos):
     long_row = bias.long_row if bias.long_row is not None and bool(bias.long_row.any()) else None
     psi = bias.psi.to(torch.float32) if long_row is not None else None
     inv = bias.inv_norm.to(torch.float32) if long_row is not None else None
-    return _Flash.apply(q, k, v, bias.table, psi, inv, cq, ck, (q0, k0, bias.base, bias.grid, long_row))
+    return _Flash.apply(q, k, v, bias.table.to(torch.float32), psi, inv, cq, ck,
+                        (q0, k0, bias.base, bias.grid, long_row))

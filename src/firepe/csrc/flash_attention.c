@@ -374,7 +374,7 @@ INLINE float F(hmax)(v16 x) {
 }
 
 /* exp(x) for x <= 0: Cody-Waite reduction x = n ln 2 + r, a degree-7 polynomial (Cephes' expf coefficients,
- * ~1 ulp), 2^n built in the exponent bits; 0 below -87.3 (where expf leaves the normal floats: a probability
+ * ~1 ulp), 2^n built in the exponent bits; NaN gives NaN; 0 below -87.3 (where expf leaves the normal floats: a probability
  * under 1.2e-38 is 0 here, so no denormal number -- 100x slower arithmetic on some CPUs -- enters the sums). */
 INLINE v16 F(exp)(v16 x) {
     v16i finite = x > F(splat)(-87.33654f);
@@ -393,7 +393,8 @@ INLINE v16 F(exp)(v16 x) {
     y = F(fma)(y, r * r, r + F(splat)(1.f));
     v16i e = ((v16i)t - (v16i)magic + F(splati)(127)) << 23;
     y = y * (v16)e;
-    return (v16)((v16i)y & finite);
+    /* NaN stays NaN (a NaN score must not vanish from the softmax as a zero probability) */
+    return F(sel)(x != x, x, (v16)((v16i)y & finite));
 }
 
 /* out[r, c] (+)= sum_{k < n} coef[r cr + k ck] * src[k ss + c], r < R, c < 16 NC (one register tile);
@@ -601,7 +602,7 @@ static void F(forward_bh)(const problem *p, int64_t bh, float *scratch, float *o
         }
         for (int64_t r = 0; r < nb; r++) {
             int64_t i = i0 + r;
-            if (l[r] > 0.f) {
+            if (l[r] != 0.f) { /* 0 only when the row sees no key (its largest score gives exp(0) = 1); NaN stays */
                 float inv = 1.f / l[r];
                 for (int64_t d = 0; d < D; d++) out[i * os + d] = o[r * DP + d] * inv;
                 lse[i] = m[r] + logf(l[r]);
