@@ -247,15 +247,16 @@ def test_fox_takes_the_flash_path():
     loss.backward()
     flash = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
+    calls = []
     real = attention_flash.flash_data_attention
-    try:
-        attention_flash.flash_data_attention = None  # would raise if called
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(attention_flash, "supports", lambda *a: False)
-            _, loss2 = model(x, y)
-            loss2.backward()
-    finally:
-        attention_flash.flash_data_attention = real
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attention_flash, "flash_data_attention", lambda *a: calls.append(1) or real(*a))
+        model(x, y)
+        assert len(calls) == 2  # both layers of the default forward above took the kernel
+        mp.setattr(attention_flash, "supports", lambda *a: False)
+        _, loss2 = model(x, y)
+        loss2.backward()
+        assert len(calls) == 2
     torch.testing.assert_close(loss, loss2, rtol=1e-5, atol=1e-5)
     for n, p in model.named_parameters():
         torch.testing.assert_close(flash[n], p.grad, rtol=1e-3, atol=1e-5, msg=n)
@@ -274,6 +275,8 @@ def test_long_forward_memory_is_linear_in_n():
         "n = 8192\n"
         "q = torch.randn(1, 4, n, 32)\n"
         "pos = torch.arange(n)\n"
+        "from firepe import attention_flash\n"
+        "assert attention_flash.supports(q, q, q, pos, pos) and enc.flash_bias(pos, pos) is not None\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "with torch.no_grad():\n"
         "    out = attention.attend_backend('auto', q, q, q, enc, pos, pos, True)\n"
@@ -316,3 +319,61 @@ def test_nan_scores_propagate_as_in_the_formula():
     out = attention_flash.flash_attention(q, k, v, FlashBias(torch.zeros(2, 70), 70), pos, pos)
     assert torch.isnan(out[0, 1, 40]).all()
     assert torch.isfinite(out[0, 0]).all() and torch.isfinite(out[0, 1, :40]).all()
+
+
+def test_a_second_derivative_raises_instead_of_being_zero():
+    q = torch.randn(1, 1, 8, 16, requires_grad=True)
+    pos = torch.arange(8)
+    out = attention_flash.flash_attention(q, q, q, None, pos, pos)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), q)  # the first derivative as always
+    assert torch.isfinite(g).all()
+
+
+def test_minus_infinity_in_the_bias_is_a_masked_key_not_nan():
+    """A bias of -inf for far distances (a user's local window): rows whose first key blocks are all -inf are not
+    NaN, and equal the formula."""
+    g = torch.Generator().manual_seed(7)
+    T = 200
+    x = {n: torch.randn(1, 2, T, 16, generator=g, dtype=torch.float64) for n in "qkv"}
+    table = torch.randn(2, T, generator=g, dtype=torch.float64)
+    table[:, 100:] = float("-inf")
+    want = _formula(x["q"], x["k"], x["v"], 0, 0, table, T)
+    pos = torch.arange(T)
+    got = attention_flash.flash_attention(*(x[n].float() for n in "qkv"), FlashBias(table.float(), T), pos, pos)
+    assert not torch.isnan(got).any()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=2e-6)
+
+
+def test_malformed_bias_inputs_are_refused():
+    q = torch.randn(1, 2, 20, 8)
+    pos = torch.arange(20)
+    for bad, match in ((dict(long_row=torch.zeros(1, dtype=torch.bool)), "long_row must be 1-D with one entry"),
+                       (dict(long_row=torch.zeros(20)), "long_row must be bool"),
+                       (dict(inv_norm=torch.ones(20, 1)), "inv_norm must be 1-D"),
+                       (dict(psi=torch.ones(20, 1)), "psi must be 1-D")):
+        with pytest.raises(ValueError, match=match):
+            attention_flash.flash_attention(q, q, q, FlashBias(torch.zeros(2, 30), 20, 10, **bad), pos, pos)
+    empty = torch.randn(1, 2, 4, 0)
+    assert not attention_flash.supports(empty, empty, empty, torch.arange(4), torch.arange(4))
+
+
+def test_bins_that_do_not_fall_along_the_row_take_the_scalar_scatter():
+    """The AVX-512 scatter of the grid gradient needs strictly falling bins (FIRE's psi rises with the distance);
+    a hand-made psi that alternates must still give the formula's gradient, and the same bits as AVX2."""
+    g = torch.Generator().manual_seed(9)
+    T, grid = 64, 64
+    x = {n: torch.randn(1, 2, T, 16, generator=g, dtype=torch.float64, requires_grad=True) for n in "qkv"}
+    table = torch.randn(2, T + grid, generator=g, dtype=torch.float64, requires_grad=True)
+    psi = torch.tensor([0.1, 0.5] * (T // 2), dtype=torch.float64)
+    inv = torch.ones(T, dtype=torch.float64)
+    long_row = torch.ones(T, dtype=torch.bool)
+    want = _formula(x["q"], x["k"], x["v"], 0, 0, table, T, grid, psi, inv, long_row)
+    (g_want,) = torch.autograd.grad(want.sum(), table)
+    pos = torch.arange(T)
+    t32 = table.detach().float().requires_grad_()
+    got = attention_flash.flash_attention(*(x[n].detach().float() for n in "qkv"),
+                                          FlashBias(t32, T, grid, psi.float(), inv.float(), long_row), pos, pos)
+    (g_got,) = torch.autograd.grad(got.sum(), t32)
+    torch.testing.assert_close(g_got.double(), g_want, rtol=1e-4, atol=1e-5)

@@ -41,6 +41,7 @@ __all__ = ["FlashBias", "available", "variant", "use_variant", "switched_off", "
            "flash_data_attention", "contiguous_start", "PAD"]
 
 PAD = 128  # zero floats after a reversed table (csrc/flash_attention.c)
+BATCH_CHUNK = 8  # batch rows per work item of the backward (csrc/flash_attention.c)
 _LIB: list = []  # [ctypes.CDLL or None, variant] once loading was attempted
 _OFF: list = []  # non-empty inside switched_off()
 
@@ -79,7 +80,8 @@ def variant() -> int | None:
 
 def use_variant(cap: int) -> int | None:
     """Select the variant again with ``cap`` as ``FIREPE_SIMD`` would (4: the best this CPU runs, 3: at most
-    AVX2); returns what runs now (None: none). For tests and benchmarks comparing the variants."""
+    AVX2); returns what runs now (None: none). For tests and benchmarks comparing the variants, between calls
+    (not while another thread runs the kernel)."""
     lib = _load()
     if lib is None:
         return None
@@ -87,6 +89,7 @@ def use_variant(cap: int) -> int | None:
     if level < 0:  # keep a working variant loaded
         lib.flash_attention_select(_LIB[1])
         return None
+    _LIB[1] = level
     return level
 
 
@@ -118,7 +121,8 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Ten
     tensors = (q, k, v)
     return (not _OFF and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 4 for t in tensors)
             and k.shape == v.shape and q.shape[:2] == k.shape[:2] and q.shape[-1] == k.shape[-1]
-            and q.shape[2] > 0 and k.shape[2] > 0 and len(q_pos) == q.shape[2] and len(k_pos) == k.shape[2]
+            and q.shape[2] > 0 and k.shape[2] > 0 and q.shape[3] > 0
+            and len(q_pos) == q.shape[2] and len(k_pos) == k.shape[2]
             and contiguous_start(q_pos) is not None and contiguous_start(k_pos) is not None and available())
 
 
@@ -129,6 +133,14 @@ def _check_bias(bias: FlashBias, H: int, q0: int, Q: int, k0: int) -> None:
         raise ValueError(f"the flash bias table must be a float [H={H}, M] CPU tensor, got {t.dtype} "
                          f"{tuple(t.shape)}.")
     M = t.shape[1]
+    for name, x in (("long_row", bias.long_row), ("inv_norm", bias.inv_norm)):
+        if x is not None and (x.dim() != 1 or len(x) != Q):
+            raise ValueError(f"the flash bias {name} must be 1-D with one entry per query ({Q}), got "
+                             f"{tuple(x.shape)}.")
+    if bias.long_row is not None and bias.long_row.dtype != torch.bool:
+        raise ValueError(f"the flash bias long_row must be bool, got {bias.long_row.dtype}.")
+    if bias.psi is not None and bias.psi.dim() != 1:
+        raise ValueError(f"the flash bias psi must be 1-D, got {tuple(bias.psi.shape)}.")
     if not 0 <= bias.base <= M or bias.grid < 0 or bias.base + bias.grid > M or (bias.grid and bias.grid < 2):
         raise ValueError(f"flash bias base {bias.base} and grid {bias.grid} do not fit a table of {M} columns.")
     long_row = bias.long_row
@@ -220,6 +232,9 @@ class _Flash(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph: the gradients below come from C and carry no graph
+            raise RuntimeError("the flash attention kernel has no second derivative (backward with create_graph); "
+                               "run that model with attention='dense'.")
         lib = _load()
         q, k, v, out, lse, table, psi_rev, inv_norm, long_u8, cq, ck = ctx.saved_tensors
         B, H, Q, K, D, q0, k0, scale, _, M, base, grid, _, n_psi, _, _, _, _ = ctx.args
@@ -232,7 +247,8 @@ class _Flash(torch.autograd.Function):
         d_inv = q.new_empty(Q) if inv_norm is not None and need[5] else None
         dcq = torch.empty_like(cq) if cq is not None else None
         dck = torch.empty_like(ck) if ck is not None else None
-        part = _partials(B * H * (M + n_psi + Q)) if table is not None else None
+        items = H * ((B + BATCH_CHUNK - 1) // BATCH_CHUNK)  # the backward's work items (csrc: BATCH_CHUNK)
+        part = _partials(items * (M + n_psi + Q)) if table is not None else None
         _check(lib.flash_attention_backward(
             grad_out.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
             B, H, Q, K, D, q0, k0, scale, _ptr(table), M, base, grid, _ptr(psi_rev), n_psi, _ptr(inv_norm),

@@ -161,8 +161,8 @@ static void setup(problem *p, const float *q, const float *k, const float *v, in
  * gradient accumulators of one (b, h). Sizes in floats. */
 static int64_t scratch_floats(const problem *p, int backward) {
     int64_t kp = (p->K + BK - 1) / BK * BK, qp = (p->Q + BQ - 1) / BQ * BQ, DP = p->DP;
-    int64_t n = 2 * DP * kp                   /* kT, vT */
-                + kp * DP                     /* v (forward) or k (backward) packed */
+    int64_t n = 2 * DP * kp                   /* kT, and v packed (forward) or vT (backward) */
+                + (backward ? kp * DP : 0)    /* k packed (backward) */
                 + BQ * DP                     /* o accumulator / dq accumulator */
                 + 4 * BQ * BK                 /* s, p, coordinates (w, slope) */
                 + BQ * BK                     /* int32 bin indices */
@@ -176,8 +176,8 @@ static int64_t scratch_floats(const problem *p, int backward) {
 }
 
 /* Each thread's scratch is kept between calls (OpenMP's threads persist) and grown when a call needs more:
- * a fresh allocation per call of a few hundred KiB is an mmap whose pages fault in again every time.
- * It is released when the library is unloaded with the process. */
+ * a fresh allocation per call of a few hundred KiB is an mmap whose pages fault in again every time. A thread
+ * keeps the largest scratch it has needed (linear in the keys: ~6 K x head size floats) for its lifetime. */
 static __thread float *kept_scratch = NULL;
 static __thread int64_t kept_floats = 0;
 
@@ -215,15 +215,18 @@ int flash_attention_forward(const float *q, const float *k, const float *v, int6
 #pragma omp parallel num_threads(threads) reduction(|| : failed)
 #endif
     {
-        float *scratch = thread_scratch(n);
-        if (!scratch) failed = 1;
         FAST_FLOATS_ON
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t bh = 0; bh < B * H; bh++)
-            if (scratch)
-                forward_impl(&p, bh, scratch, out + OFF(&p, TOUT, bh), lse + bh * Q);
+        for (int64_t bh = 0; bh < B * H; bh++) {
+            float *scratch = thread_scratch(n); /* here, not before the loop: a thread without work allocates nothing */
+            if (!scratch) {
+                failed = 1;
+                continue;
+            }
+            forward_impl(&p, bh, scratch, out + OFF(&p, TOUT, bh), lse + bh * Q);
+        }
         FAST_FLOATS_OFF
     }
     return failed;
@@ -254,19 +257,21 @@ int flash_attention_backward(const float *grad_out, const float *q, const float 
 #pragma omp parallel num_threads(threads) reduction(|| : failed)
 #endif
     {
-        float *scratch = thread_scratch(n);
-        if (!scratch) failed = 1;
         FAST_FLOATS_ON
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t item = 0; item < H * chunks; item++)
-            if (scratch) {
-                int64_t h = item / chunks, b0 = item % chunks * BATCH_CHUNK;
-                int64_t b1 = b0 + BATCH_CHUNK < B ? b0 + BATCH_CHUNK : B;
-                backward_impl(&p, h, b0, b1, scratch, grad_out, out, lse, dq, dk, dv, dcq, dck,
-                              part ? part + item * per : NULL);
+        for (int64_t item = 0; item < H * chunks; item++) {
+            float *scratch = thread_scratch(n);
+            if (!scratch) {
+                failed = 1;
+                continue;
             }
+            int64_t h = item / chunks, b0 = item % chunks * BATCH_CHUNK;
+            int64_t b1 = b0 + BATCH_CHUNK < B ? b0 + BATCH_CHUNK : B;
+            backward_impl(&p, h, b0, b1, scratch, grad_out, out, lse, dq, dk, dv, dcq, dck,
+                          part ? part + item * per : NULL);
+        }
         FAST_FLOATS_OFF
     }
     if (failed || !part) return failed;
@@ -549,7 +554,7 @@ static void F(forward_bh)(const problem *p, int64_t bh, float *scratch, float *o
     const int64_t kp = (K + BK - 1) / BK * BK;
     const float *q = p->q + OFF(p, TQ, bh), *k = p->k + OFF(p, TK, bh), *v = p->v + OFF(p, TV, bh);
     const int64_t qs = RS(p, TQ), os = RS(p, TOUT);
-    float *kT = scratch, *vp = kT + 2 * DP * kp, *o = vp + kp * DP, *s = o + BQ * DP;
+    float *kT = scratch, *vp = kT + DP * kp, *o = vp + kp * DP, *s = o + BQ * DP;
     float *wt = s + 2 * BQ * BK, *slope = wt + BQ * BK;
     int32_t *kbin = (int32_t *)(slope + BQ * BK);
     float *rev = (float *)(kbin + BQ * BK), *stat = rev + p->base + PAD;
@@ -584,7 +589,8 @@ static void F(forward_bh)(const problem *p, int64_t bh, float *scratch, float *o
                 float mnew = F(hmax)(mx);
                 if (m[r] > mnew) mnew = m[r];
                 float alpha = m[r] == -INFINITY ? 0.f : expf(m[r] - mnew);
-                v16 sum = F(splat)(0.f), mv = F(splat)(mnew);
+                /* every visible score -inf so far (a bias may say so): subtract 0, so exp gives 0, not NaN */
+                v16 sum = F(splat)(0.f), mv = F(splat)(mnew == -INFINITY ? 0.f : mnew);
                 for (int c = 0; c < 4; c++) {
                     v16 e = F(exp)(F(ld)(sr + 16 * c) - mv);
                     F(st)(sr + 16 * c, e);
@@ -704,7 +710,9 @@ static void F(backward_bh)(const problem *p, int64_t bh, float *scratch, const f
                          * in the same order as the scalar loop, so both give the same bits */
                         if (te == t0 + 16) {
                             __m512i kv = _mm512_loadu_si512(kb + t0);
-                            if (!_mm512_mask_cmpeq_epi32_mask(0x7fff, kv, _mm512_alignr_epi32(kv, kv, 1))) {
+                            /* strictly falling bins: no two lanes share one (FIRE's psi rises with the distance;
+                             * anything else, e.g. a hand-made psi, takes the scalar loop) */
+                            if (_mm512_mask_cmpgt_epi32_mask(0x7fff, kv, _mm512_alignr_epi32(kv, kv, 1)) == 0x7fff) {
                                 __m512 g = _mm512_loadu_ps(dpr + t0), gw = _mm512_mul_ps(g, _mm512_loadu_ps(wr + t0));
                                 __m512 a = _mm512_add_ps(_mm512_i32gather_ps(kv, gg, 4), _mm512_sub_ps(g, gw));
                                 _mm512_i32scatter_ps(gg, kv, a, 4);
