@@ -144,17 +144,13 @@ def _check_bias(bias: FlashBias, H: int, q0: int, Q: int, k0: int) -> None:
     if not 0 <= bias.base <= M or bias.grid < 0 or bias.base + bias.grid > M or (bias.grid and bias.grid < 2):
         raise ValueError(f"flash bias base {bias.base} and grid {bias.grid} do not fit a table of {M} columns.")
     long_row = bias.long_row
-    if long_row is None or not bool(long_row.any()):
+    if long_row is not None and bool(long_row.any()):
+        if bias.grid < 2 or bias.psi is None or bias.inv_norm is None:
+            raise ValueError("interpolating rows need grid >= 2, psi and inv_norm.")
+        if q0 + Q - 1 - k0 >= len(bias.psi):
+            raise ValueError(f"psi has {len(bias.psi)} entries but rows reach distance {q0 + Q - 1 - k0}.")
+    if long_row is None or not bool(long_row.all()):  # rows that read the distance columns: the last of them
         last = q0 + Q - 1 if long_row is None else q0 + int(torch.nonzero(~long_row).max())
-        if last - k0 >= bias.base:
-            raise ValueError(f"rows reach distance {last - k0}, past the {bias.base} distance columns.")
-        return
-    if bias.grid < 2 or bias.psi is None or bias.inv_norm is None or len(bias.inv_norm) != Q or len(long_row) != Q:
-        raise ValueError("interpolating rows need grid >= 2, psi, and inv_norm and long_row of one entry per query.")
-    if q0 + Q - 1 - k0 >= len(bias.psi):
-        raise ValueError(f"psi has {len(bias.psi)} entries but rows reach distance {q0 + Q - 1 - k0}.")
-    if not bool(long_row.all()):
-        last = q0 + int(torch.nonzero(~long_row).max())
         if last - k0 >= bias.base:
             raise ValueError(f"rows reach distance {last - k0}, past the {bias.base} distance columns.")
 

@@ -281,13 +281,9 @@ class FIRE(BiasEncoding):
     def _table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``[H, Q, K]`` table-mode bias for int64 positions (0 or any value where ``k_pos > q_pos``)."""
         dtype, g = self.init_L.dtype, self.table_size
-        if fire_table.use_kernel(dtype, self.init_L.device):
-            max_d = position_span(q_pos, k_pos)
-            psi_d = self.psi(torch.arange(max_d + 1, dtype=dtype))
-            inv_norm = 1 / self.normalizer(q_pos)
-            table, base = self.lookup_table(max_d)  # after psi_d, inv_norm: keeps autograd's summation order
-            long_row = self.interpolating_rows(q_pos)
-            return fire_table.kernel_bias(table, base, g, psi_d, inv_norm, q_pos, k_pos, long_row)
+        if fire_table.use_kernel(dtype, self.init_L.device):  # float32 on the CPU: flash_bias's small inputs
+            b = self.flash_bias(q_pos, k_pos)
+            return fire_table.kernel_bias(b.table, b.base, g, b.psi, b.inv_norm, q_pos, k_pos, b.long_row)
         # coordinates in float32 at least: in bf16, g - 2 = 16382 rounds to 16384 (an index past the table)
         dtype = torch.promote_types(dtype, torch.float32)
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)
@@ -306,7 +302,7 @@ class FIRE(BiasEncoding):
         span = position_span(q_pos, k_pos)
         psi_d = self.psi(torch.arange(span + 1, dtype=self.init_L.dtype, device=q_pos.device))
         inv_norm = 1 / self.normalizer(q_pos)
-        table, base = self.lookup_table(span)
+        table, base = self.lookup_table(span)  # after psi_d, inv_norm: keeps autograd's summation order
         return FlashBias(table, base, self.table_size, psi_d, inv_norm, self.interpolating_rows(q_pos))
 
     def distance_table(self, max_distance: int) -> torch.Tensor:
