@@ -156,6 +156,10 @@ def test_parse_seeds_refuses(text):
     (["--lr", "nan"], "finite"),
     (["--attn-std", "0"], "--attn-std must be a number in"),
     (["--format", "split", "--embed-std", "11"], "--embed-std must be a number in"),
+    (["--attn-std", "nan"], "--attn-std: expected a finite number"),
+    (["--embed-std", "-0.3"], "--embed-std must be a number in"),
+    (["--attn-std", "inf"], "--attn-std: expected a finite number"),
+    (["--attn-std", "big"], "--attn-std: expected a number"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, match):
     out = tmp_path / "out"
